@@ -1,0 +1,46 @@
+"""The node manager's XML-RPC interface: which methods exist and how callers map to them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .errors import NotFoundError
+from .nm import NodeManager
+
+log = logging.getLogger("slicectl.api")
+
+#: RPC method name -> NodeManager method. Each receives the Caller first.
+METHODS: dict[str, str] = {
+    "acquire": "acquire",
+    "bind": "bind",
+    "split": "split",
+    "release": "release",
+    "get_rspec": "get_rspec",
+    "rcap_info": "rcap_info",
+    "list_rcaps": "list_rcaps",
+    "list": "list_slivers",
+    "get_sliver": "get_sliver",
+    "start": "start",
+    "stop": "stop",
+    "destroy": "destroy",
+    "get_keys": "get_keys",
+    "set_keys": "set_keys",
+    "set_initscript": "set_initscript",
+    "status": "status",
+}
+
+
+class NodeManagerAPI:
+    """Turns (method, params, peer uid, peer pid) into a NodeManager call."""
+
+    def __init__(self, nm: NodeManager) -> None:
+        self.nm = nm
+
+    def __call__(self, method: str, params: tuple[Any, ...], uid: int, pid: int) -> Any:
+        target = METHODS.get(method)
+        if target is None:
+            raise NotFoundError(f"method {method}: expected one of {', '.join(METHODS)}")
+        caller = self.nm.caller_for(uid, pid)
+        log.debug("%s%r by %s", method, params, caller.name)
+        return getattr(self.nm, target)(caller, *params)

@@ -1,0 +1,100 @@
+"""Node configuration: where state lives, which engine to talk to, node-wide limits.
+
+Configuration is passed in, never looked up from globals: :func:`NodeConfig.from_env` reads a
+given environment mapping once, and everything else receives the resulting object.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import ValidationError
+
+LABEL_PREFIX = "org.slicectl"
+LABEL_SLICE = f"{LABEL_PREFIX}.slice"
+LABEL_NODE = f"{LABEL_PREFIX}.node"
+LABEL_XID = f"{LABEL_PREFIX}.xid"
+LABEL_KIND = f"{LABEL_PREFIX}.kind"
+SLIVER_PREFIX = "sliver-"
+SLICE_GROUP = "slicectl-slices"
+REFERENCE_REPO = "slicectl/reference"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node manager instance needs to know about its node.
+
+    Several instances may share one engine (the test suite runs private ones): they are
+    told apart by ``node_id``, which every container they create carries as a label.
+    """
+
+    node_id: str
+    state_dir: Path
+    run_dir: Path
+    engine_sock: Path
+    network: str = "slicectl"
+    cgroup_parent: str = "/slicectl"
+    image: str = ""
+    ssh_port: int = 22
+    hostname: str = ""
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "nm.sqlite"
+
+    @property
+    def nm_sock_dir(self) -> Path:
+        """Holds only the NM socket, so that it can be mounted into privileged slivers."""
+        return self.run_dir / "nm"
+
+    @property
+    def nm_sock(self) -> Path:
+        return self.nm_sock_dir / "nm.sock"
+
+    @property
+    def nm_pidfile(self) -> Path:
+        return self.run_dir / "nm.pid"
+
+    @property
+    def slivers_dir(self) -> Path:
+        return self.state_dir / "slivers"
+
+    @property
+    def engine_url(self) -> str:
+        return f"unix://{self.engine_sock}"
+
+    def with_(self, **changes: object) -> NodeConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NodeConfig:
+        """Build the configuration from ``SLICECTL_*`` variables in ``env``.
+
+        Raises:
+            ValidationError: a variable has a malformed value.
+        """
+        state = Path(env.get("SLICECTL_STATE_DIR", "/var/lib/slicectl"))
+        run = Path(env.get("SLICECTL_RUN_DIR", "/run/slicectl"))
+        port_text = env.get("SLICECTL_SSH_PORT", "22")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValidationError("SLICECTL_SSH_PORT", "a port number", port_text)
+        return cls(
+            node_id=env.get("SLICECTL_NODE_ID", "node"),
+            state_dir=state,
+            run_dir=run,
+            engine_sock=Path(env.get("SLICECTL_ENGINE_SOCK", "/run/slicectl/docker.sock")),
+            network=env.get("SLICECTL_NETWORK", "slicectl"),
+            cgroup_parent=env.get("SLICECTL_CGROUP_PARENT", "/slicectl"),
+            image=env.get("SLICECTL_IMAGE", ""),
+            ssh_port=int(port_text),
+            hostname=env.get("SLICECTL_HOSTNAME", socket.gethostname()),
+        )
+
+
+def default_config() -> NodeConfig:
+    """The configuration of this process's environment (for entry points only)."""
+    return NodeConfig.from_env(os.environ)

@@ -1,0 +1,172 @@
+"""The thin layer that applies container plans to a Docker engine and reads them back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE
+from .errors import EngineError, StateError
+from .plan import ContainerPlan, NodeFacts
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# docker-py's update() lacks pids_limit, so updates go to the engine API by its own names.
+_UPDATE_FIELDS = {
+    "cpu_shares": "CpuShares", "cpu_period": "CpuPeriod", "cpu_quota": "CpuQuota",
+    "mem_limit": "Memory", "memswap_limit": "MemorySwap", "pids_limit": "PidsLimit",
+}
+
+
+@dataclass(frozen=True)
+class SliverStatus:
+    """What the engine says of a sliver container, from one inspect."""
+
+    container_id: str
+    status: str
+    pid: int | None
+    address: str | None
+
+
+def engine_client(url: str, timeout: int = 120) -> docker.DockerClient:
+    return docker.DockerClient(base_url=url, timeout=timeout)
+
+
+class SliverEngine:
+    """Creates, finds, changes and removes one node's sliver containers.
+
+    Args:
+        client: a docker-py client for the node's engine (passed in, never global).
+        node_id: the node whose containers this instance manages (label ``org.slicectl.node``).
+    """
+
+    def __init__(self, client: docker.DockerClient, node_id: str) -> None:
+        self.client = client
+        self.node_id = node_id
+
+    def facts(self, *, image: str, network: str, cgroup_parent: str, hostname: str,
+              nm_sock_dir: Path) -> NodeFacts:
+        try:
+            img = self.client.images.get(image)
+        except docker.errors.ImageNotFound as e:
+            raise EngineError(f"reference image {image}: not found in the engine; build it "
+                              "with `slicectl node up`") from e
+        try:
+            self.client.networks.get(network)
+        except docker.errors.NotFound as e:
+            raise EngineError(f"network {network}: not found in the engine; create it with "
+                              "`slicectl node up`") from e
+        return NodeFacts(
+            node_id=self.node_id, ncpus=os.cpu_count() or 1, image=img.id,
+            image_bytes=int(img.attrs.get("Size", 0)), network=network,
+            cgroup_parent=cgroup_parent, hostname=hostname, nm_sock_dir=nm_sock_dir,
+        )
+
+    def _filters(self, slice_name: str | None = None) -> dict[str, Any]:
+        labels = [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"]
+        if slice_name is not None:
+            labels.append(f"{LABEL_SLICE}={slice_name}")
+        return {"label": labels}
+
+    def create(self, plan: ContainerPlan) -> Container:
+        """Create the container, or adopt ours of that name left by an interrupted bind.
+
+        Raises:
+            StateError: a container of that name exists that is not this node's sliver.
+            EngineError: the engine refused the plan.
+        """
+        try:
+            return self.client.containers.create(plan.image, **plan.kwargs)
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise EngineError(f"container {plan.name}: the engine refused to create it: "
+                                  f"{e.explanation}") from e
+        existing = self.client.containers.get(plan.name)
+        labels = existing.labels
+        if labels.get(LABEL_NODE) != self.node_id or labels.get(LABEL_KIND) != "sliver":
+            raise StateError(f"container {plan.name}: expected none or this node's sliver, found "
+                             "a container slicectl's node manager did not create")
+        return existing
+
+    def start(self, container: Container) -> None:
+        try:
+            container.start()
+        except docker.errors.APIError as e:
+            raise EngineError(f"container {container.name}: could not start: "
+                              f"{e.explanation}") from e
+
+    def stop(self, container: Container, timeout: int = 5) -> None:
+        container.stop(timeout=timeout)
+
+    def get(self, name: str) -> Container | None:
+        try:
+            c = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        return c if c.labels.get(LABEL_NODE) == self.node_id else None
+
+    def remove(self, name: str) -> None:
+        """Force-remove our container ``name`` (absent is fine)."""
+        c = self.get(name)
+        if c is None:
+            return
+        with contextlib.suppress(docker.errors.NotFound):
+            c.remove(force=True, v=True)
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """One engine call: this node's slivers by slice, as the engine lists them."""
+        rows = self.client.api.containers(all=True, filters=self._filters())
+        return {r["Labels"][LABEL_SLICE]: r for r in rows}
+
+    def status(self, container: Container, network: str) -> SliverStatus:
+        container.reload()
+        state = container.attrs["State"]
+        nets = container.attrs["NetworkSettings"].get("Networks") or {}
+        address = (nets.get(network) or {}).get("IPAddress") or None
+        pid = state.get("Pid") or None
+        return SliverStatus(container.id, container.status, pid, address)
+
+    def update(self, container: Container, resources: dict[str, Any]) -> None:
+        body = {_UPDATE_FIELDS[k]: v for k, v in resources.items()}
+        try:
+            self.client.api._post_json(
+                self.client.api._url("/containers/{0}/update", container.id), data=body
+            ).raise_for_status()
+        except Exception as e:
+            raise EngineError(f"container {container.name}: could not change its resources: "
+                              f"{e}") from e
+
+    def read_back(self, container: Container, resources: dict[str, Any]) -> dict[str, int]:
+        """Read the cgroup files the kernel holds for the sliver; raise on a mismatch.
+
+        Returns the values read (cgroup v1 file names as keys).
+        """
+        parent = container.attrs["HostConfig"].get("CgroupParent") or "/docker"
+        rel = Path(parent.lstrip("/")) / container.id
+        expect = {
+            ("cpu", "cpu.shares"): resources["cpu_shares"],
+            ("memory", "memory.limit_in_bytes"): resources["mem_limit"],
+            ("pids", "pids.max"): resources["pids_limit"],
+        }
+        if resources.get("cpu_quota", -1) > 0:
+            expect[("cpu", "cpu.cfs_quota_us")] = resources["cpu_quota"]
+            expect[("cpu", "cpu.cfs_period_us")] = resources["cpu_period"]
+        found: dict[str, int] = {}
+        for (ctrl, fname), want in expect.items():
+            path = CGROUP_ROOT / ctrl / rel / fname
+            try:
+                got = int(path.read_text().strip())
+            except (OSError, ValueError) as e:
+                raise EngineError(f"sliver {container.name}: cannot read back {path}: {e}") from e
+            if got != want:
+                raise EngineError(f"sliver {container.name}: {fname} expected {want}, "
+                                  f"found {got} in the kernel")
+            found[fname] = got
+        return found

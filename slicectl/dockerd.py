@@ -1,0 +1,134 @@
+"""The node's own Docker engine: a dockerd instance on a btrfs data root.
+
+slicectl runs a dedicated engine (socket ``/run/slicectl/docker.sock``) rather than
+configuring the host's: btrfs storage gives per-sliver disk quotas, the engine socket is
+root-only and never mounted into slivers, and the host's own engine (if any) is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+
+from .config import LABEL_KIND, LABEL_PREFIX, NodeConfig
+from .errors import EngineError
+from .proc import run
+
+DOCKERD = "/usr/sbin/dockerd"
+DEFAULT_DISK_GB = 40
+DEFAULT_SUBNET = "172.30.0.0/16"
+BRIDGE = "slicectl0"
+
+
+def data_root(cfg: NodeConfig) -> Path:
+    return cfg.state_dir / "engine"
+
+
+def engine_answers(cfg: NodeConfig) -> bool:
+    if not cfg.engine_sock.exists():
+        return False
+    try:
+        client = docker.DockerClient(base_url=cfg.engine_url, timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (docker.errors.DockerException, requests.RequestException, OSError):
+        return False
+
+
+def fs_type(path: Path) -> str:
+    return run(["stat", "-f", "-c", "%T", str(path)], what=f"filesystem of {path}").stdout.strip()
+
+
+def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
+    """Make the engine's data root a btrfs filesystem (a loop file unless the disk is btrfs)."""
+    root = data_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    if fs_type(root) == "btrfs":
+        return root
+    image = cfg.state_dir / "engine.btrfs"
+    if not image.exists():
+        say(f"creating a {disk_gb} GiB sparse btrfs file {image} for sliver root filesystems")
+        with open(image, "wb") as f:
+            f.truncate(disk_gb << 30)
+        run(["mkfs.btrfs", "-q", "-L", "slicectl", str(image)], what="mkfs.btrfs")
+    run(["mount", "-o", "loop", str(image), str(root)], what=f"mount {image}")
+    if fs_type(root) != "btrfs":
+        raise EngineError(f"engine data root {root}: expected btrfs after mounting, found "
+                          f"{fs_type(root)}")
+    return root
+
+
+def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,
+                 timeout_s: float = 60) -> bool:
+    """Start the node's engine unless it answers already. Returns True if it was started."""
+    if engine_answers(cfg):
+        return False
+    if not Path(DOCKERD).exists():
+        raise EngineError(f"{DOCKERD}: not installed; run scripts/install-host.sh")
+    root = ensure_btrfs(cfg, disk_gb, say)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path("/var/log/slicectl")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "dockerd.log"
+    argv = [
+        DOCKERD,
+        "--host", cfg.engine_url,
+        "--data-root", str(root),
+        "--exec-root", str(run_dir / "engine"),
+        "--pidfile", str(run_dir / "dockerd.pid"),
+        "--storage-driver", "btrfs",
+        "--bridge", "none",
+        "--live-restore",
+        "--userland-proxy=false",
+        "--log-driver", "json-file", "--log-opt", "max-size=1m",
+    ]
+    say(f"starting the node's Docker engine (log: {log_path})")
+    with open(log_path, "ab") as logf:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                         start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if engine_answers(cfg):
+            os.chmod(cfg.engine_sock, 0o600)
+            return True
+        time.sleep(0.2)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+    raise EngineError(f"Docker engine on {cfg.engine_sock}: did not answer within {timeout_s:.0f}s; "
+                      f"last log lines: {' | '.join(tail)}")
+
+
+def ensure_network(client: docker.DockerClient, name: str, subnet: str = DEFAULT_SUBNET) -> None:
+    """The node bridge slivers attach to, masqueraded to the node's address."""
+    try:
+        client.networks.get(name)
+        return
+    except docker.errors.NotFound:
+        pass
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+    client.networks.create(
+        name, driver="bridge", ipam=ipam, check_duplicate=True,
+        options={"com.docker.network.bridge.name": BRIDGE,
+                 "com.docker.network.bridge.enable_ip_masquerade": "true",
+                 "com.docker.network.bridge.enable_icc": "true"},
+        labels={LABEL_KIND: "network", f"{LABEL_PREFIX}.owner": "slicectl"},
+    )
+
+
+class Say:
+    """Progress output for long node operations: one line each, flushed."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"slicectl: {msg}", flush=True)

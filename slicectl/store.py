@@ -1,0 +1,240 @@
+"""The node manager's state in SQLite: rcaps and slivers.
+
+Every public method is one transaction. A bind is recorded (rcap bound, sliver row in
+state ``creating``) before any container exists, so that a node manager killed at any
+moment finds on restart what it must finish or undo (see ``NodeManager.reconcile``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import NotFoundError, StateError
+from .rspec import RSpec, parse_rspec
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rcaps (
+    rcap     TEXT PRIMARY KEY,
+    rspec    TEXT NOT NULL,
+    owner    TEXT NOT NULL,
+    parent   TEXT,
+    slice    TEXT,
+    created  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rcaps_slice ON rcaps(slice);
+CREATE TABLE IF NOT EXISTS slivers (
+    slice        TEXT PRIMARY KEY,
+    xid          INTEGER NOT NULL UNIQUE,
+    uid          INTEGER NOT NULL DEFAULT -1,
+    state        TEXT NOT NULL,
+    desired      TEXT NOT NULL,
+    container_id TEXT,
+    created_by   TEXT NOT NULL,
+    created      REAL NOT NULL,
+    description  TEXT NOT NULL DEFAULT '',
+    contacts     TEXT NOT NULL DEFAULT '[]',
+    keys         TEXT NOT NULL DEFAULT '[]',
+    initscript   TEXT NOT NULL DEFAULT ''
+);
+"""
+
+#: Sliver states. ``creating``: recorded, container maybe not yet made or started.
+CREATING, RUNNING, STOPPED = "creating", "running", "stopped"
+MAX_XID = 65000
+
+
+@dataclass(frozen=True)
+class RcapRow:
+    rcap: str
+    rspec: RSpec
+    owner: str
+    parent: str | None
+    slice: str | None
+    created: float
+
+
+@dataclass(frozen=True)
+class SliverRow:
+    slice: str
+    xid: int
+    uid: int
+    state: str
+    desired: str
+    container_id: str | None
+    created_by: str
+    created: float
+    description: str = ""
+    contacts: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    initscript: str = ""
+
+
+def _rspec_from_json(text: str) -> RSpec:
+    # Stored rspecs were validated on the way in; absolute times parse without "now".
+    return parse_rspec(json.loads(text), now=0.0)
+
+
+class Store:
+    """SQLite-backed state, safe to share between the NM's threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction; nests (inner calls join the outer one)."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # rcaps ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _rcap(row: sqlite3.Row) -> RcapRow:
+        return RcapRow(
+            rcap=row["rcap"], rspec=_rspec_from_json(row["rspec"]), owner=row["owner"],
+            parent=row["parent"], slice=row["slice"], created=row["created"],
+        )
+
+    def add_rcap(self, rcap: str, rspec: RSpec, owner: str, parent: str | None = None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO rcaps(rcap, rspec, owner, parent, slice, created)"
+                " VALUES (?, ?, ?, ?, NULL, ?)",
+                (rcap, json.dumps(rspec.to_wire()), owner, parent, time.time()),
+            )
+
+    def get_rcap(self, rcap: str) -> RcapRow:
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM rcaps WHERE rcap = ?", (rcap,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"rcap {rcap}: no such rcap on this node (released or expired?)")
+        return self._rcap(row)
+
+    def rcaps(self, slice_name: str | None = None) -> list[RcapRow]:
+        with self.tx() as db:
+            if slice_name is None:
+                rows = db.execute("SELECT * FROM rcaps ORDER BY created").fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT * FROM rcaps WHERE slice = ? ORDER BY created", (slice_name,)
+                ).fetchall()
+        return [self._rcap(r) for r in rows]
+
+    def set_rcap_rspec(self, rcap: str, rspec: RSpec) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE rcaps SET rspec = ? WHERE rcap = ?",
+                       (json.dumps(rspec.to_wire()), rcap))
+
+    def delete_rcap(self, rcap: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM rcaps WHERE rcap = ?", (rcap,))
+
+    # slivers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _sliver(row: sqlite3.Row) -> SliverRow:
+        return SliverRow(
+            slice=row["slice"], xid=row["xid"], uid=row["uid"], state=row["state"],
+            desired=row["desired"], container_id=row["container_id"],
+            created_by=row["created_by"], created=row["created"],
+            description=row["description"], contacts=json.loads(row["contacts"]),
+            keys=json.loads(row["keys"]), initscript=row["initscript"],
+        )
+
+    def find_sliver(self, slice_name: str) -> SliverRow | None:
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM slivers WHERE slice = ?", (slice_name,)).fetchone()
+        return None if row is None else self._sliver(row)
+
+    def get_sliver(self, slice_name: str) -> SliverRow:
+        row = self.find_sliver(slice_name)
+        if row is None:
+            raise NotFoundError(f"slice {slice_name}: no sliver of that slice on this node")
+        return row
+
+    def slivers(self) -> list[SliverRow]:
+        with self.tx() as db:
+            rows = db.execute("SELECT * FROM slivers ORDER BY slice").fetchall()
+        return [self._sliver(r) for r in rows]
+
+    def begin_bind(
+        self, slice_name: str, rcap: str, created_by: str, attrs: dict[str, Any]
+    ) -> tuple[SliverRow, bool]:
+        """Bind ``rcap`` to ``slice_name``, creating the sliver row if needed.
+
+        Returns the row and whether it is new. Raises StateError if the rcap is bound.
+        """
+        with self.tx() as db:
+            row = db.execute("SELECT slice FROM rcaps WHERE rcap = ?", (rcap,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"rcap {rcap}: no such rcap on this node")
+            if row["slice"] is not None:
+                raise StateError(f"rcap {rcap}: expected an unbound rcap, found it bound to "
+                                 f"slice {row['slice']}")
+            db.execute("UPDATE rcaps SET slice = ? WHERE rcap = ?", (slice_name, rcap))
+            existing = self.find_sliver(slice_name)
+            if existing is not None:
+                return existing, False
+            used = {r[0] for r in db.execute("SELECT xid FROM slivers")}
+            xid = next((x for x in range(1, MAX_XID + 1) if x not in used), None)
+            if xid is None:
+                raise StateError(f"xid: expected a free security context, found all {MAX_XID} used")
+            db.execute(
+                "INSERT INTO slivers(slice, xid, state, desired, created_by, created, description,"
+                " contacts, keys, initscript) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (slice_name, xid, CREATING, RUNNING, created_by, time.time(),
+                 attrs.get("description", ""), json.dumps(attrs.get("contacts", [])),
+                 json.dumps(attrs.get("keys", [])), attrs.get("initscript", "")),
+            )
+            new = self.find_sliver(slice_name)
+            assert new is not None
+            return new, True
+
+    def update_sliver(self, slice_name: str, **values: Any) -> None:
+        allowed = {"uid", "state", "desired", "container_id", "description", "contacts", "keys",
+                   "initscript"}
+        bad = set(values) - allowed
+        if bad:
+            raise ValueError(f"update_sliver: unknown columns {sorted(bad)}")
+        for key in ("contacts", "keys"):
+            if key in values:
+                values[key] = json.dumps(values[key])
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self.tx() as db:
+            cur = db.execute(f"UPDATE slivers SET {sets} WHERE slice = ?",
+                             (*values.values(), slice_name))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"slice {slice_name}: no sliver of that slice on this node")
+
+    def delete_sliver(self, slice_name: str) -> None:
+        """Forget a sliver and every rcap bound to it."""
+        with self.tx() as db:
+            db.execute("DELETE FROM rcaps WHERE slice = ?", (slice_name,))
+            db.execute("DELETE FROM slivers WHERE slice = ?", (slice_name,))
