@@ -1,0 +1,40 @@
+# slicectl: `make up` brings up a single-node testbed with a demo slice; `make test` runs
+# the whole suite. Both work on a fresh Debian bookworm machine as root and are idempotent.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: up test host venv lint unit docker bench clean-test
+
+up: host venv
+	$(BIN)/slicectl node up
+	ln -sf $(CURDIR)/$(BIN)/slicectl /usr/local/bin/slicectl
+
+test: host venv lint
+	$(BIN)/slicectl node prepare
+	$(BIN)/pytest -q -m unit
+	$(BIN)/pytest -q -m "docker or testbed" --durations=15
+
+host:
+	bash scripts/install-host.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check slicectl tests bench
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q -m unit
+
+docker: venv
+	$(BIN)/pytest -q -m docker
+
+bench: venv
+	$(BIN)/python bench/node_bench.py

@@ -1,0 +1,83 @@
+"""Admission control over time windows, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from slicectl.admission import NodeCapacity, check, peak_overlap
+from slicectl.errors import AdmissionError
+from slicectl.rspec import RSpec, parse_rspec
+
+NOW = 1_800_000_000.0
+H = 3600.0
+CAP = NodeCapacity(mem_mb=24_000, disk_mb=40_000)
+
+
+def spec(start_h: float = 0, end_h: float = 24, **kw: object) -> RSpec:
+    return parse_rspec({"start": f"{int(start_h * 3600)}s", "end": f"{int(end_h * 3600)}s", **kw},
+                       NOW)
+
+
+@pytest.mark.parametrize(
+    ("others", "candidate", "ok"),
+    [
+        ([], spec(cpu_share=1000), True),
+        ([spec(cpu_share=600)], spec(cpu_share=400), True),
+        ([spec(cpu_share=600)], spec(cpu_share=401), False),
+        # Disjoint windows do not compete.
+        ([spec(0, 1, cpu_share=900)], spec(2, 3, cpu_share=900), True),
+        # Touching windows [0,1) and [1,2) do not overlap.
+        ([spec(0, 1, cpu_share=900)], spec(1, 2, cpu_share=900), True),
+        # Two others that never overlap each other: the peak is the larger one.
+        ([spec(0, 2, cpu_share=500), spec(3, 5, cpu_share=600)], spec(0, 6, cpu_share=400), True),
+        ([spec(0, 2, cpu_share=500), spec(3, 5, cpu_share=600)], spec(0, 6, cpu_share=401), False),
+        # Two others that overlap each other inside the candidate's window.
+        ([spec(0, 4, cpu_share=300), spec(2, 6, cpu_share=300)], spec(1, 3, cpu_share=400), True),
+        ([spec(0, 4, cpu_share=300), spec(2, 6, cpu_share=300)], spec(1, 3, cpu_share=401), False),
+    ],
+)
+def test_cpu_shares_over_time(others: list[RSpec], candidate: RSpec, ok: bool) -> None:
+    outstanding = {f"rcap {i}": o for i, o in enumerate(others)}
+    if ok:
+        check(candidate, outstanding, CAP)
+    else:
+        with pytest.raises(AdmissionError, match=r"^cpu_share: asked for \d+, but only \d+ of 1000"):
+            check(candidate, outstanding, CAP)
+
+
+def test_peak_instant_is_reported() -> None:
+    others = [spec(0, 4, cpu_share=300), spec(2, 6, cpu_share=300)]
+    peak, when = peak_overlap(spec(1, 3), others, "cpu_share")
+    assert (peak, when) == (600, NOW + 2 * H)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [
+        (spec(mem_mb=30_000), "mem_mb: asked for 30000, but the node has 24000"),
+        (spec(disk_mb=50_000), "disk_mb: asked for 50000, but the node has 40000"),
+        (spec(net_max_kbit=200_000, net_min_kbit=5), "net_max_kbit: asked for 200000"),
+        (spec(tcp_ports=[22]), "tcp_ports: port 22 is a node service port"),
+        (spec(tcp_ports=[33080]), "tcp_ports: port 33080 is a node service port"),
+        (spec(tcp_ports=[80]), "tcp_ports: port 80 is a node service port"),
+    ],
+)
+def test_single_limits(candidate: RSpec, message: str) -> None:
+    with pytest.raises(AdmissionError, match=f"^{message}"):
+        check(candidate, {}, CAP)
+
+
+def test_port_conflict_names_owner() -> None:
+    held = {"slice pl_web": spec(tcp_ports=[8080], udp_ports=[53])}
+    with pytest.raises(AdmissionError, match="tcp_ports: port 8080 is already reserved by slice pl_web"):
+        check(spec(tcp_ports=[8080]), held, CAP)
+    check(spec(udp_ports=[8080]), held, CAP)  # another protocol
+    check(spec(30, 40, tcp_ports=[8080]), held, CAP)  # after the holder's window
+
+
+def test_bandwidth_guarantees_sum_under_cap() -> None:
+    cap = NodeCapacity(mem_mb=24_000, disk_mb=40_000, net_cap_kbit=10_000)
+    held = {"a": spec(net_min_kbit=6000, net_max_kbit=10_000)}
+    check(spec(net_min_kbit=4000, net_max_kbit=10_000), held, cap)
+    with pytest.raises(AdmissionError, match="^net_min_kbit: asked for a guarantee of 4001"):
+        check(spec(net_min_kbit=4001, net_max_kbit=10_000), held, cap)
