@@ -172,9 +172,9 @@ def cmd_exec(args: argparse.Namespace, cfg: NodeConfig) -> int:
         argv.append("-t")
     if not args.root:
         home = f"/home/{args.slice}"
-        argv += ["-u", f"{info['uid']}:{info['uid']}", "-w", home, "-e", f"HOME={home}",
-                 "-e", f"USER={args.slice}"]
-    argv += [info["container"], *command]
+        argv += ["-u", f"{info['uid']}:{info['uid']}", "-e", f"HOME={home}",
+                 "-e", f"USER={args.slice}", "-e", f"LOGNAME={args.slice}"]
+    argv += [info["container"], "/usr/sbin/slicectl-enter", *command]
     return subprocess.call(argv)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,13 +82,24 @@ class SliverEngine:
             StateError: a container of that name exists that is not this node's sliver.
             EngineError: the engine refused the plan.
         """
-        try:
-            return self.client.containers.create(plan.image, **plan.kwargs)
-        except docker.errors.APIError as e:
-            if e.status_code != 409:
-                raise EngineError(f"container {plan.name}: the engine refused to create it: "
-                                  f"{e.explanation}") from e
-        existing = self.client.containers.get(plan.name)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return self.client.containers.create(plan.image, **plan.kwargs)
+            except docker.errors.APIError as e:
+                if e.status_code != 409:
+                    raise EngineError(f"container {plan.name}: the engine refused to create it: "
+                                      f"{e.explanation}") from e
+            # The name is taken: by our container from an interrupted bind (adopt it), or
+            # by a create or remove the engine is still finishing (wait for it).
+            try:
+                existing = self.client.containers.get(plan.name)
+                break
+            except docker.errors.NotFound:
+                if time.monotonic() > deadline:
+                    raise EngineError(f"container {plan.name}: the name stays taken by a "
+                                      "container the engine cannot show; restart the engine") from None
+                time.sleep(0.1)
         labels = existing.labels
         if labels.get(LABEL_NODE) != self.node_id or labels.get(LABEL_KIND) != "sliver":
             raise StateError(f"container {plan.name}: expected none or this node's sliver, found "
@@ -117,8 +128,19 @@ class SliverEngine:
         c = self.get(name)
         if c is None:
             return
-        with contextlib.suppress(docker.errors.NotFound):
+        try:
             c.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: a removal already in progress; wait for it
+                raise EngineError(f"container {name}: could not remove it: {e.explanation}") from e
+        deadline = time.monotonic() + 60
+        while self.get(name) is not None:
+            if time.monotonic() > deadline:
+                raise EngineError(f"container {name}: still there 60 s after removal; check the "
+                                  "engine log /var/log/slicectl/dockerd.log")
+            time.sleep(0.1)
 
     def summaries(self) -> dict[str, dict[str, Any]]:
         """One engine call: this node's slivers by slice, as the engine lists them."""

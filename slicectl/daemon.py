@@ -51,9 +51,12 @@ def build_node_manager(cfg: NodeConfig) -> NodeManager:
 
 
 def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Slice accounts' homes lie below: sshd reads their authorized_keys as the slice user,
+    # so the state directory is traversable but not listable; the database is root-only.
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.state_dir, 0o711)
     cfg.slivers_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(cfg.slivers_dir, 0o755)
+    os.chmod(cfg.slivers_dir, 0o711)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     nm = build_node_manager(cfg)
     nm.accounts.ensure_group()

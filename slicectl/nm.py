@@ -28,7 +28,7 @@ from .accounts import HostAccounts, validate_contacts, validate_keys
 from .admission import NodeCapacity
 from .config import NodeConfig
 from .containers import SliverEngine
-from .errors import PermissionDenied, SlicectlError, StateError, ValidationError
+from .errors import PermissionDenied, StateError, ValidationError
 from .plan import NodeFacts, SliverIdentity, container_name, container_plan, resource_update
 from .rspec import RSpec, combine, parse_rspec, split, validate_slice_name
 from .store import CREATING, RUNNING, STOPPED, SliverRow, Store
@@ -519,8 +519,8 @@ class NodeManager:
                             self.engine.start(container)
                             self.store.update_sliver(name, state=RUNNING)
                             actions.append(f"started {name}")
-            except SlicectlError as e:
-                log.error("reconcile %s: %s", name, e)
+            except Exception as e:  # one broken sliver must not keep the node down
+                log.exception("reconcile %s failed", name)
                 actions.append(f"failed {name}: {e}")
         for name in summaries:
             self.engine.remove(container_name(name))
