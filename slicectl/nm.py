@@ -23,7 +23,7 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from . import admission
+from . import admission, code_hash
 from .accounts import HostAccounts, validate_contacts, validate_keys
 from .admission import NodeCapacity
 from .config import NodeConfig
@@ -126,6 +126,7 @@ class NodeManager:
         self.capacity = capacity
         self.clock = clock
         self.started = clock()
+        self.code = code_hash()
         self._admit = threading.Lock()
         self._locks_guard = threading.Lock()
         self._slice_locks: dict[str, threading.Lock] = {}
@@ -487,7 +488,7 @@ class NodeManager:
                                           if r.rspec.start <= now),
             "cpu_shares_total": self.capacity.cpu_shares,
             "mem_mb": self.capacity.mem_mb, "disk_mb": self.capacity.disk_mb,
-            "caller": caller.name,
+            "caller": caller.name, "code": self.code,
         }
 
     # keeping state true -----------------------------------------------------------------

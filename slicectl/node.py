@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import code_hash
 from .config import NodeConfig
 from .containers import engine_client
 from .dockerd import Say, ensure_network, start_engine
@@ -63,7 +64,11 @@ def start_nm(cfg: NodeConfig, say: Say, log_path: Path | None = None,
     """Start the node manager daemon unless it answers; return its pid."""
     pid = nm_pid(cfg)
     if pid is not None and nm_answers(cfg):
-        return pid
+        running = nm_client(cfg, timeout=10).call("status").get("code")
+        if running == code_hash():
+            return pid
+        say(f"node manager (pid {pid}) runs other code ({running}); restarting it")
+        stop_nm(cfg)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = log_path or LOG_DIR / f"nm-{cfg.node_id}.log"
     env = {**os.environ, **config_env(cfg)}
