@@ -28,6 +28,7 @@ METHODS: dict[str, str] = {
     "set_keys": "set_keys",
     "set_initscript": "set_initscript",
     "status": "status",
+    "set_node": "set_node",
 }
 
 

@@ -130,7 +130,10 @@ def cmd_show(args: argparse.Namespace, cfg: NodeConfig) -> int:
         print(f"{key + ':':13}{value if value not in (None, '') else '-'}")
     print("rspec:")
     for key, value in sorted(info["rspec"].items()):
-        print(f"  {key + ':':14}{value}")
+        print(f"  {key + ':':18}{value}")
+    print("network:")
+    for key, value in sorted(info["net"].items()):
+        print(f"  {key + ':':18}{value}")
     return 0
 
 
@@ -218,6 +221,11 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         stop_sshd(cfg)
         say("node manager stopped; slivers and the engine keep running" if stopped
             else "node manager was not running")
+    elif args.node_cmd == "set":
+        if not args.value.isdigit():
+            raise UsageError(f"node set {args.name}: expected a whole number, found {args.value!r}")
+        info = nm_client(cfg).call("set_node", args.name, int(args.value))
+        say(f"{args.name} = {info[args.name]}")
     elif args.node_cmd == "status":
         pid = nm_pid(cfg)
         info = nm_client(cfg, timeout=10).call("status")
@@ -294,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     nsub.add_parser("restart", help="restart the node manager (slivers keep running)")
     nsub.add_parser("down", help="stop the node manager and sshd (slivers keep running)")
     output(nsub.add_parser("status", help="the node manager's view of the node"))
+    st = nsub.add_parser("set", help="change a node setting live (net_cap_kbit)")
+    st.add_argument("name", choices=("net_cap_kbit",))
+    st.add_argument("value")
     return p
 
 

@@ -37,6 +37,9 @@ class NodeConfig:
     run_dir: Path
     engine_sock: Path
     network: str = "slicectl"
+    subnet: str = "172.30.0.0/16"
+    bridge: str = "slicectl0"
+    ifb: str = "slicectl-ifb0"
     cgroup_parent: str = "/slicectl"
     image: str = ""
     ssh_port: int = 22
@@ -88,6 +91,9 @@ class NodeConfig:
             run_dir=run,
             engine_sock=Path(env.get("SLICECTL_ENGINE_SOCK", "/run/slicectl/docker.sock")),
             network=env.get("SLICECTL_NETWORK", "slicectl"),
+            subnet=env.get("SLICECTL_SUBNET", "172.30.0.0/16"),
+            bridge=env.get("SLICECTL_BRIDGE", "slicectl0"),
+            ifb=env.get("SLICECTL_IFB", "slicectl-ifb0"),
             cgroup_parent=env.get("SLICECTL_CGROUP_PARENT", "/slicectl"),
             image=env.get("SLICECTL_IMAGE", ""),
             ssh_port=int(port_text),

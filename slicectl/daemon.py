@@ -14,8 +14,9 @@ from types import FrameType
 from .accounts import HostAccounts
 from .admission import NodeCapacity
 from .api import NodeManagerAPI
-from .config import REFERENCE_REPO, NodeConfig, default_config
+from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE, REFERENCE_REPO, NodeConfig, default_config
 from .containers import SliverEngine, engine_client
+from .network import NodeNetwork
 from .nm import NodeManager
 from .rpc import UnixXMLRPCServer
 from .store import Store
@@ -45,9 +46,13 @@ def build_node_manager(cfg: NodeConfig) -> NodeManager:
     facts = engine.facts(
         image=cfg.image or f"{REFERENCE_REPO}:latest", network=cfg.network,
         cgroup_parent=cfg.cgroup_parent, hostname=cfg.hostname, nm_sock_dir=cfg.nm_sock_dir,
+        subnet=cfg.subnet,
     )
     capacity = node_capacity(client.info()["DockerRootDir"])
-    return NodeManager(cfg, Store(cfg.db_path), engine, HostAccounts(), facts, capacity)
+    store = Store(cfg.db_path)
+    net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
+                      ifb=cfg.ifb)
+    return NodeManager(cfg, store, engine, HostAccounts(), facts, capacity, net)
 
 
 def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
@@ -60,6 +65,7 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     nm = build_node_manager(cfg)
     nm.accounts.ensure_group()
+    nm.net.setup()
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm))
     os.chmod(cfg.nm_sock_dir, 0o700)
@@ -67,11 +73,30 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     stop = threading.Event()
 
     def expiry() -> None:
+        ticks = 0
         while not stop.wait(expire_every_s):
+            ticks += 1
             try:
                 nm.expire()
+                if ticks % 2 == 0:
+                    nm.poll_network()
             except Exception:
-                log.exception("expiry pass failed")
+                log.exception("expiry or counter pass failed")
+
+    def engine_events() -> None:
+        # Slivers the engine restarts on its own (restart policy, engine restart) lose
+        # their veth; give them their network again.
+        filters = {"label": [f"{LABEL_NODE}={cfg.node_id}", f"{LABEL_KIND}=sliver"],
+                   "event": "start", "type": "container"}
+        while not stop.is_set():
+            try:
+                for ev in nm.engine.client.events(filters=filters, decode=True):
+                    name = ev.get("Actor", {}).get("Attributes", {}).get(LABEL_SLICE)
+                    if name:
+                        nm.sliver_started(name)
+            except Exception:
+                log.exception("engine event stream failed; reconnecting")
+                stop.wait(1)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: shutting down", signum)
@@ -81,6 +106,7 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=expiry, name="expiry", daemon=True).start()
+    threading.Thread(target=engine_events, name="events", daemon=True).start()
     log.info("node manager %s serving on %s (pid %d)", cfg.node_id, cfg.nm_sock, os.getpid())
     try:
         server.serve_forever(poll_interval=0.2)

@@ -22,8 +22,6 @@ from .proc import run
 
 DOCKERD = "/usr/sbin/dockerd"
 DEFAULT_DISK_GB = 40
-DEFAULT_SUBNET = "172.30.0.0/16"
-BRIDGE = "slicectl0"
 
 
 def data_root(cfg: NodeConfig) -> Path:
@@ -106,8 +104,13 @@ def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,
                       f"last log lines: {' | '.join(tail)}")
 
 
-def ensure_network(client: docker.DockerClient, name: str, subnet: str = DEFAULT_SUBNET) -> None:
-    """The node bridge slivers attach to, masqueraded to the node's address."""
+def ensure_network(client: docker.DockerClient, name: str, subnet: str, bridge: str) -> None:
+    """The node bridge slivers attach to, masqueraded to the node's address.
+
+    Its Linux bridge has a name we choose (``slicectl0``); sliver addresses are fixed
+    (from their xid, upper half of the subnet), the engine's own allocations take the
+    lower half.
+    """
     try:
         client.networks.get(name)
         return
@@ -116,7 +119,7 @@ def ensure_network(client: docker.DockerClient, name: str, subnet: str = DEFAULT
     ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
     client.networks.create(
         name, driver="bridge", ipam=ipam, check_duplicate=True,
-        options={"com.docker.network.bridge.name": BRIDGE,
+        options={"com.docker.network.bridge.name": bridge,
                  "com.docker.network.bridge.enable_ip_masquerade": "true",
                  "com.docker.network.bridge.enable_icc": "true"},
         labels={LABEL_KIND: "network", f"{LABEL_PREFIX}.owner": "slicectl"},

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .admission import NodeCapacity
 from .config import NodeConfig
 from .containers import SliverEngine
 from .errors import PermissionDenied, StateError, ValidationError
+from .network import NetIdentity, NodeNetwork, utc_day
 from .plan import NodeFacts, SliverIdentity, container_name, container_plan, resource_update
 from .rspec import RSpec, combine, parse_rspec, split, validate_slice_name
 from .store import CREATING, RUNNING, STOPPED, SliverRow, Store
@@ -40,6 +41,7 @@ RCAP = re.compile(r"^[0-9a-f]{32}$")
 DESTROYED = "destroyed"
 MAX_INITSCRIPT = 64 * 1024
 MAX_DESCRIPTION = 2048
+USAGE_KEEP_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -112,18 +114,20 @@ class NodeManager:
         accounts: the host account layer.
         facts: the node facts container plans need (image, CPUs, network, ...).
         capacity: the node's limits for admission control.
+        net: the node's sliver network (bandwidth classes, ports, counters).
         clock: returns the current time (tests pass their own).
     """
 
     def __init__(self, cfg: NodeConfig, store: Store, engine: SliverEngine,
                  accounts: HostAccounts, facts: NodeFacts, capacity: NodeCapacity,
-                 clock: Callable[[], float] = time.time) -> None:
+                 net: NodeNetwork, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.store = store
         self.engine = engine
         self.accounts = accounts
         self.facts = facts
         self.capacity = capacity
+        self.net = net
         self.clock = clock
         self.started = clock()
         self.code = code_hash()
@@ -162,6 +166,22 @@ class NodeManager:
             raise StateError(f"slice {name}: expected at least one bound rcap, found none")
         return combine([r.rspec for r in rows])
 
+    def _ident(self, sliver: SliverRow) -> NetIdentity:
+        rows = self.store.rcaps(sliver.slice)
+        spec = combine([r.rspec for r in rows]) if rows else parse_rspec({}, self.clock())
+        return NetIdentity(sliver.slice, sliver.xid, spec)
+
+    def _sync_ports(self) -> None:
+        """Make the port manager's chains match the reserved ports of all slivers."""
+        self.net.apply_ports([self._ident(s) for s in self.store.slivers()
+                              if s.desired != DESTROYED])
+
+    def _attach(self, sliver: SliverRow, container: Container) -> None:
+        container.reload()
+        pid = container.attrs["State"].get("Pid")
+        if container.status == "running" and pid:
+            self.net.attach(self._ident(sliver), int(pid))
+
     def _owner_text(self, slice_name: str | None, rcap: str) -> str:
         return f"slice {slice_name}" if slice_name else f"unbound rcap {rcap[:8]}..."
 
@@ -187,7 +207,8 @@ class NodeManager:
                 and r.rspec.start < spec.end and spec.start < r.rspec.end
                 for key in r.rspec.ports()
             }
-            admission.check(spec, outstanding, self.capacity, owners)
+            capacity = replace(self.capacity, net_cap_kbit=self.net.cap_kbit)
+            admission.check(spec, outstanding, capacity, owners)
             rcap = secrets.token_hex(16)
             self.store.add_rcap(rcap, spec, caller.name)
         log.info("acquire %s by %s: %s", rcap, caller.name, spec.to_wire())
@@ -307,6 +328,7 @@ class NodeManager:
             if new:
                 self._teardown(name)
                 self.store.delete_sliver(name)
+                self._sync_ports()
             else:
                 self._apply_resources(self.store.get_sliver(name))
         except Exception:  # the original error matters more; reconcile finishes the rest
@@ -345,6 +367,8 @@ class NodeManager:
                 self.engine.start(container)
             container.reload()
             self.engine.read_back(container, resource_update(spec, self.facts.ncpus))
+            self._attach(sliver, container)
+        self._sync_ports()
         self.accounts.write_login(home, container=container.id, engine_sock=self.cfg.engine_sock,
                                   uid=uid, slice_name=name)
         self.store.update_sliver(name, state=sliver.desired)
@@ -360,10 +384,16 @@ class NodeManager:
         container.reload()
         if container.status == "running":
             self.engine.read_back(container, resources)
+        self.net.update(self._ident(sliver))
+        self._sync_ports()
 
     def _teardown(self, name: str) -> None:
-        """Remove the container, the host account and the state directory of a sliver."""
+        """Remove the container, the bandwidth classes, the host account and the state
+        directory of a sliver (its ports go with the next ``_sync_ports``)."""
         self.engine.remove(container_name(name))
+        sliver = self.store.find_sliver(name)
+        if sliver is not None:
+            self.net.detach(self._ident(sliver))
         home = self._home(name)
         self.accounts.remove(name, home)
         shutil.rmtree(home, ignore_errors=True)
@@ -382,6 +412,7 @@ class NodeManager:
         self.store.update_sliver(name, desired=DESTROYED)
         self._teardown(name)
         self.store.delete_sliver(name)
+        self._sync_ports()
 
     def start(self, caller: Caller, slice_name: object) -> dict[str, Any]:
         return self._set_desired(caller, slice_name, RUNNING)
@@ -400,6 +431,7 @@ class NodeManager:
                 self._materialize(self.store.get_sliver(name))
             elif desired == RUNNING:
                 self.engine.start(container)
+                self._attach(sliver, container)
             else:
                 self.engine.stop(container)
             self.store.update_sliver(name, state=desired)
@@ -444,6 +476,7 @@ class NodeManager:
             "created": iso(sliver.created), "created_by": sliver.created_by,
             "contacts": sliver.contacts, "description": sliver.description,
             "keys": len(sliver.keys), "rcaps": [r.rcap for r in self.store.rcaps(name)],
+            "net": {"address": self.net.address(sliver.xid), **self.net.counters(name)},
         }
         if summary is not None:
             info["state"] = summary.get("State", sliver.state)
@@ -489,7 +522,41 @@ class NodeManager:
             "cpu_shares_total": self.capacity.cpu_shares,
             "mem_mb": self.capacity.mem_mb, "disk_mb": self.capacity.disk_mb,
             "caller": caller.name, "code": self.code,
+            "net_cap_kbit": self.net.cap_kbit,
+            "net_guaranteed_kbit": sum(r.rspec.net_min_kbit for r in live if r.rspec.start <= now),
         }
+
+    def set_node(self, caller: Caller, name: object, value: object) -> dict[str, Any]:
+        """Change a node setting live (root on the node only). Settings: net_cap_kbit."""
+        if not caller.is_root:
+            raise PermissionDenied(f"caller {caller.name}: node settings are for root on the node")
+        if name != "net_cap_kbit":
+            raise ValidationError("setting", "one of: net_cap_kbit", name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000_000:
+            raise ValidationError("net_cap_kbit", "an integer from 1 to 100000000", value)
+        now = self.clock()
+        live = [r for r in self.store.rcaps() if r.rspec.end > now]
+        peak = max((admission.peak_overlap(r.rspec, [x.rspec for x in live], "net_min_kbit")[0]
+                    for r in live), default=0)
+        with self._admit:
+            self.net.set_cap(value, peak, [self._ident(s) for s in self.store.slivers()])
+        log.info("node setting net_cap_kbit = %d by %s", value, caller.name)
+        return self.status(caller)
+
+    def poll_network(self) -> None:
+        """Fold kernel traffic counters into the database; apply daily budgets."""
+        self.net.poll([self._ident(s) for s in self.store.slivers() if s.desired == RUNNING])
+        self.store.prune_usage(utc_day(self.clock() - USAGE_KEEP_DAYS * 86400))
+
+    def sliver_started(self, name: str) -> None:
+        """The engine (re)started a sliver on its own: give it its network again."""
+        with self._slice_lock(name):
+            sliver = self.store.find_sliver(name)
+            if sliver is None or sliver.desired != RUNNING or sliver.state == CREATING:
+                return
+            container = self.engine.get(container_name(name))
+            if container is not None:
+                self._attach(sliver, container)
 
     # keeping state true -----------------------------------------------------------------
 
@@ -523,6 +590,16 @@ class NodeManager:
             except Exception as e:  # one broken sliver must not keep the node down
                 log.exception("reconcile %s failed", name)
                 actions.append(f"failed {name}: {e}")
+        for sliver in self.store.slivers():
+            if sliver.desired == RUNNING:
+                try:
+                    c = self.engine.get(container_name(sliver.slice))
+                    if c is not None:
+                        self._attach(sliver, c)
+                except Exception as e:
+                    log.exception("reconcile network of %s failed", sliver.slice)
+                    actions.append(f"failed network of {sliver.slice}: {e}")
+        self._sync_ports()
         for name in summaries:
             self.engine.remove(container_name(name))
             actions.append(f"removed orphan container {container_name(name)}")

@@ -30,6 +30,9 @@ def config_env(cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_RUN_DIR": str(cfg.run_dir),
         "SLICECTL_ENGINE_SOCK": str(cfg.engine_sock),
         "SLICECTL_NETWORK": cfg.network,
+        "SLICECTL_SUBNET": cfg.subnet,
+        "SLICECTL_BRIDGE": cfg.bridge,
+        "SLICECTL_IFB": cfg.ifb,
         "SLICECTL_CGROUP_PARENT": cfg.cgroup_parent,
         "SLICECTL_IMAGE": cfg.image,
         "SLICECTL_SSH_PORT": str(cfg.ssh_port),
@@ -112,7 +115,7 @@ def prepare(cfg: NodeConfig, env: Mapping[str, str], say: Say) -> str:
     start_engine(cfg, say)
     client = engine_client(cfg.engine_url)
     try:
-        ensure_network(client, cfg.network)
+        ensure_network(client, cfg.network, cfg.subnet, cfg.bridge)
         tag = ensure_reference_image(client, env, say)
     finally:
         client.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE, LABEL_XID, SLIVER_PREFIX
+from .netplan import sliver_address
 from .rspec import RSpec
 
 #: cgroup v1 cpu.shares per rspec share: 1000 shares fit under the kernel's 262144 cap.
@@ -45,6 +46,7 @@ class NodeFacts:
     cgroup_parent: str
     hostname: str
     nm_sock_dir: Path
+    subnet: str = "172.30.0.0/16"
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,9 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
         "cap_add": list(SLIVER_CAPS),
         "cgroup_parent": node.cgroup_parent,
         "network": node.network,
+        "networking_config": {
+            node.network: {"IPAMConfig": {"IPv4Address": sliver_address(node.subnet, ident.xid)}},
+        },
         "mounts": mounts,
         "ulimits": [{"Name": "nofile", "Soft": rspec.nofile, "Hard": rspec.nofile}],
         "storage_opt": {"size": str(disk_quota_bytes(rspec, node.image_bytes))},

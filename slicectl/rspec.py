@@ -53,6 +53,7 @@ INT_FIELDS: dict[str, IntRange] = {
     "nproc": IntRange(16, 1 << 22),
     "net_min_kbit": IntRange(1, 100_000_000),
     "net_max_kbit": IntRange(1, 100_000_000),
+    "net_max_kbyte_day": IntRange(0, 1 << 40),
 }
 BOOL_FIELDS = ("cpu_capped", "create_vm", "nm_privileged", "raw_sockets")
 PORT_FIELDS = ("tcp_ports", "udp_ports")
@@ -76,6 +77,8 @@ class RSpec:
     nproc: int = 512
     net_min_kbit: int = 5
     net_max_kbit: int = 10_000
+    #: Daily byte budget in kilobytes (0: none). Past 80% the ceiling drops so it lasts the day.
+    net_max_kbyte_day: int = 0
     tcp_ports: tuple[int, ...] = field(default=())
     udp_ports: tuple[int, ...] = field(default=())
     create_vm: bool = True
@@ -223,6 +226,8 @@ def combine(specs: list[RSpec]) -> RSpec:
         start=min(s.start for s in specs),
         end=max(s.end for s in specs),
         net_max_kbit=max(max(s.net_max_kbit for s in specs), sums["net_min_kbit"]),
+        net_max_kbyte_day=(0 if any(s.net_max_kbyte_day == 0 for s in specs)
+                           else sum(s.net_max_kbyte_day for s in specs)),
         tcp_ports=tuple(sorted({p for s in specs for p in s.tcp_ports})),
         udp_ports=tuple(sorted({p for s in specs for p in s.udp_ports})),
         cpu_capped=all(s.cpu_capped for s in specs),
@@ -253,6 +258,10 @@ def split(parent: RSpec, part: RSpec) -> RSpec:
                 name, f"at most {have - lo} (the rcap has {have} and keeps at least {lo})", want
             )
         remaining[name] = have - want
+    if parent.net_max_kbyte_day and not 0 < part.net_max_kbyte_day <= parent.net_max_kbyte_day:
+        raise ValidationError("net_max_kbyte_day",
+                              f"from 1 to {parent.net_max_kbyte_day} (the rcap's daily budget)",
+                              part.net_max_kbyte_day)
     if part.net_max_kbit > parent.net_max_kbit:
         raise ValidationError("net_max_kbit", f"at most {parent.net_max_kbit}", part.net_max_kbit)
     for flag in ("nm_privileged", "raw_sockets", "create_vm"):

@@ -45,6 +45,19 @@ CREATE TABLE IF NOT EXISTS slivers (
     keys         TEXT NOT NULL DEFAULT '[]',
     initscript   TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS net_usage (
+    slice        TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    bytes        INTEGER NOT NULL DEFAULT 0,
+    packets      INTEGER NOT NULL DEFAULT 0,
+    last_bytes   INTEGER NOT NULL DEFAULT 0,
+    last_packets INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (slice, day)
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 #: Sliver states. ``creating``: recorded, container maybe not yet made or started.
@@ -235,6 +248,60 @@ class Store:
                              (*values.values(), slice_name))
             if cur.rowcount == 0:
                 raise NotFoundError(f"slice {slice_name}: no sliver of that slice on this node")
+
+    # node settings ----------------------------------------------------------------------
+
+    def setting(self, name: str, default: str) -> str:
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return default if row is None else str(row["value"])
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO settings(name, value) VALUES (?, ?) ON CONFLICT(name) DO "
+                       "UPDATE SET value = excluded.value", (name, value))
+
+    # traffic counters ---------------------------------------------------------------
+
+    def add_usage(self, slice_name: str, day: str, kernel_bytes: int, kernel_packets: int) -> None:
+        """Fold a kernel class counter reading into the day's total.
+
+        A reading below the last one means the class was made anew (the sliver was
+        re-created or restarted): the reading itself is then the increment.
+        """
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM net_usage WHERE slice = ? AND day = ?",
+                             (slice_name, day)).fetchone()
+            if row is None:
+                prev = db.execute(
+                    "SELECT last_bytes, last_packets FROM net_usage WHERE slice = ? "
+                    "ORDER BY day DESC LIMIT 1", (slice_name,)).fetchone()
+                last_b, last_p = (prev[0], prev[1]) if prev else (0, 0)
+                db.execute("INSERT INTO net_usage(slice, day, last_bytes, last_packets) "
+                           "VALUES (?, ?, ?, ?)", (slice_name, day, last_b, last_p))
+            else:
+                last_b, last_p = row["last_bytes"], row["last_packets"]
+            db_ = kernel_bytes - last_b if kernel_bytes >= last_b else kernel_bytes
+            dp = kernel_packets - last_p if kernel_packets >= last_p else kernel_packets
+            db.execute("UPDATE net_usage SET bytes = bytes + ?, packets = packets + ?, "
+                       "last_bytes = ?, last_packets = ? WHERE slice = ? AND day = ?",
+                       (db_, dp, kernel_bytes, kernel_packets, slice_name, day))
+
+    def usage(self, slice_name: str, day: str) -> tuple[int, int]:
+        with self.tx() as db:
+            row = db.execute("SELECT bytes, packets FROM net_usage WHERE slice = ? AND day = ?",
+                             (slice_name, day)).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def reset_last_usage(self, slice_name: str) -> None:
+        """A new kernel class starts from zero (called when a sliver's class is created)."""
+        with self.tx() as db:
+            db.execute("UPDATE net_usage SET last_bytes = 0, last_packets = 0 WHERE slice = ?",
+                       (slice_name,))
+
+    def prune_usage(self, before_day: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM net_usage WHERE day < ?", (before_day,))
 
     def delete_sliver(self, slice_name: str) -> None:
         """Forget a sliver and every rcap bound to it."""

@@ -37,7 +37,8 @@ def test_create_show_delete_leaves_nothing(nm: NMHandle, engine: docker.DockerCl
     assert info["container"] == f"sliver-{name}"
     assert info["contacts"] == ["alice@example.org"]
     assert info["rspec"]["cpu_share"] == 20
-    assert info["address"].startswith("172.30.")
+    assert info["address"] == info["net"]["address"]
+    assert info["address"].startswith(nm.cfg.subnet.split(".0/")[0].rsplit(".", 1)[0])
     # The pid is the sliver's init as the host sees it.
     assert Path(f"/proc/{info['pid']}/cgroup").read_text().count(info["container_id"]) > 0
     assert account_exists(name)

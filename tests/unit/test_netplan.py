@@ -1,0 +1,146 @@
+"""Network plans as tables: addresses, HTB classes and filters, firewall rules, budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from slicectl.netplan import (
+    ICMP_KBIT,
+    OPTS_KBIT,
+    PortGrant,
+    chain_names,
+    firewall_rules,
+    handle,
+    handle_text,
+    port_grants,
+    quantum,
+    root_classes,
+    sliver_address,
+    sliver_tc,
+)
+from slicectl.network import budget_ceil_kbit, utc_day
+from slicectl.rspec import parse_rspec
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("subnet", "xid", "address"),
+    [("172.30.0.0/16", 1, "172.30.128.1"), ("172.30.0.0/16", 300, "172.30.129.44"),
+     ("172.30.0.0/16", 0x3FFF, "172.30.191.255"), ("172.31.4.0/22", 5, "172.31.6.5"),
+     ("172.31.4.0/22", 500, "172.31.7.244")],
+)
+def test_sliver_address(subnet: str, xid: int, address: str) -> None:
+    assert sliver_address(subnet, xid) == address
+
+
+@pytest.mark.parametrize(("subnet", "xid"), [("172.31.4.0/22", 511), ("172.30.0.0/16", 0),
+                                             ("172.30.0.0/16", 0x4000)])
+def test_sliver_address_out_of_room(subnet: str, xid: int) -> None:
+    with pytest.raises(ValueError):
+        sliver_address(subnet, xid)
+
+
+@pytest.mark.parametrize(
+    ("xid", "minors"),
+    [(1, (0xC001, 0x0001, 0x4001, 0x8001)), (0x3FFF, (0xFFFF, 0x3FFF, 0x7FFF, 0xBFFF))],
+)
+def test_class_ids_come_from_the_xid(xid: int, minors: tuple[int, ...]) -> None:
+    plan = sliver_tc(xid, "172.30.128.1", parse_rspec({}, NOW), 100_000)
+    assert tuple(c.classid & 0xFFFF for c in plan.classes) == minors
+    assert all(c.classid >> 16 == 1 for c in plan.classes)
+    assert plan.prio == 100 + xid
+
+
+@pytest.mark.parametrize(
+    ("fields", "cap", "rate", "ceil"),
+    [
+        ({}, 100_000, 5, 10_000),
+        ({"net_min_kbit": 2000, "net_max_kbit": 50_000}, 100_000, 2000, 50_000),
+        ({"net_max_kbit": 50_000}, 20_000, 5, 20_000),   # the node cap bounds every ceil
+        ({"net_min_kbit": 30_000, "net_max_kbit": 50_000}, 20_000, 20_000, 20_000),
+    ],
+)
+def test_rates_and_ceilings(fields: dict[str, int], cap: int, rate: int, ceil: int) -> None:
+    parent, data, icmp, opts = sliver_tc(7, "172.30.128.7", parse_rspec(fields, NOW), cap).classes
+    assert (data.rate_kbit, data.ceil_kbit) == (rate, ceil)
+    assert data.parent == icmp.parent == opts.parent == parent.classid
+    assert parent.parent == handle(0xC000)
+    assert parent.rate_kbit >= data.rate_kbit + icmp.rate_kbit + opts.rate_kbit - 1
+    assert (icmp.ceil_kbit, opts.ceil_kbit) == (ICMP_KBIT, OPTS_KBIT)
+
+
+def test_budget_override_lowers_ceiling() -> None:
+    plan = sliver_tc(7, "172.30.128.7", parse_rspec({"net_max_kbit": 8000}, NOW), 100_000,
+                     ceil_kbit=300)
+    assert plan.classes[1].ceil_kbit == 300
+
+
+def test_filters_classify_icmp_then_plain_ip_then_options() -> None:
+    plan = sliver_tc(7, "172.30.128.7", parse_rspec({}, NOW), 100_000)
+    src = "0xac1e8007/0xffffffff+12"
+    assert [f.keys for f in plan.filters] == [("0x1/0xff+9", src), ("0x45/0xff+0", src), (src,)]
+    assert [handle_text(f.target) for f in plan.filters] == ["1:4007", "1:7", "1:8007"]
+    assert {f.prio for f in plan.filters} == {107}
+
+
+@pytest.mark.parametrize(("rate", "q"), [(5, 1514), (1000, 12500), (10_000, 125_000),
+                                         (100_000, 200_000)])
+def test_quantum_proportional_within_bounds(rate: int, q: int) -> None:
+    assert quantum(rate) == q
+
+
+def test_root() -> None:
+    root, default = root_classes(100_000)
+    assert (root.classid, root.parent, root.rate_kbit, root.ceil_kbit) == (0x1C000, 0x10000,
+                                                                           100_000, 100_000)
+    assert default.classid == 0x18000 and default.parent == root.classid
+
+
+def test_firewall_rules() -> None:
+    specs = [("pl_web", "172.30.128.1", parse_rspec({"tcp_ports": [8080], "udp_ports": [53]}, NOW)),
+             ("pl_idle", "172.30.128.2", parse_rspec({}, NOW))]
+    grants = port_grants(specs)
+    assert grants == [PortGrant("pl_web", "172.30.128.1", "tcp", 8080),
+                      PortGrant("pl_web", "172.30.128.1", "udp", 53)]
+    text = firewall_rules(grants, "slicectl0", "172.30.0.0/16", chain_names("node"))
+    lines = text.splitlines()
+    assert lines[:3] == ["*nat", ":SLICECTL-DNAT - [0:0]", ":SLICECTL-SNAT - [0:0]"]
+    assert ('-A SLICECTL-DNAT -p tcp -m tcp --dport 8080 -m comment --comment "slicectl pl_web" '
+            '-j DNAT --to-destination 172.30.128.1:8080') in lines
+    assert ('-A SLICECTL-SNAT -s 172.30.128.1/32 ! -o slicectl0 -p udp -m udp --sport 53 '
+            '-m comment --comment "slicectl pl_web" -j MASQUERADE --to-ports 53') in lines
+    assert any(ln.startswith("-A SLICECTL-FWD -d 172.30.128.1/32 -o slicectl0 -p tcp") and
+               "--ctstate DNAT" in ln for ln in lines)
+    assert lines.count("COMMIT") == 2
+    # No grants: the chains are declared (and so emptied) all the same.
+    empty = firewall_rules([], "slicectl0", "172.30.0.0/16", chain_names("node")).splitlines()
+    assert [ln for ln in empty if ln.startswith("-A")] == []
+    assert ":SLICECTL-FWD - [0:0]" in empty
+
+
+def test_chain_names_fit_iptables() -> None:
+    names = chain_names("test-abcdef")
+    assert names["dnat"] == "SLICECTL-DNAT-test-abcdef"
+    assert all(len(n) <= 28 for n in names.values())
+
+
+@pytest.mark.parametrize(
+    ("used_kbyte", "expect"),
+    [(0, None), (799_999, None), (800_000, 5), (900_000, 5)],
+)
+def test_budget_ceiling(used_kbyte: int, expect: int | None) -> None:
+    spec = parse_rspec({"net_max_kbyte_day": 1_000_000, "net_max_kbit": 10_000}, NOW)
+    got = budget_ceil_kbit(spec, used_kbyte * 1000, NOW)
+    if expect is None:
+        assert got is None
+    else:
+        # 200 MB left over the 16 hours to midnight: about 27 kbit/s; at 900 MB, about 14.
+        assert got is not None and got >= expect
+        left_s = 86400 - (NOW % 86400)
+        assert got == max(5, int((1_000_000 - used_kbyte) * 1000 * 8 / 1000 / left_s))
+
+
+def test_no_budget_no_ceiling() -> None:
+    assert budget_ceil_kbit(parse_rspec({}, NOW), 10**12, NOW) is None
+    assert utc_day(NOW) == "2027-01-15"
