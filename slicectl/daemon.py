@@ -16,6 +16,7 @@ from .admission import NodeCapacity
 from .api import NodeManagerAPI
 from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE, REFERENCE_REPO, NodeConfig, default_config
 from .containers import SliverEngine, engine_client
+from .dockerd import quota_mode
 from .network import NodeNetwork
 from .nm import NodeManager
 from .rpc import UnixXMLRPCServer
@@ -43,12 +44,13 @@ def build_node_manager(cfg: NodeConfig) -> NodeManager:
     """Wire a NodeManager to the real engine, database and host accounts."""
     client = engine_client(cfg.engine_url)
     engine = SliverEngine(client, cfg.node_id)
+    root = client.info()["DockerRootDir"]
     facts = engine.facts(
         image=cfg.image or f"{REFERENCE_REPO}:latest", network=cfg.network,
         cgroup_parent=cfg.cgroup_parent, hostname=cfg.hostname, nm_sock_dir=cfg.nm_sock_dir,
-        subnet=cfg.subnet,
+        subnet=cfg.subnet, quota_counts_image=quota_mode(Path(root)) == "qgroup",
     )
-    capacity = node_capacity(client.info()["DockerRootDir"])
+    capacity = node_capacity(root)
     store = Store(cfg.db_path)
     net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
                       ifb=cfg.ifb)

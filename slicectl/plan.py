@@ -47,6 +47,8 @@ class NodeFacts:
     hostname: str
     nm_sock_dir: Path
     subnet: str = "172.30.0.0/16"
+    #: Full btrfs qgroups charge a snapshot for the image it shares; simple quotas do not.
+    quota_counts_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,11 @@ def cfs_quota(cpu_share: int, ncpus: int) -> tuple[int, int]:
     return period, quota
 
 
-def disk_quota_bytes(rspec: RSpec, image_bytes: int) -> int:
-    """btrfs counts the image's referenced bytes against the quota, so add them."""
-    return image_bytes + rspec.disk_mb * MIB
+def disk_quota_bytes(rspec: RSpec, node: NodeFacts) -> int:
+    """The btrfs quota of a sliver's root fs: ``disk_mb``, plus the image where the
+    filesystem's quota mode charges the sliver for it (full qgroups count referenced
+    bytes; simple quotas only what the sliver writes)."""
+    return rspec.disk_mb * MIB + (node.image_bytes if node.quota_counts_image else 0)
 
 
 def resource_update(rspec: RSpec, ncpus: int) -> dict[str, Any]:
@@ -139,7 +143,7 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
         },
         "mounts": mounts,
         "ulimits": [{"Name": "nofile", "Soft": rspec.nofile, "Hard": rspec.nofile}],
-        "storage_opt": {"size": str(disk_quota_bytes(rspec, node.image_bytes))},
+        "storage_opt": {"size": str(disk_quota_bytes(rspec, node))},
         "restart_policy": {"Name": "unless-stopped"},
         "stop_signal": "SIGTERM",
         "log_config": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}},

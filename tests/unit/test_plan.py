@@ -74,7 +74,7 @@ def test_container_plan_isolation() -> None:
     assert kw["labels"] == {"org.slicectl.slice": "pl_demo", "org.slicectl.node": "n1",
                             "org.slicectl.xid": "7", "org.slicectl.kind": "sliver"}
     assert kw["ulimits"] == [{"Name": "nofile", "Soft": 2048, "Hard": 2048}]
-    assert kw["storage_opt"] == {"size": str((300 << 20) + (100 << 20))}
+    assert kw["storage_opt"] == {"size": str(100 << 20)}  # simple quotas: the image is free
     assert kw["cgroup_parent"] == "/slicectl"
     assert "cpu_quota" not in kw and "cpu_period" not in kw
     assert kw["environment"]["SLICECTL_UID"] == "20007"
@@ -98,5 +98,8 @@ def test_capped_plan_has_quota() -> None:
     assert (kw["cpu_period"], kw["cpu_quota"]) == (100_000, 20_000)
 
 
-def test_disk_quota_counts_image() -> None:
-    assert disk_quota_bytes(parse_rspec({"disk_mb": 16}, NOW), 1000) == 1000 + (16 << 20)
+def test_disk_quota_counts_image_only_under_full_qgroups() -> None:
+    spec = parse_rspec({"disk_mb": 16}, NOW)
+    assert disk_quota_bytes(spec, FACTS) == 16 << 20
+    full = NodeFacts(**{**FACTS.__dict__, "quota_counts_image": True})
+    assert disk_quota_bytes(spec, full) == (300 << 20) + (16 << 20)
