@@ -1,17 +1,15 @@
 """Docker-tier fixtures: the node's real engine, and a private node manager per test.
 
 Each ``nm`` fixture runs a real node manager daemon (a subprocess, so tests can kill it)
-with its own node id, state directory and socket, on the node's engine and reference
-image. Teardown removes exactly what that node id created: containers by label, host
-accounts by home directory, and the directories.
+with its own node id, state directory, socket, engine network, IFB and iptables chains,
+on the node's engine and reference image (see :mod:`slicectl.privnode`). Teardown
+removes exactly what that node id created.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,16 +22,11 @@ from typing import Any
 import docker
 import pytest
 
-from slicectl.accounts import HostAccounts
-from slicectl.config import LABEL_NODE, NodeConfig
-from slicectl.dockerd import Say, ensure_network
-from slicectl.network import NodeNetwork
+from slicectl.config import NodeConfig
+from slicectl.dockerd import Say
 from slicectl.node import nm_pid, prepare, start_nm, stop_nm
+from slicectl.privnode import log_path, private_node
 from slicectl.rpc import Client
-from slicectl.store import Store
-
-TEST_STATE = Path("/var/lib/slicectl/test")
-TEST_RUN = Path("/run/slicectl/test")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -113,55 +106,10 @@ class NMHandle:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def free_subnet(engine: docker.DockerClient) -> str:
-    """A /22 of 172.31.0.0/16 no engine network uses (one per private node manager)."""
-    used = {
-        cfg.get("Subnet")
-        for n in engine.api.networks()
-        for cfg in (n.get("IPAM") or {}).get("Config") or []
-    }
-    for i in range(64):
-        net = f"172.31.{i * 4}.0/22"
-        if net not in used:
-            return net
-    raise RuntimeError("no free /22 left in 172.31.0.0/16 for a test node")
-
-
-def cleanup_node(cfg: NodeConfig, engine: docker.DockerClient) -> None:
-    for c in engine.containers.list(all=True, filters={"label": f"{LABEL_NODE}={cfg.node_id}"}):
-        c.remove(force=True, v=True)
-    if cfg.db_path.exists():
-        net = NodeNetwork(Store(cfg.db_path), node_id=cfg.node_id, subnet=cfg.subnet,
-                          bridge=cfg.bridge, ifb=cfg.ifb)
-        net.teardown()
-    for n in engine.networks.list(names=[cfg.network]):
-        n.remove()
-    accounts = HostAccounts()
-    for name in accounts.ours(cfg.slivers_dir):
-        accounts.remove(name, cfg.slivers_dir / name)
-    shutil.rmtree(cfg.state_dir, ignore_errors=True)
-    shutil.rmtree(cfg.run_dir, ignore_errors=True)
-
-
 @pytest.fixture
 def nm(node_cfg: NodeConfig, engine: docker.DockerClient) -> Iterator[NMHandle]:
-    tag = secrets.token_hex(3)
-    TEST_STATE.mkdir(parents=True, exist_ok=True)
-    os.chmod(TEST_STATE, 0o755)
-    cfg = node_cfg.with_(node_id=f"test-{tag}", state_dir=TEST_STATE / tag,
-                         run_dir=TEST_RUN / tag, network=f"slicectl-t{tag}",
-                         subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}")
-    ensure_network(engine, cfg.network, cfg.subnet, cfg.bridge)
-    handle = NMHandle(cfg=cfg, tag=tag, log_path=TEST_STATE / f"nm-{tag}.log")
-    handle.start()
-    try:
-        yield handle
-    finally:
-        try:
-            handle.stop()
-        finally:
-            cleanup_node(cfg, engine)
-            handle.log_path.unlink(missing_ok=True)
+    with private_node(node_cfg, engine) as cfg:
+        yield NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))
 
 
 @pytest.fixture

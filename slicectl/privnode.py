@@ -1,0 +1,89 @@
+"""Private node manager instances on the node's engine, for tests and benchmarks.
+
+A private instance has its own node id, state and run directories, engine network, IFB
+and iptables chains, so it can be started, killed and removed without touching the
+node's own node manager or another instance. Removal takes exactly what its node id made.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+
+from .accounts import HostAccounts
+from .config import LABEL_NODE, NodeConfig
+from .dockerd import Say, ensure_network
+from .network import NodeNetwork
+from .node import start_nm, stop_nm
+from .store import Store
+
+PRIVATE_STATE = Path("/var/lib/slicectl/test")
+PRIVATE_RUN = Path("/run/slicectl/test")
+
+
+def free_subnet(engine: docker.DockerClient) -> str:
+    """A /22 of 172.31.0.0/16 that no engine network uses."""
+    used = {
+        cfg.get("Subnet")
+        for n in engine.api.networks()
+        for cfg in (n.get("IPAM") or {}).get("Config") or []
+    }
+    for i in range(64):
+        net = f"172.31.{i * 4}.0/22"
+        if net not in used:
+            return net
+    raise RuntimeError("no free /22 left in 172.31.0.0/16 for a private node")
+
+
+def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
+                   tag: str | None = None) -> NodeConfig:
+    tag = tag or secrets.token_hex(3)
+    return base.with_(node_id=f"{kind}-{tag}", state_dir=PRIVATE_STATE / tag,
+                      run_dir=PRIVATE_RUN / tag, network=f"slicectl-t{tag}",
+                      subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}")
+
+
+def log_path(cfg: NodeConfig) -> Path:
+    return cfg.state_dir.parent / f"nm-{cfg.state_dir.name}.log"
+
+
+def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
+    """Remove everything the instance made: containers, classes, chains, network,
+    accounts, directories."""
+    for c in engine.containers.list(all=True, filters={"label": f"{LABEL_NODE}={cfg.node_id}"}):
+        c.remove(force=True, v=True)
+    if cfg.db_path.exists():
+        NodeNetwork(Store(cfg.db_path), node_id=cfg.node_id, subnet=cfg.subnet,
+                    bridge=cfg.bridge, ifb=cfg.ifb).teardown()
+    for n in engine.networks.list(names=[cfg.network]):
+        n.remove()
+    accounts = HostAccounts()
+    for name in accounts.ours(cfg.slivers_dir):
+        accounts.remove(name, cfg.slivers_dir / name)
+    shutil.rmtree(cfg.state_dir, ignore_errors=True)
+    shutil.rmtree(cfg.run_dir, ignore_errors=True)
+    log_path(cfg).unlink(missing_ok=True)
+
+
+@contextmanager
+def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
+                 say: Say | None = None) -> Iterator[NodeConfig]:
+    """Start a private node manager; stop it and remove all it made on exit."""
+    cfg = private_config(base, engine, kind)
+    PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
+    os.chmod(PRIVATE_STATE, 0o755)
+    try:
+        ensure_network(engine, cfg.network, cfg.subnet, cfg.bridge)
+        start_nm(cfg, say or Say(quiet=True), log_path=log_path(cfg))
+        yield cfg
+    finally:
+        try:
+            stop_nm(cfg)
+        finally:
+            cleanup(cfg, engine)
