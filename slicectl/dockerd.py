@@ -116,17 +116,6 @@ def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
         say(f"note: {root} keeps full btrfs qgroup accounting (made before simple quotas); "
             "removing slivers costs more there")
     return root
-    image = cfg.state_dir / "engine.btrfs"
-    if not image.exists():
-        say(f"creating a {disk_gb} GiB sparse btrfs file {image} for sliver root filesystems")
-        with open(image, "wb") as f:
-            f.truncate(disk_gb << 30)
-        run(["mkfs.btrfs", "-q", "-L", "slicectl", str(image)], what="mkfs.btrfs")
-    run(["mount", "-o", "loop", str(image), str(root)], what=f"mount {image}")
-    if fs_type(root) != "btrfs":
-        raise EngineError(f"engine data root {root}: expected btrfs after mounting, found "
-                          f"{fs_type(root)}")
-    return root
 
 
 def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,3 +127,13 @@ def sliver_exec(engine: docker.DockerClient, container: str, cmd: list[str] | st
     c = engine.containers.get(container)
     res = c.exec_run(cmd, user=user, demux=False)
     return res.exit_code, (res.output or b"").decode(errors="replace")
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 15, what: str = "condition") -> None:
+    """Poll ``cond`` every 50 ms until it is true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -15,7 +15,7 @@ import pytest
 
 from slicectl.errors import SlicectlError
 
-from .conftest import NMHandle
+from .conftest import NMHandle, wait_for
 
 
 def our_containers(engine: docker.DockerClient, nm: NMHandle) -> list[Any]:
@@ -30,13 +30,6 @@ def db_rows(nm: NMHandle, sql: str) -> list[tuple[Any, ...]]:
         db.close()
 
 
-def wait_for(cond: Any, timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_restart_leaves_slivers_running_and_rcaps_valid(nm: NMHandle,
