@@ -130,10 +130,10 @@ def cmd_show(args: argparse.Namespace, cfg: NodeConfig) -> int:
         print(f"{key + ':':13}{value if value not in (None, '') else '-'}")
     print("rspec:")
     for key, value in sorted(info["rspec"].items()):
-        print(f"  {key + ':':18}{value}")
+        print(f"  {key + ':':20}{value}")
     print("network:")
     for key, value in sorted(info["net"].items()):
-        print(f"  {key + ':':18}{value}")
+        print(f"  {key + ':':20}{value}")
     return 0
 
 
