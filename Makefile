@@ -38,3 +38,4 @@ docker: venv
 
 bench: venv
 	$(BIN)/python bench/node_bench.py
+	$(BIN)/python bench/net_bench.py
