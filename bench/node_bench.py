@@ -51,8 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from slicectl.dockerd import ensure_network  # noqa: E402
-from slicectl.privnode import PRIVATE_STATE, log_path, private_config  # noqa: E402
+from slicectl.privnode import PRIVATE_STATE, create_network, log_path, private_config  # noqa: E402
 from slicectl.privnode import cleanup as cleanup_private  # noqa: E402
 from tests.docker.conftest import NMHandle  # noqa: E402
 
@@ -657,7 +656,7 @@ def start_node() -> tuple[Node, NodeConfig]:
     cfg = private_config(node_cfg, engine, kind="bench")
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
-    ensure_network(engine, cfg.network, cfg.subnet, cfg.bridge)
+    cfg = create_network(cfg, engine)
     handle = NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))
     info = engine.info()
     image = engine.images.get(cfg.image or f"{REFERENCE_REPO}:latest").id

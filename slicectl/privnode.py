@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import docker
+import docker.errors
 
 from .accounts import HostAccounts
 from .config import LABEL_NODE, NodeConfig
@@ -27,13 +28,13 @@ PRIVATE_STATE = Path("/var/lib/slicectl/test")
 PRIVATE_RUN = Path("/run/slicectl/test")
 
 
-def free_subnet(engine: docker.DockerClient) -> str:
-    """A /22 of 172.31.0.0/16 that no engine network uses."""
+def free_subnet(engine: docker.DockerClient, skip: frozenset[str] = frozenset()) -> str:
+    """A /22 of 172.31.0.0/16 that no engine network uses (nor any in ``skip``)."""
     used = {
         cfg.get("Subnet")
         for n in engine.api.networks()
         for cfg in (n.get("IPAM") or {}).get("Config") or []
-    }
+    } | skip
     for i in range(64):
         net = f"172.31.{i * 4}.0/22"
         if net not in used:
@@ -71,6 +72,22 @@ def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
     log_path(cfg).unlink(missing_ok=True)
 
 
+def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8) -> NodeConfig:
+    """Create the instance's engine network, moving to another subnet while the engine
+    still holds a pool that overlaps (a network removed a moment ago can)."""
+    tried: set[str] = set()
+    for _ in range(tries):
+        try:
+            ensure_network(engine, cfg.network, cfg.subnet, cfg.bridge)
+            return cfg
+        except docker.errors.APIError as e:
+            if "overlaps" not in str(e):
+                raise
+            tried.add(cfg.subnet)
+            cfg = cfg.with_(subnet=free_subnet(engine, frozenset(tried)))
+    raise RuntimeError(f"network {cfg.network}: every subnet tried overlaps ({sorted(tried)})")
+
+
 @contextmanager
 def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
                  say: Say | None = None) -> Iterator[NodeConfig]:
@@ -79,7 +96,7 @@ def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "tes
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
     try:
-        ensure_network(engine, cfg.network, cfg.subnet, cfg.bridge)
+        cfg = create_network(cfg, engine)
         start_nm(cfg, say or Say(quiet=True), log_path=log_path(cfg))
         yield cfg
     finally:

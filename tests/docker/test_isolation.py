@@ -17,6 +17,8 @@ from typing import Any
 
 import docker
 
+from slicectl.dockerd import quota_mode
+
 from .conftest import NMHandle, sliver_exec, wait_for
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -397,9 +399,13 @@ def test_disk_quota_stops_one_sliver_only(nm: NMHandle, engine: docker.DockerCli
     status, size = sh(engine, hog["container"], "stat -c %s /var/tmp/big")
     assert status == 0, size
     written = int(size) / MIB
-    # At most the quota plus slack; at least half of it (btrfs counts the image's blocks
-    # and metadata, which the image's size underestimates: ~51 MiB fit on this node).
-    assert 32 <= written < 64 + 24, f"{written:.1f} MiB written under a 64 MiB quota"
+    assert written < 64 + 8, f"{written:.1f} MiB written under a 64 MiB quota"
+    # And the sliver got the 64 MiB it was promised. Simple quotas charge it only for what
+    # it writes; a legacy filesystem with full qgroups charges it for the image's blocks and
+    # metadata too, which the image's size underestimates (~51 MiB fitted there).
+    root = Path(engine.info()["DockerRootDir"])
+    least = 64 - 4 if quota_mode(root) == "squota" else 32
+    assert written >= least, f"only {written:.1f} MiB fitted under a 64 MiB quota"
     # The neighbour and the host still write.
     status, out = sh(engine, calm["container"], "dd if=/dev/zero of=/var/tmp/ten bs=1M count=10 "
                      "conv=fsync 2>&1 && stat -c %s /var/tmp/ten")
@@ -581,6 +587,7 @@ def test_stop_is_fast_and_rc_vinit_runs_at_every_start(nm: NMHandle,
                                                        engine: docker.DockerClient) -> None:
     info = make_sliver(nm, "boot")
     name, container = info["name"], info["container"]
+    wait_idle(info["container_id"])  # the first boot is over, rc.vinit checked and skipped
     assert nm.call("set_initscript", name, "#!/bin/sh\necho started >> /var/tmp/boots\n")
     assert sh(engine, container, "cat /var/tmp/boots")[0] != 0  # not run before a start
     for boot in (1, 2):
@@ -603,6 +610,6 @@ def test_stop_is_fast_and_rc_vinit_runs_at_every_start(nm: NMHandle,
 
         wait_for(booted, 30, f"rc.vinit to have run {boot} time(s)")
     assert nm.call("get_sliver", name)["state"] == "running"
-    status, log = sh(engine, container, "cat /var/log/rc.vinit.log")
-    assert status == 0, log
-    assert log.count("exit status 0") == 2, log
+    # slicectl-vinit logged both runs as successful (it writes the status just after).
+    wait_for(lambda: sh(engine, container, "cat /var/log/rc.vinit.log")[1]
+             .count("exit status 0") == 2, 30, "rc.vinit's exit status in its log")
