@@ -197,14 +197,13 @@ class NodeManager:
         now = self.clock()
         spec = parse_rspec(data, now)
         with self._admit:
+            live = [r for r in self.store.rcaps() if r.rspec.end > now]
             outstanding = {
-                self._owner_text(r.slice, r.rcap) + f" ({r.rcap[:8]})": r.rspec
-                for r in self.store.rcaps() if r.rspec.end > now
+                self._owner_text(r.slice, r.rcap) + f" ({r.rcap[:8]})": r.rspec for r in live
             }
             owners = {
                 key: self._owner_text(r.slice, r.rcap)
-                for r in self.store.rcaps() if r.rspec.end > now
-                and r.rspec.start < spec.end and spec.start < r.rspec.end
+                for r in live if r.rspec.start < spec.end and spec.start < r.rspec.end
                 for key in r.rspec.ports()
             }
             capacity = replace(self.capacity, net_cap_kbit=self.net.cap_kbit)
@@ -452,7 +451,8 @@ class NodeManager:
         return True
 
     def set_initscript(self, caller: Caller, slice_name: object, text: object) -> bool:
-        """Store the sliver's /etc/rc.vinit; it runs at the sliver's next start."""
+        """Store the sliver's /etc/rc.vinit; it runs at every start of the sliver from the
+        next one on (set within a moment of the bind, it may also run in the first boot)."""
         name = validate_slice_name(slice_name)
         script = validate_initscript(text)
         with self._slice_lock(name):

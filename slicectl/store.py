@@ -7,6 +7,7 @@ moment finds on restart what it must finish or undo (see ``NodeManager.reconcile
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -91,8 +92,11 @@ class SliverRow:
     initscript: str = ""
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _rspec_from_json(text: str) -> RSpec:
     # Stored rspecs were validated on the way in; absolute times parse without "now".
+    # RSpec is frozen, so one parse per distinct stored text serves every later read
+    # (admission reads all outstanding rspecs at each acquire).
     return parse_rspec(json.loads(text), now=0.0)
 
 
