@@ -75,6 +75,11 @@ def handle(minor: int) -> int:
     return MAJOR | minor
 
 
+def parent_classid(xid: int) -> int:
+    """The class holding all of a sliver's traffic (its counters are the sliver's)."""
+    return handle(PARENT_BASE + xid)
+
+
 def handle_text(h: int) -> str:
     return f"{h >> 16:x}:{h & 0xFFFF:x}"
 
@@ -114,7 +119,7 @@ def sliver_tc(xid: int, address: str, rspec: RSpec, cap_kbit: int,
     (the daily byte budget lowers it)."""
     ceil = min(ceil_kbit if ceil_kbit is not None else rspec.net_max_kbit, cap_kbit)
     rate = min(rspec.net_min_kbit, ceil)
-    parent = HtbClass(handle(PARENT_BASE + xid), handle(ROOT_MINOR), rate + 2, max(ceil, rate + 2),
+    parent = HtbClass(parent_classid(xid), handle(ROOT_MINOR), rate + 2, max(ceil, rate + 2),
                       quantum(rate))
     data = HtbClass(handle(xid), parent.classid, rate, max(ceil, rate), quantum(rate))
     icmp = HtbClass(handle(ICMP_BASE + xid), parent.classid, 1, ICMP_KBIT, MTU)

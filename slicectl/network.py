@@ -20,7 +20,15 @@ from pyroute2 import IPRoute
 
 from . import firewall, tc
 from .errors import EngineError, ValidationError
-from .netplan import SliverTc, chain_names, firewall_rules, port_grants, sliver_address, sliver_tc
+from .netplan import (
+    SliverTc,
+    chain_names,
+    firewall_rules,
+    parent_classid,
+    port_grants,
+    sliver_address,
+    sliver_tc,
+)
 from .rspec import RSpec
 from .store import Store
 
@@ -144,8 +152,7 @@ class NodeNetwork:
                 tc.update_classes(self.ifb, self.plan(s))
 
     def _poll_one(self, ident: NetIdentity, held: dict[int, tc.ClassStats]) -> None:
-        stats = held.get(sliver_tc(ident.xid, self.address(ident.xid), ident.rspec,
-                                   self.cap_kbit).parent_class)
+        stats = held.get(parent_classid(ident.xid))
         if stats is not None:
             self.store.add_usage(ident.slice, utc_day(self.clock()), stats.bytes, stats.packets)
 

@@ -166,15 +166,27 @@ class NodeManager:
             raise StateError(f"slice {name}: expected at least one bound rcap, found none")
         return combine([r.rspec for r in rows])
 
+    def _net_spec(self, specs: list[RSpec]) -> RSpec:
+        # A sliver whose last rcap was just unbound (an undone bind) still needs an
+        # identity to have its classes removed; the defaults serve.
+        return combine(specs) if specs else parse_rspec({}, self.clock())
+
     def _ident(self, sliver: SliverRow) -> NetIdentity:
-        rows = self.store.rcaps(sliver.slice)
-        spec = combine([r.rspec for r in rows]) if rows else parse_rspec({}, self.clock())
-        return NetIdentity(sliver.slice, sliver.xid, spec)
+        specs = [r.rspec for r in self.store.rcaps(sliver.slice)]
+        return NetIdentity(sliver.slice, sliver.xid, self._net_spec(specs))
+
+    def _idents(self, desired: frozenset[str]) -> list[NetIdentity]:
+        """Identities of all slivers in a desired state, from one read of the rcaps."""
+        by_slice: dict[str, list[RSpec]] = {}
+        for r in self.store.rcaps():
+            if r.slice is not None:
+                by_slice.setdefault(r.slice, []).append(r.rspec)
+        return [NetIdentity(s.slice, s.xid, self._net_spec(by_slice.get(s.slice, [])))
+                for s in self.store.slivers() if s.desired in desired]
 
     def _sync_ports(self) -> None:
         """Make the port manager's chains match the reserved ports of all slivers."""
-        self.net.apply_ports([self._ident(s) for s in self.store.slivers()
-                              if s.desired != DESTROYED])
+        self.net.apply_ports(self._idents(frozenset({RUNNING, STOPPED})))
 
     def _attach(self, sliver: SliverRow, container: Container) -> None:
         container.reload()
@@ -539,13 +551,13 @@ class NodeManager:
         peak = max((admission.peak_overlap(r.rspec, [x.rspec for x in live], "net_min_kbit")[0]
                     for r in live), default=0)
         with self._admit:
-            self.net.set_cap(value, peak, [self._ident(s) for s in self.store.slivers()])
+            self.net.set_cap(value, peak, self._idents(frozenset({RUNNING, STOPPED, DESTROYED})))
         log.info("node setting net_cap_kbit = %d by %s", value, caller.name)
         return self.status(caller)
 
     def poll_network(self) -> None:
         """Fold kernel traffic counters into the database; apply daily budgets."""
-        self.net.poll([self._ident(s) for s in self.store.slivers() if s.desired == RUNNING])
+        self.net.poll(self._idents(frozenset({RUNNING})))
         self.store.prune_usage(utc_day(self.clock() - USAGE_KEEP_DAYS * 86400))
 
     def sliver_started(self, name: str) -> None:
