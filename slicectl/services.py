@@ -40,12 +40,13 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from .config import LABEL_KIND, LABEL_NODE, LABEL_PREFIX, NodeConfig
+from . import firewall
+from .config import LABEL_KIND, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE, NodeConfig
 from .dockerd import Say
 from .errors import EngineError, ValidationError
 from .image import build_image, ensure_base_image
+from .netplan import chain_names, input_rules
 
-LABEL_SERVICE = f"{LABEL_PREFIX}.service"
 LABEL_PLAN = f"{LABEL_PREFIX}.plan"
 SERVICE_REPO = "slicectl/service"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -362,6 +363,11 @@ class ServiceRunner:
                           f"{timeout_s:.0f}s, found {last} (log: {tail})")
 
     def up(self, specs: list[ServiceSpec], image: str, say: Say) -> None:
+        """Close node-local ports to outsiders, then ensure every service and wait for it."""
+        chains = chain_names(self.cfg.node_id)
+        firewall.ensure_jumps(chains)
+        firewall.apply(input_rules([s.port for s in specs if s.local_only], self.cfg.bridge,
+                                   chains))
         for spec in specs:
             self.ensure(spec, image)
         for spec in specs:
@@ -392,3 +398,12 @@ class ServiceRunner:
                                      int(env.get("SLICECTL_SERVICE_PORT", "0")),
                                      str(c.attrs["Config"].get("Image", ""))))
         return sorted(out, key=lambda s: s.name)
+
+
+def start_services(cfg: NodeConfig, client: docker.DockerClient, env: Mapping[str, str],
+                   say: Say, ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
+    """Build the service image if needed and bring every node service up and ready."""
+    image = ensure_service_image(client, env, say)
+    specs = node_services(ports)
+    ServiceRunner(client, cfg).up(specs, image, say)
+    return specs
