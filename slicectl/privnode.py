@@ -22,7 +22,7 @@ from .accounts import HostAccounts
 from .config import LABEL_NODE, NodeConfig
 from .dockerd import Say, ensure_network
 from .network import NodeNetwork
-from .node import start_nm, stop_nm
+from .node import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
 from .services import node_services, start_services
 from .store import Store
 
@@ -52,8 +52,8 @@ def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "t
                       subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}")
 
 
-def log_path(cfg: NodeConfig) -> Path:
-    return cfg.state_dir.parent / f"nm-{cfg.state_dir.name}.log"
+def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:
+    return cfg.state_dir.parent / f"{daemon}-{cfg.state_dir.name}.log"
 
 
 def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
@@ -71,7 +71,8 @@ def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
         accounts.remove(name, cfg.slivers_dir / name)
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    log_path(cfg).unlink(missing_ok=True)
+    for d, _ in HOST_DAEMONS:
+        log_path(cfg, d.name).unlink(missing_ok=True)
 
 
 def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8) -> NodeConfig:
@@ -104,23 +105,27 @@ def service_ports() -> dict[str, int]:
 
 @contextmanager
 def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
-                 say: Say | None = None,
+                 say: Say | None = None, daemons: bool = False,
                  services: dict[str, int] | None = None) -> Iterator[NodeConfig]:
-    """Start a private node manager (and, given ``services``, its service sidecars on those
-    ports, see :func:`service_ports`); stop it and remove all it made on exit (the
-    sidecars carry the node id's label, so cleanup finds them)."""
+    """Start a private node manager (with ``daemons``, also its admin sniffer and
+    raw-socket shim; given ``services``, its service sidecars on those ports, see
+    :func:`service_ports`); stop them and remove all they made on exit (the sidecars carry
+    the node id's label, so cleanup finds them)."""
     cfg = private_config(base, engine, kind)
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
     say = say or Say(quiet=True)
     try:
         cfg = create_network(cfg, engine)
-        start_nm(cfg, say, log_path=log_path(cfg))
+        if daemons:
+            start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name))
+        else:
+            start_nm(cfg, say, log_path=log_path(cfg))
         if services is not None:
             start_services(cfg, engine, os.environ, say, services)
         yield cfg
     finally:
         try:
-            stop_nm(cfg)
+            stop_host_daemons(cfg)
         finally:
             cleanup(cfg, engine)

@@ -129,10 +129,6 @@ def _with_port(spec: ServiceSpec, port: int) -> ServiceSpec:
                        spec.ready_path, spec.mounts, spec.args)
 
 
-def sniffer_dir(cfg: NodeConfig) -> Path:
-    return cfg.run_dir / "sniffer"
-
-
 def service_container_name(cfg: NodeConfig, name: str) -> str:
     return f"slicectl-{cfg.node_id}-{name}"
 
@@ -177,10 +173,10 @@ def service_plan(spec: ServiceSpec, cfg: NodeConfig, image: str) -> ServicePlan:
     """The ``containers.create`` arguments for one node service (pure)."""
     mounts = [
         _bind(cfg.nm_sock_dir, IN_NM_DIR),
-        _bind(sniffer_dir(cfg), IN_SNIFFER_DIR),
+        _bind(cfg.sniffer_dir, IN_SNIFFER_DIR),
         *(_bind(HOST_CGROUP / c, f"{IN_CGROUP}/{c}") for c in CGROUP_CONTROLLERS),
     ]
-    dirs = [cfg.nm_sock_dir, sniffer_dir(cfg)]
+    dirs = [cfg.nm_sock_dir, cfg.sniffer_dir]
     if spec.keeps_state:
         mounts.append(_bind(service_state_dir(cfg, spec.name), IN_STATE, read_only=False))
         dirs.append(service_state_dir(cfg, spec.name))

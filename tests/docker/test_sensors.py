@@ -10,6 +10,7 @@ import csv
 import io
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,14 +23,14 @@ from slicectl.netplan import chain_names, node_gateway
 from slicectl.privnode import free_port, log_path, private_node, service_ports
 from slicectl.services import IN_CGROUP, service_container_name
 
-from .conftest import NMHandle, sliver_exec, wait_for
-from .test_network import Outside, iperf, make_sliver, outside  # noqa: F401 (fixture)
+from .conftest import NMHandle, Outside, make_sliver, sliver_exec, wait_for
+from .test_network import iperf
 
 
 @pytest.fixture(scope="module")
 def snm(node_cfg: NodeConfig, engine: docker.DockerClient) -> Iterator[tuple[NMHandle, int]]:
     ports = service_ports()
-    with private_node(node_cfg, engine, services=ports) as cfg:
+    with private_node(node_cfg, engine, daemons=True, services=ports) as cfg:
         yield NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg)), ports["sensors"]
 
 
@@ -120,7 +121,7 @@ def test_a_cpu_loop_and_an_iperf3_stream_show(snm: tuple[NMHandle, int],
 
 
 def test_reachable_from_node_and_slivers_never_from_outside(
-        snm: tuple[NMHandle, int], engine: docker.DockerClient, outside: Outside) -> None:  # noqa: F811
+        snm: tuple[NMHandle, int], engine: docker.DockerClient, outside: Outside) -> None:
     nm, port = snm
     assert get(port, "/load")[0]["load1"]
     info = make_sliver(nm, "reach")
@@ -141,3 +142,25 @@ def test_head_and_405_on_the_wire(snm: tuple[NMHandle, int]) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=5)
     assert e.value.code == 405 and e.value.headers["Allow"] == "GET, HEAD"
+
+
+def test_a_connect_shows_in_connects_within_a_second(snm: tuple[NMHandle, int],
+                                                     engine: docker.DockerClient) -> None:
+    nm, port = snm
+    info = make_sliver(nm, "conn")
+    gw, target = node_gateway(nm.cfg.subnet), free_port()
+    stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/connects?stream=1", timeout=10)
+    assert stream.readline().decode().strip() == "time,slice,proto,dst,port"
+    code, out = sliver_exec(engine, info["container"], [
+        "python3", "-c", "import socket, time; s = socket.socket(); s.settimeout(2); "
+        f"print(time.time()); s.connect_ex(('{gw}', {target}))"])
+    assert code == 0, out
+    sent_at = float(out.split()[0])
+    line = stream.readline().decode().strip().split(",")
+    got_at = time.time()
+    stream.close()
+    assert line[1:] == [info["name"], "tcp", gw, str(target)]
+    assert got_at - sent_at < 1.0
+    rows = get(port, "/connects")
+    assert {"slice": info["name"], "proto": "tcp", "dst": gw, "port": str(target)}.items() \
+        <= rows[-1].items()
