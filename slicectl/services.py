@@ -111,6 +111,9 @@ class ServiceSpec:
 
 SENSORS_PORT = 33080
 SENSORS = ServiceSpec(name="sensors", module="sensors", port=SENSORS_PORT, local_only=True)
+#: Every service a node runs, in start order. A new service (the traffic auditor) adds its
+#: spec here and its package name to :data:`SERVICE_PACKAGES`.
+NODE_SERVICES: tuple[ServiceSpec, ...] = (SENSORS,)
 
 
 def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
@@ -118,7 +121,7 @@ def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
     (private nodes must not take the node's own ports)."""
     ports = ports or {}
     out = []
-    for spec in (SENSORS,):
+    for spec in NODE_SERVICES:
         port = ports.get(spec.name, spec.port)
         out.append(spec if port == spec.port else _with_port(spec, port))
     return out
