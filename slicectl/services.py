@@ -365,8 +365,13 @@ class ServiceRunner:
         """Close node-local ports to outsiders, then ensure every service and wait for it."""
         chains = chain_names(self.cfg.node_id)
         firewall.ensure_jumps(chains)
-        firewall.apply(input_rules([s.port for s in specs if s.local_only], self.cfg.bridge,
-                                   chains))
+        text = input_rules([s.port for s in specs if s.local_only], self.cfg.bridge, chains)
+        firewall.apply(text)
+        want = sum(1 for ln in text.splitlines() if ln.startswith("-A "))
+        got = len(firewall.chain_rules("filter", chains["input"]))
+        if got != want:
+            raise EngineError(f"iptables chain {chains['input']}: expected {want} rules after "
+                              f"the restore, found {got}")
         for spec in specs:
             self.ensure(spec, image)
         for spec in specs:

@@ -154,6 +154,12 @@ async def test_head_has_headers_and_no_body(client: Client) -> None:
     assert await r.read() == b""
 
 
+async def test_head_of_a_stream_does_not_subscribe(client: Client) -> None:
+    r = await client.head("/connects?stream=1")
+    assert r.status == 200 and await r.read() == b""
+    assert not client.app[STATE].connects.subscribers
+
+
 @pytest.mark.parametrize(
     ("uri", "status", "says"),
     [
