@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -46,15 +47,18 @@ from .errors import AdmissionError, PermissionDenied, SlicectlError
 from .nm import container_of_pid
 from .node import daemon_logging, remove_pidfile, write_pidfile
 from .ring import (
+    ETH_P_ALL,
     ETH_P_IP,
     JEQ_K,
     LD_B_ABS,
     LD_B_IND,
+    LD_H_ABS,
     LD_H_IND,
     LDX_B_MSH,
     PACKET_HOST,
     RET_K,
     SKF_AD_PKTTYPE,
+    SKF_AD_PROTOCOL,
     Insn,
     attach_filter,
     in_netns,
@@ -115,6 +119,8 @@ def bpf_binding(proto: int, port: int, icmp_id: int, incoming_only: bool,
     every ICMP error (the shim checks what an error quotes). Raw sockets see only
     incoming packets."""
     items: list[Op | str] = []
+    if sniff:  # an ETH_P_ALL socket (only those see outgoing packets): keep IPv4 only
+        items += [(LD_H_ABS, 0, 0, SKF_AD_PROTOCOL & 0xFFFFFFFF), (JEQ_K, 0, "reject", ETH_P_IP)]
     if incoming_only:
         items += [(LD_B_ABS, 0, 0, SKF_AD_PKTTYPE & 0xFFFFFFFF),
                   (JEQ_K, 0, "reject", PACKET_HOST)]
@@ -166,6 +172,13 @@ def in_sliver_iptables(pid: int, *args: str) -> subprocess.CompletedProcess[str]
 def drop_rule(proto: str, port: int) -> list[str]:
     return ["INPUT", "-p", proto, "--dport", str(port), "-m", "comment", "--comment",
             DROP_COMMENT, "-j", "DROP"]
+
+
+def peer_gone(sock: socket.socket) -> bool:
+    """An empty read on a SOCK_SEQPACKET socket is an empty message or the peer's close."""
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLRDHUP)
+    return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in p.poll(0))
 
 
 class ShimError(Exception):
@@ -285,10 +298,11 @@ class Shim:
                            sniff=s.kind == "sniff")
         before = container_of_pid(s.pid)
         with in_netns(s.pid):
-            cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+            ethertype = ETH_P_ALL if s.kind == "sniff" else ETH_P_IP
+            cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ethertype))
             try:
                 attach_filter(cap, prog)
-                cap.bind(("eth0", ETH_P_IP))
+                cap.bind(("eth0", ethertype))
                 cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
                 tx = None
                 if s.kind == "raw":
@@ -357,7 +371,7 @@ class Shim:
         except OSError:
             self.close(s)
             return
-        if not data:
+        if not data and peer_gone(s.client):
             self.close(s)
             return
         if s.binding is None:

@@ -217,7 +217,7 @@ def incoming_matches(pkt: bytes, b: Binding) -> bool:
 
 
 def sniff_matches(pkt: bytes, proto: int, port: int) -> bool:
-    if len(pkt) < 24 or pkt[9] != proto:
+    if len(pkt) < 24 or pkt[0] >> 4 != 4 or pkt[9] != proto:
         return False
     ihl = (pkt[0] & 15) * 4
     if len(pkt) < ihl + 4:
