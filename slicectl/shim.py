@@ -218,6 +218,7 @@ class Shim:
         self.totals: Counter[str] = Counter()
         self.stop = threading.Event()
         self.listener: socket.socket | None = None
+        self.buf = memoryview(bytearray(65536 + 1))
 
     @property
     def sock_path(self) -> Path:
@@ -364,22 +365,30 @@ class Shim:
             pass
 
     def from_sliver(self, s: Session) -> None:
-        try:
-            data = s.client.recv(65535 + 1, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close(s)
-            return
-        if not data and peer_gone(s.client):
-            self.close(s)
-            return
-        if s.binding is None:
-            self.handle_request(s, data)
-            return
+        """Handle what a sliver sent: its request, then packets (a burst per wakeup)."""
+        buf = self.buf
+        for _ in range(RECV_BURST):
+            try:
+                n = s.client.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close(s)
+                return
+            data = bytes(buf[:n])
+            if not data and peer_gone(s.client):
+                self.close(s)
+                return
+            if s.binding is None:
+                self.handle_request(s, data)
+                return
+            self.send_for(s, data)
+
+    def send_for(self, s: Session, data: bytes) -> None:
         if s.kind == "sniff" or s.tx is None:
             self.refuse(s, "sniffer", "sniffer sockets cannot send")
             return
+        assert s.binding is not None
         try:
             ip = check_outgoing(data, s.binding)
         except PacketRefused as e:

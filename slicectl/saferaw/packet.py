@@ -8,7 +8,7 @@ one that counts (a sliver can change its own copy).
 from __future__ import annotations
 
 import errno
-import ipaddress
+import functools
 import socket
 import struct
 from dataclasses import dataclass
@@ -43,7 +43,7 @@ class Binding:
     port: int = 0
     icmp_id: int = -1
 
-    @property
+    @functools.cached_property
     def addr_bytes(self) -> bytes:
         return socket.inet_aton(self.address)
 
@@ -146,10 +146,10 @@ def check_outgoing(pkt: bytes, b: Binding) -> IPv4:
     if ip.src != b.addr_bytes:
         raise PacketRefused("spoofed-source", f"expected source address {b.address}, found "
                                               f"{socket.inet_ntoa(ip.src)}")
-    dst = ipaddress.IPv4Address(ip.dst)
-    if dst.is_multicast or dst.is_unspecified or dst.is_loopback or dst == ipaddress.IPv4Address(
-            "255.255.255.255"):
-        raise PacketRefused("destination", f"expected a unicast destination, found {dst}")
+    first = ip.dst[0]
+    if first == 0 or first == 127 or 224 <= first <= 239 or ip.dst == b"\xff\xff\xff\xff":
+        raise PacketRefused("destination", f"expected a unicast destination, found "
+                                           f"{socket.inet_ntoa(ip.dst)}")
     if ip.ttl == 0:
         raise PacketRefused("malformed", "expected a TTL of at least 1, found 0")
     off = ip.ihl
