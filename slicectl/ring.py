@@ -44,6 +44,7 @@ LD_B_IND = 0x50
 JEQ_K = 0x15
 JSET_K = 0x45
 RET_K = 0x06
+SKF_AD_PROTOCOL = -0x1000 + 0
 SKF_AD_PKTTYPE = -0x1000 + 4
 
 BLOCK_DESC = struct.Struct("<III")        # version, offset_to_priv, block_status
