@@ -39,3 +39,4 @@ docker: venv
 bench: venv
 	$(BIN)/python bench/node_bench.py
 	$(BIN)/python bench/net_bench.py
+	$(BIN)/python bench/raw_bench.py
