@@ -39,4 +39,5 @@ docker: venv
 bench: venv
 	$(BIN)/python bench/node_bench.py
 	$(BIN)/python bench/net_bench.py
+	$(BIN)/python bench/raw_bench.py
 	$(BIN)/python bench/sensor_bench.py

@@ -40,7 +40,7 @@ from slicectl.dockerd import Say
 from slicectl.netplan import handle, sliver_xid_range
 from slicectl.node import SNIFFER, daemon_pid, prepare
 from slicectl.privnode import private_node
-from slicectl.ring import PKT_HDR, in_netns
+from slicectl.ring import in_netns, synthetic_block
 from slicectl.rpc import Client
 from slicectl.saferaw.packet import packet, udp_segment
 from slicectl.sniffer import parse_block
@@ -290,14 +290,9 @@ def parser_rate(n: int = 20000) -> float:
     base, last = sliver_xid_range("172.30.0.0/16")
     src, dst = "172.30.128.7", "198.18.254.2"
     frame = b"\0" * 12 + b"\x08\x00" + packet(src, dst, 17, udp_segment(src, dst, 40600, 9, b"x" * 18))
-    slot = 128
-    buf = bytearray(48 + n * slot)
-    for i in range(n):
-        p = 48 + i * slot
-        PKT_HDR.pack_into(buf, p, slot, 1, 2, len(frame), len(frame), 0, 34, 48)
-        buf[p + 34:p + 34 + len(frame)] = frame
-    m = mmap.mmap(-1, len(buf))
-    m.write(bytes(buf))
+    block = synthetic_block([frame] * n)
+    m = mmap.mmap(-1, len(block))
+    m.write(block)
     out = bytearray()
     t0 = time.process_time()
     rounds = 10

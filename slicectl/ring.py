@@ -164,6 +164,18 @@ def iter_packets(m: mmap.mmap, base: int, num: int, first: int) -> Iterator[tupl
         p += nxt
 
 
+def synthetic_block(frames: Sequence[bytes], slot: int = 128, first: int = 48) -> bytes:
+    """A ring block as the kernel lays it out, holding ``frames`` (Ethernet frames, cut to
+    the slot): for tests and benchmarks of block parsers. Packets start at ``first``."""
+    buf = bytearray(first + len(frames) * slot)
+    for i, f in enumerate(frames):
+        p = first + i * slot
+        caught = f[:slot - 48]
+        PKT_HDR.pack_into(buf, p, slot, 1, 500_000_000, len(caught), len(f), 0, 34, 48)
+        buf[p + 34:p + 34 + len(caught)] = caught
+    return bytes(buf)
+
+
 @contextmanager
 def in_netns(pid: int) -> Iterator[None]:
     """Run the body in the network namespace of ``pid``, then switch back.
