@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +123,8 @@ def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
     out = []
     for spec in NODE_SERVICES:
         port = ports.get(spec.name, spec.port)
-        out.append(spec if port == spec.port else _with_port(spec, port))
+        out.append(replace(spec, port=port))
     return out
-
-
-def _with_port(spec: ServiceSpec, port: int) -> ServiceSpec:
-    return ServiceSpec(spec.name, spec.module, port, spec.keeps_state, spec.local_only,
-                       spec.ready_path, spec.mounts, spec.args)
 
 
 def service_container_name(cfg: NodeConfig, name: str) -> str:
