@@ -10,7 +10,6 @@ queued are counted as ``auditor`` drops, stored, and shown on the pages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 import time
@@ -32,6 +31,7 @@ class LinkState:
     node: str = ""
     since: float = 0.0
     error: str = ""
+    frames: int = 0
     slices: dict[int, str] = field(default_factory=dict)
 
 
@@ -244,8 +244,8 @@ async def follow(path: Path, writer: Writer, state: LinkState, retry_s: float = 
                 elif f.kind == sr.SLICES:
                     state.slices = {int(x): str(n) for x, n in f.json().items()}
                 writer.put(f)
+                state.frames += 1
         except (OSError, sr.FrameError, ValueError) as e:
             state.error = f"{type(e).__name__}: {e}"
         state.connected = False
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(retry_s)
+        await asyncio.sleep(retry_s)
