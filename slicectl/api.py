@@ -29,6 +29,11 @@ METHODS: dict[str, str] = {
     "set_initscript": "set_initscript",
     "status": "status",
     "set_node": "set_node",
+    "net_map": "net_map",
+    "claim_port": "claim_port",
+    "release_port": "release_port",
+    "release_claims": "release_claims",
+    "list_claims": "list_claims",
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from .config import NodeConfig
 from .dockerd import Say
 from .errors import SlicectlError, UsageError
-from .node import nm_client, nm_pid, prepare, start_nm, stop_nm
+from .node import HOST_DAEMONS, daemon_pid, nm_client, prepare, start_host_daemons, stop_host_daemons
 from .rspec import load_rspec_mapping
 from .sshd import stop_sshd
 from .units import human_duration
@@ -207,29 +207,29 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
     if args.node_cmd == "up":
         started = time.monotonic()
         prepare(cfg, os.environ, say)
-        start_nm(cfg, say)
+        start_host_daemons(cfg, say)
         if args.demo:
             _demo_slice(cfg, say)
         say(f"node up in {time.monotonic() - started:.1f}s")
     elif args.node_cmd == "prepare":
         prepare(cfg, os.environ, say)
     elif args.node_cmd == "restart":
-        stop_nm(cfg)
-        start_nm(cfg, say)
+        stop_host_daemons(cfg)
+        start_host_daemons(cfg, say)
     elif args.node_cmd == "down":
-        stopped = stop_nm(cfg)
+        stopped = stop_host_daemons(cfg)
         stop_sshd(cfg)
-        say("node manager stopped; slivers and the engine keep running" if stopped
-            else "node manager was not running")
+        say(f"stopped {', '.join(stopped)}; slivers and the engine keep running" if stopped
+            else "no node daemon was running")
     elif args.node_cmd == "set":
         if not args.value.isdigit():
             raise UsageError(f"node set {args.name}: expected a whole number, found {args.value!r}")
         info = nm_client(cfg).call("set_node", args.name, int(args.value))
         say(f"{args.name} = {info[args.name]}")
     elif args.node_cmd == "status":
-        pid = nm_pid(cfg)
         info = nm_client(cfg, timeout=10).call("status")
-        info["nm_pid"] = pid
+        for d, _ in HOST_DAEMONS:
+            info[f"{d.name}_pid"] = daemon_pid(cfg, d)
         if args.output == "json":
             _print_json(info)
         else:
@@ -295,12 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("node", cmd_node, "bring up, inspect or restart this node's stack")
     nsub = sp.add_subparsers(dest="node_cmd", required=True, metavar="ACTION")
-    up = nsub.add_parser("up", help="engine, image, sshd, node manager and a demo slice")
+    up = nsub.add_parser("up", help="engine, image, sshd, node daemons and a demo slice")
     up.add_argument("--no-demo", dest="demo", action="store_false")
     up.add_argument("--quiet", action="store_true")
     nsub.add_parser("prepare", help="everything but the node manager")
-    nsub.add_parser("restart", help="restart the node manager (slivers keep running)")
-    nsub.add_parser("down", help="stop the node manager and sshd (slivers keep running)")
+    nsub.add_parser("restart", help="restart the node daemons (slivers keep running)")
+    nsub.add_parser("down", help="stop the node daemons and sshd (slivers keep running)")
     output(nsub.add_parser("status", help="the node manager's view of the node"))
     st = nsub.add_parser("set", help="change a node setting live (net_cap_kbit)")
     st.add_argument("name", choices=("net_cap_kbit",))

@@ -59,6 +59,17 @@ class NodeConfig:
         return self.nm_sock_dir / "nm.sock"
 
     @property
+    def shim_dir(self) -> Path:
+        """Holds the raw-socket shim's socket; mounted into slivers with ``raw_sockets``."""
+        return self.run_dir / "shim"
+
+    @property
+    def sniffer_dir(self) -> Path:
+        """Holds the admin sniffer's record socket; mounted into node services and into
+        slivers with ``admin_sniffer``."""
+        return self.run_dir / "sniffer"
+
+    @property
     def nm_pidfile(self) -> Path:
         return self.run_dir / "nm.pid"
 

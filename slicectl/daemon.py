@@ -19,6 +19,7 @@ from .containers import SliverEngine, engine_client
 from .dockerd import quota_mode
 from .network import NodeNetwork
 from .nm import NodeManager
+from .node import daemon_logging, remove_pidfile, write_pidfile
 from .rpc import UnixXMLRPCServer
 from .store import Store
 
@@ -49,6 +50,7 @@ def build_node_manager(cfg: NodeConfig) -> NodeManager:
         image=cfg.image or f"{REFERENCE_REPO}:latest", network=cfg.network,
         cgroup_parent=cfg.cgroup_parent, hostname=cfg.hostname, nm_sock_dir=cfg.nm_sock_dir,
         subnet=cfg.subnet, quota_counts_image=quota_mode(Path(root)) == "qgroup",
+        shim_dir=cfg.shim_dir, sniffer_dir=cfg.sniffer_dir,
     )
     capacity = node_capacity(root)
     store = Store(cfg.db_path)
@@ -65,13 +67,17 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     cfg.slivers_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.slivers_dir, 0o711)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    # Mount sources of slivers' service sockets: they must exist before any container.
+    for d in (cfg.shim_dir, cfg.sniffer_dir):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
     nm = build_node_manager(cfg)
     nm.accounts.ensure_group()
     nm.net.setup()
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm))
     os.chmod(cfg.nm_sock_dir, 0o700)
-    cfg.nm_pidfile.write_text(f"{os.getpid()}\n")
+    write_pidfile(cfg.nm_pidfile)
     stop = threading.Event()
 
     def expiry() -> None:
@@ -114,11 +120,7 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
-        try:
-            if cfg.nm_pidfile.read_text().strip() == str(os.getpid()):
-                cfg.nm_pidfile.unlink()
-        except OSError:
-            pass
+        remove_pidfile(cfg.nm_pidfile)
         nm.store.close()
 
 
@@ -126,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slicectl-nm", description="slicectl node manager")
     parser.add_argument("--expire-every", type=float, default=1.0, metavar="SECONDS")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    daemon_logging()
     serve(default_config(), args.expire_every)
     return 0
 

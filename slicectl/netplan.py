@@ -96,6 +96,14 @@ def sliver_address(subnet: str, xid: int) -> str:
     return str(addr)
 
 
+def sliver_xid_range(subnet: str) -> tuple[int, int]:
+    """(address of xid 0, highest valid xid) as integers: the inverse of sliver_address,
+    for tagging packets by address at line rate."""
+    net = ipaddress.ip_network(subnet)
+    base = int(net.network_address) + net.num_addresses // 2
+    return base, min(MAX_NET_XID, int(net.broadcast_address) - 1 - base)
+
+
 def quantum(rate_kbit: int) -> int:
     """HTB lends excess in proportion to quantum; make it proportional to rate where the
     kernel's bounds (an MTU .. 200000 bytes) allow."""

@@ -25,10 +25,10 @@ from docker.models.containers import Container
 
 from . import admission, code_hash
 from .accounts import HostAccounts, validate_contacts, validate_keys
-from .admission import NodeCapacity
+from .admission import NODE_SERVICE_PORTS, NodeCapacity
 from .config import NodeConfig
 from .containers import SliverEngine
-from .errors import PermissionDenied, StateError, ValidationError
+from .errors import AdmissionError, PermissionDenied, StateError, ValidationError
 from .network import NetIdentity, NodeNetwork, utc_day
 from .plan import NodeFacts, SliverIdentity, container_name, container_plan, resource_update
 from .rspec import RSpec, combine, parse_rspec, split, validate_slice_name
@@ -537,6 +537,72 @@ class NodeManager:
             "net_cap_kbit": self.net.cap_kbit,
             "net_guaranteed_kbit": sum(r.rspec.net_min_kbit for r in live if r.rspec.start <= now),
         }
+
+    # node services: the raw-socket shim and the admin sniffer -----------------------
+
+    def _require_root(self, caller: Caller, what: str) -> None:
+        if not caller.is_root:
+            raise PermissionDenied(f"{what}: expected a node service running as root, "
+                                   f"found {caller.name}")
+
+    def net_map(self, caller: Caller) -> list[dict[str, Any]]:
+        """Every sliver's network identity and socket rights, from the database alone
+        (no engine call): what the shim and the admin sniffer need to tag and check."""
+        self._require_root(caller, "net_map")
+        by_container = {s.slice: s.container_id for s in self.store.slivers()}
+        return [
+            {"slice": i.slice, "xid": i.xid, "address": self.net.address(i.xid),
+             "container_id": by_container.get(i.slice) or "",
+             "raw_sockets": i.rspec.raw_sockets, "admin_sniffer": i.rspec.admin_sniffer,
+             "tcp_ports": list(i.rspec.tcp_ports), "udp_ports": list(i.rspec.udp_ports)}
+            for i in self._idents(frozenset({RUNNING, STOPPED}))
+        ]
+
+    def claim_port(self, caller: Caller, slice_name: object, proto: object, port: object,
+                   kind: object) -> bool:
+        """Record that a slice's safe raw (``raw``) or sniffer (``sniff``) socket holds a
+        port. Refused if the port is a node service's, reserved to another slice, or held
+        by another slice's socket."""
+        self._require_root(caller, "claim_port")
+        name = validate_slice_name(slice_name)
+        if proto not in ("tcp", "udp") or kind not in ("raw", "sniff"):
+            raise ValidationError("proto/kind", "tcp or udp / raw or sniff", f"{proto}/{kind}",
+                                  as_text=True)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValidationError("port", "a port number from 1 to 65535", port)
+        with self._admit:
+            if (proto, port) in NODE_SERVICE_PORTS:
+                raise PermissionDenied(f"{proto} port {port}: a node service's, not a slice's")
+            for ident in self._idents(frozenset({RUNNING, STOPPED})):
+                if ident.slice != name and (proto, port) in ident.rspec.ports():
+                    raise AdmissionError(f"{proto} port {port}: expected a free port, found it "
+                                         f"reserved to slice {ident.slice}")
+            for c_proto, c_port, c_slice, _ in self.store.claims():
+                if (c_proto, c_port) == (proto, port) and c_slice != name:
+                    raise AdmissionError(f"{proto} port {port}: expected a free port, found it "
+                                         f"held by a socket of slice {c_slice}")
+            self.store.get_sliver(name)
+            self.store.add_claim(proto, port, name, kind)
+        return True
+
+    def release_port(self, caller: Caller, slice_name: object, proto: object, port: object,
+                     kind: object) -> bool:
+        self._require_root(caller, "release_port")
+        if not isinstance(slice_name, str) or not isinstance(proto, str) \
+                or not isinstance(port, int) or not isinstance(kind, str):
+            raise ValidationError("release_port", "slice, proto, port, kind",
+                                  (slice_name, proto, port, kind), as_text=True)
+        return self.store.delete_claims(proto, port, slice_name, kind) > 0
+
+    def release_claims(self, caller: Caller) -> int:
+        """Forget every socket's port (the shim calls this when it starts afresh)."""
+        self._require_root(caller, "release_claims")
+        return self.store.delete_claims()
+
+    def list_claims(self, caller: Caller) -> list[dict[str, Any]]:
+        self._require_privileged(caller)
+        return [{"proto": p, "port": n, "slice": s, "kind": k}
+                for p, n, s, k in self.store.claims()]
 
     def set_node(self, caller: Caller, name: object, value: object) -> dict[str, Any]:
         """Change a node setting live (root on the node only). Settings: net_cap_kbit."""

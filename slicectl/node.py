@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import code_hash
@@ -44,14 +47,64 @@ def nm_client(cfg: NodeConfig, timeout: float = 300) -> Client:
     return Client(cfg.nm_sock, timeout=timeout)
 
 
-def nm_pid(cfg: NodeConfig) -> int | None:
-    """The running node manager's pid from its pidfile, checked against /proc."""
+@dataclass(frozen=True)
+class HostDaemon:
+    """A host-side node daemon run as ``python -m <module>``. Its pidfile holds its pid and
+    the code hash it runs, so a daemon running stale code is told apart and restarted."""
+
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+
+    def pidfile(self, cfg: NodeConfig) -> Path:
+        return cfg.run_dir / f"{self.name}.pid"
+
+    def default_log(self, cfg: NodeConfig) -> Path:
+        return LOG_DIR / f"{self.name}-{cfg.node_id}.log"
+
+
+NM = HostDaemon("nm", "slicectl.daemon")
+SNIFFER = HostDaemon("sniffer", "slicectl.sniffer")
+SHIM = HostDaemon("shim", "slicectl.shim")
+
+
+def daemon_logging() -> None:
+    """Log lines as every node daemon writes them to its log file."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def write_pidfile(path: Path) -> None:
+    path.write_text(f"{os.getpid()} {code_hash()}\n")
+
+
+def remove_pidfile(path: Path) -> None:
+    """Remove the pidfile if it is still this process's."""
     try:
-        pid = int(cfg.nm_pidfile.read_text().strip())
+        if path.read_text().split()[0] == str(os.getpid()):
+            path.unlink()
+    except (OSError, IndexError):
+        pass
+
+
+def daemon_running(cfg: NodeConfig, d: HostDaemon) -> tuple[int, str] | None:
+    """(pid, code hash) of the running daemon, checked against /proc; None if none runs."""
+    try:
+        fields = cfg.run_dir.joinpath(f"{d.name}.pid").read_text().split()
+        pid, code = int(fields[0]), (fields[1] if len(fields) > 1 else "")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         return None
-    return pid if b"slicectl.daemon" in cmdline else None
+    return (pid, code) if d.module.encode() in cmdline else None
+
+
+def daemon_pid(cfg: NodeConfig, d: HostDaemon) -> int | None:
+    running = daemon_running(cfg, d)
+    return running[0] if running else None
+
+
+def nm_pid(cfg: NodeConfig) -> int | None:
+    return daemon_pid(cfg, NM)
 
 
 def nm_answers(cfg: NodeConfig) -> bool:
@@ -62,49 +115,101 @@ def nm_answers(cfg: NodeConfig) -> bool:
         return False
 
 
-def start_nm(cfg: NodeConfig, say: Say, log_path: Path | None = None,
-             timeout_s: float = 120) -> int:
-    """Start the node manager daemon unless it answers; return its pid."""
-    pid = nm_pid(cfg)
-    if pid is not None and nm_answers(cfg):
-        running = nm_client(cfg, timeout=10).call("status").get("code")
-        if running == code_hash():
+def socket_answers(path: Path) -> Callable[[NodeConfig], bool]:
+    """A readiness check: a unix stream socket at ``path`` accepts a connection."""
+    def check(cfg: NodeConfig) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(path))
+                return True
+            except OSError:
+                return False
+    return check
+
+
+def start_daemon(cfg: NodeConfig, d: HostDaemon, ready: Callable[[NodeConfig], bool],
+                 say: Say, log_path: Path | None = None, timeout_s: float = 120) -> int:
+    """Start ``d`` unless it runs this code and is ready; return its pid.
+
+    Raises:
+        EngineError: it exited or did not become ready in time (the message names its log).
+    """
+    running = daemon_running(cfg, d)
+    if running is not None:
+        pid, code = running
+        if code == code_hash() and ready(cfg):
             return pid
-        say(f"node manager (pid {pid}) runs other code ({running}); restarting it")
-        stop_nm(cfg)
+        say(f"{d.name} (pid {pid}) runs other code ({code or 'unknown'}); restarting it")
+        stop_daemon(cfg, d)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = log_path or LOG_DIR / f"nm-{cfg.node_id}.log"
+    log_path = log_path or d.default_log(cfg)
     env = {**os.environ, **config_env(cfg)}
     with open(log_path, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "slicectl.daemon"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", d.module, *d.args], env=env,
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-2:]
-            raise EngineError(f"node manager exited with status {proc.returncode}: "
+            raise EngineError(f"{d.name} exited with status {proc.returncode}: "
                               f"{' | '.join(tail)} (log: {log_path})")
-        if nm_pid(cfg) == proc.pid and nm_answers(cfg):
-            say(f"node manager {cfg.node_id} running (pid {proc.pid}, socket {cfg.nm_sock})")
+        if daemon_pid(cfg, d) == proc.pid and ready(cfg):
+            say(f"{d.name} {cfg.node_id} running (pid {proc.pid})")
             return proc.pid
-        time.sleep(0.1)
-    raise EngineError(f"node manager: did not answer within {timeout_s:.0f}s (log: {log_path})")
+        time.sleep(0.05)
+    raise EngineError(f"{d.name}: not ready within {timeout_s:.0f}s (log: {log_path})")
 
 
-def stop_nm(cfg: NodeConfig, timeout_s: float = 15) -> bool:
-    """Stop the node manager (SIGTERM, then SIGKILL). Slivers keep running."""
-    pid = nm_pid(cfg)
+def stop_daemon(cfg: NodeConfig, d: HostDaemon, timeout_s: float = 15) -> bool:
+    """Stop ``d`` (SIGTERM, then SIGKILL); False if it was not running."""
+    pid = daemon_pid(cfg, d)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or nm_pid(cfg) is None:
+        if not Path(f"/proc/{pid}").exists() or daemon_pid(cfg, d) is None:
             return True
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     return True
+
+
+def start_nm(cfg: NodeConfig, say: Say, log_path: Path | None = None,
+             timeout_s: float = 120) -> int:
+    """Start the node manager daemon unless it answers with this code; return its pid."""
+    return start_daemon(cfg, NM, nm_answers, say, log_path, timeout_s)
+
+
+def stop_nm(cfg: NodeConfig, timeout_s: float = 15) -> bool:
+    """Stop the node manager (SIGTERM, then SIGKILL). Slivers keep running."""
+    return stop_daemon(cfg, NM, timeout_s)
+
+
+def sniffer_ready(cfg: NodeConfig) -> bool:
+    return socket_answers(cfg.sniffer_dir / "records.sock")(cfg)
+
+
+def shim_ready(cfg: NodeConfig) -> bool:
+    return socket_answers(cfg.shim_dir / "raw.sock")(cfg)
+
+
+#: The node's host daemons in start order, with their readiness checks.
+HOST_DAEMONS: tuple[tuple[HostDaemon, Callable[[NodeConfig], bool]], ...] = (
+    (NM, nm_answers), (SNIFFER, sniffer_ready),
+)
+
+
+def start_host_daemons(cfg: NodeConfig, say: Say,
+                       log_for: Callable[[HostDaemon], Path | None] = lambda d: None) -> None:
+    for d, ready in HOST_DAEMONS:
+        start_daemon(cfg, d, ready, say, log_for(d))
+
+
+def stop_host_daemons(cfg: NodeConfig) -> list[str]:
+    """Stop the daemons in reverse order; the names of those that were running."""
+    return [d.name for d, _ in reversed(HOST_DAEMONS) if stop_daemon(cfg, d)]
 
 
 def prepare(cfg: NodeConfig, env: Mapping[str, str], say: Say) -> str:

@@ -32,6 +32,8 @@ SLIVER_CAPS: tuple[str, ...] = (
 
 SLIVER_ETC = "/etc/slicectl"
 SLIVER_NM_DIR = "/run/slicectl/nm"
+SLIVER_SHIM_DIR = "/run/slicectl/raw"
+SLIVER_SNIFFER_DIR = "/run/slicectl/sniffer"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class NodeFacts:
     subnet: str = "172.30.0.0/16"
     #: Full btrfs qgroups charge a snapshot for the image it shares; simple quotas do not.
     quota_counts_image: bool = False
+    #: The raw-socket shim's and the admin sniffer's socket directories (None: no such
+    #: service on this node, nothing is mounted).
+    shim_dir: Path | None = None
+    sniffer_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,12 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
             {"Type": "bind", "Source": str(node.nm_sock_dir), "Target": SLIVER_NM_DIR,
              "ReadOnly": True}
         )
+    if rspec.raw_sockets and node.shim_dir is not None:
+        mounts.append({"Type": "bind", "Source": str(node.shim_dir), "Target": SLIVER_SHIM_DIR,
+                       "ReadOnly": True})
+    if rspec.admin_sniffer and node.sniffer_dir is not None:
+        mounts.append({"Type": "bind", "Source": str(node.sniffer_dir),
+                       "Target": SLIVER_SNIFFER_DIR, "ReadOnly": True})
     kwargs: dict[str, Any] = {
         "name": container_name(ident.slice),
         "hostname": node.hostname,

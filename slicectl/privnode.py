@@ -21,7 +21,7 @@ from .accounts import HostAccounts
 from .config import LABEL_NODE, NodeConfig
 from .dockerd import Say, ensure_network
 from .network import NodeNetwork
-from .node import start_nm, stop_nm
+from .node import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
 from .store import Store
 
 PRIVATE_STATE = Path("/var/lib/slicectl/test")
@@ -50,8 +50,8 @@ def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "t
                       subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}")
 
 
-def log_path(cfg: NodeConfig) -> Path:
-    return cfg.state_dir.parent / f"nm-{cfg.state_dir.name}.log"
+def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:
+    return cfg.state_dir.parent / f"{daemon}-{cfg.state_dir.name}.log"
 
 
 def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
@@ -69,7 +69,8 @@ def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
         accounts.remove(name, cfg.slivers_dir / name)
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    log_path(cfg).unlink(missing_ok=True)
+    for d, _ in HOST_DAEMONS:
+        log_path(cfg, d.name).unlink(missing_ok=True)
 
 
 def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8) -> NodeConfig:
@@ -90,17 +91,22 @@ def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8)
 
 @contextmanager
 def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
-                 say: Say | None = None) -> Iterator[NodeConfig]:
-    """Start a private node manager; stop it and remove all it made on exit."""
+                 say: Say | None = None, daemons: bool = False) -> Iterator[NodeConfig]:
+    """Start a private node manager (with ``daemons``, also its admin sniffer and
+    raw-socket shim); stop them and remove all they made on exit."""
     cfg = private_config(base, engine, kind)
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
     try:
         cfg = create_network(cfg, engine)
-        start_nm(cfg, say or Say(quiet=True), log_path=log_path(cfg))
+        say = say or Say(quiet=True)
+        if daemons:
+            start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name))
+        else:
+            start_nm(cfg, say, log_path=log_path(cfg))
         yield cfg
     finally:
         try:
-            stop_nm(cfg)
+            stop_host_daemons(cfg)
         finally:
             cleanup(cfg, engine)

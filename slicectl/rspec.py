@@ -55,7 +55,7 @@ INT_FIELDS: dict[str, IntRange] = {
     "net_max_kbit": IntRange(1, 100_000_000),
     "net_max_kbyte_day": IntRange(0, 1 << 40),
 }
-BOOL_FIELDS = ("cpu_capped", "create_vm", "nm_privileged", "raw_sockets")
+BOOL_FIELDS = ("cpu_capped", "create_vm", "nm_privileged", "raw_sockets", "admin_sniffer")
 PORT_FIELDS = ("tcp_ports", "udp_ports")
 TIME_FIELDS = ("start", "end")
 
@@ -84,6 +84,8 @@ class RSpec:
     create_vm: bool = True
     nm_privileged: bool = False
     raw_sockets: bool = True
+    #: May read the node's administrative sniffer (every sliver's packets, by slice).
+    admin_sniffer: bool = False
 
     def ports(self) -> set[tuple[str, int]]:
         return {("tcp", p) for p in self.tcp_ports} | {("udp", p) for p in self.udp_ports}
@@ -234,6 +236,7 @@ def combine(specs: list[RSpec]) -> RSpec:
         create_vm=any(s.create_vm for s in specs),
         nm_privileged=any(s.nm_privileged for s in specs),
         raw_sockets=any(s.raw_sockets for s in specs),
+        admin_sniffer=any(s.admin_sniffer for s in specs),
         **sums,
     )
 
@@ -264,7 +267,7 @@ def split(parent: RSpec, part: RSpec) -> RSpec:
                               part.net_max_kbyte_day)
     if part.net_max_kbit > parent.net_max_kbit:
         raise ValidationError("net_max_kbit", f"at most {parent.net_max_kbit}", part.net_max_kbit)
-    for flag in ("nm_privileged", "raw_sockets", "create_vm"):
+    for flag in ("nm_privileged", "raw_sockets", "admin_sniffer", "create_vm"):
         if getattr(part, flag) and not getattr(parent, flag):
             raise ValidationError(flag, "false (the rcap does not grant it)", True)
     if parent.cpu_capped and not part.cpu_capped:

@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS net_usage (
     last_packets INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (slice, day)
 );
+CREATE TABLE IF NOT EXISTS port_claims (
+    proto    TEXT NOT NULL,
+    port     INTEGER NOT NULL,
+    slice    TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    created  REAL NOT NULL,
+    PRIMARY KEY (proto, port, slice, kind)
+);
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -307,8 +315,30 @@ class Store:
         with self.tx() as db:
             db.execute("DELETE FROM net_usage WHERE day < ?", (before_day,))
 
-    def delete_sliver(self, slice_name: str) -> None:
-        """Forget a sliver and every rcap bound to it."""
+    def claims(self) -> list[tuple[str, int, str, str]]:
+        """Ports held by safe raw and sniffer sockets: (proto, port, slice, kind)."""
         with self.tx() as db:
+            rows = db.execute("SELECT proto, port, slice, kind FROM port_claims").fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def add_claim(self, proto: str, port: int, slice_name: str, kind: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO port_claims VALUES (?, ?, ?, ?, ?)",
+                       (proto, port, slice_name, kind, time.time()))
+
+    def delete_claims(self, proto: str | None = None, port: int | None = None,
+                      slice_name: str | None = None, kind: str | None = None) -> int:
+        """Delete the claims matching every given field; returns how many went."""
+        where = [(c, v) for c, v in (("proto", proto), ("port", port), ("slice", slice_name),
+                                     ("kind", kind)) if v is not None]
+        sql = "DELETE FROM port_claims" + (
+            " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where) if where else "")
+        with self.tx() as db:
+            return db.execute(sql, [v for _, v in where]).rowcount
+
+    def delete_sliver(self, slice_name: str) -> None:
+        """Forget a sliver, every rcap bound to it and the ports its sockets held."""
+        with self.tx() as db:
+            db.execute("DELETE FROM port_claims WHERE slice = ?", (slice_name,))
             db.execute("DELETE FROM rcaps WHERE slice = ?", (slice_name,))
             db.execute("DELETE FROM slivers WHERE slice = ?", (slice_name,))

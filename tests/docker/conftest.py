@@ -9,8 +9,11 @@ removes exactly what that node id created.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,6 +113,68 @@ class NMHandle:
 def nm(node_cfg: NodeConfig, engine: docker.DockerClient) -> Iterator[NMHandle]:
     with private_node(node_cfg, engine) as cfg:
         yield NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))
+
+
+@pytest.fixture
+def dnm(node_cfg: NodeConfig, engine: docker.DockerClient) -> Iterator[NMHandle]:
+    """A private node manager with its admin sniffer and raw-socket shim running."""
+    with private_node(node_cfg, engine, daemons=True) as cfg:
+        yield NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))
+
+
+def gateway(nm: NMHandle) -> str:
+    return str(ipaddress.ip_network(nm.cfg.subnet).network_address + 1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Outside:
+    """A namespace acting as a host on the Internet, routed through the node."""
+
+    ns: str
+    address: str
+    node_address: str
+
+    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    tag = secrets.token_hex(3)
+    ns, host_if, ns_if = f"slicectl-out-{tag}", f"slco{tag}", f"slci{tag}"
+    third = int(tag[:2], 16)
+    node_addr, out_addr = f"198.18.{third}.1", f"198.18.{third}.2"
+    cmds = [
+        f"ip netns add {ns}",
+        f"ip link add {host_if} type veth peer name {ns_if}",
+        f"ip link set {ns_if} netns {ns}",
+        f"ip addr add {node_addr}/30 dev {host_if}",
+        f"ip link set {host_if} up",
+        f"ip -n {ns} addr add {out_addr}/30 dev {ns_if}",
+        f"ip -n {ns} link set {ns_if} up",
+        f"ip -n {ns} link set lo up",
+        f"ip -n {ns} route add default via {node_addr}",
+    ]
+    try:
+        for c in cmds:
+            subprocess.run(c.split(), check=True, capture_output=True)
+        yield Outside(ns, out_addr, node_addr)
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def make_sliver(nm: NMHandle, name: str, **rspec: Any) -> dict[str, Any]:
+    return dict(nm.call("bind", nm.slice(name), nm.call("acquire", rspec)))
+
+
 
 
 @pytest.fixture

@@ -4,15 +4,12 @@ acting as the outside world."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import secrets
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -24,60 +21,7 @@ from slicectl.netplan import handle, sliver_tc
 from slicectl.network import host_veth
 from slicectl.rspec import parse_rspec
 
-from .conftest import NMHandle, sliver_exec
-
-
-def gateway(nm: NMHandle) -> str:
-    return str(ipaddress.ip_network(nm.cfg.subnet).network_address + 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Outside:
-    """A namespace acting as a host on the Internet, routed through the node."""
-
-    ns: str
-    address: str
-    node_address: str
-
-    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
-                              text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture
-def outside() -> Iterator[Outside]:
-    tag = secrets.token_hex(3)
-    ns, host_if, ns_if = f"slicectl-out-{tag}", f"slco{tag}", f"slci{tag}"
-    third = int(tag[:2], 16)
-    node_addr, out_addr = f"198.18.{third}.1", f"198.18.{third}.2"
-    cmds = [
-        f"ip netns add {ns}",
-        f"ip link add {host_if} type veth peer name {ns_if}",
-        f"ip link set {ns_if} netns {ns}",
-        f"ip addr add {node_addr}/30 dev {host_if}",
-        f"ip link set {host_if} up",
-        f"ip -n {ns} addr add {out_addr}/30 dev {ns_if}",
-        f"ip -n {ns} link set {ns_if} up",
-        f"ip -n {ns} link set lo up",
-        f"ip -n {ns} route add default via {node_addr}",
-    ]
-    try:
-        for c in cmds:
-            subprocess.run(c.split(), check=True, capture_output=True)
-        yield Outside(ns, out_addr, node_addr)
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-
-
-def make_sliver(nm: NMHandle, name: str, **rspec: Any) -> dict[str, Any]:
-    return dict(nm.call("bind", nm.slice(name), nm.call("acquire", rspec)))
+from .conftest import NMHandle, Outside, free_port, gateway, make_sliver, sliver_exec
 
 
 def iperf(engine: docker.DockerClient, info: dict[str, Any], server: str, port: int,

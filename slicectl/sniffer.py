@@ -1,0 +1,360 @@
+"""The administrative sniffer: every packet slivers send, tagged with its slice.
+
+Sliver egress is redirected from each sliver's veth to the node's IFB, where the HTB tree
+shapes it; a TPACKET_V3 ring on the IFB therefore sees every packet a sliver sends (after
+shaping: what actually leaves), once. A sliver's address is a function of its xid, and a
+sliver can neither change its address (no NET_ADMIN) nor forge another (no NET_RAW; the
+raw-socket shim checks every packet), so the source address names the sender. With
+``inbound`` a second ring on the node bridge sees what the host forwards into slivers.
+
+Records go out on a unix socket in the format of :mod:`slicectl.sniffrecord`. Each
+consumer has a bounded buffer: one that reads too slowly loses records, counted and told
+to it, and never slows the capture or other consumers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import mmap
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .config import NodeConfig, default_config
+from .errors import SlicectlError
+from .netplan import sliver_xid_range
+from .nm import container_of_pid
+from .node import daemon_logging, remove_pidfile, write_pidfile
+from .ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
+from .rpc import Client
+from .sniffrecord import DROPS, HELLO, IN, OUT, RECORD, RECORDS, SLICES, VERSION, frame, json_frame
+
+log = logging.getLogger("slicectl.sniffer")
+
+SNAPLEN = 96
+CONSUMER_BUFFER = 8 << 20
+IP_HDR = struct.Struct("!BBHHHBBH4s4s")
+PORTS = struct.Struct("!HH")
+SO_PEERCRED = 17
+
+
+def parse_block(m: mmap.mmap, base: int, num: int, first: int, out: bytearray,
+                direction: int, xid_base: int, xid_max: int, xids: set[int]) -> tuple[int, int]:
+    """Append a record per IPv4 packet of a ring block to ``out`` and each sender's xid
+    to ``xids``.
+
+    Returns (records appended, packets from no sliver address).
+    """
+    add_xid = xids.add
+    pkt_unpack = PKT_HDR.unpack_from
+    ip_unpack = IP_HDR.unpack_from
+    ports_unpack = PORTS.unpack_from
+    rec_pack = RECORD.pack
+    from_bytes = int.from_bytes
+    chunks: list[bytes] = []
+    unknown = 0
+    p = base + first
+    for _ in range(num):
+        nxt, sec, nsec, snap, _length, _status, mac, net = pkt_unpack(m, p)
+        ip = p + net
+        caught = snap - (net - mac)
+        p += nxt
+        if caught < 20:
+            continue
+        vihl, _tos, total, _id, frag, _ttl, proto, _sum, src, dst = ip_unpack(m, ip)
+        xid = from_bytes(src if direction == OUT else dst, "big") - xid_base
+        if not 0 < xid <= xid_max:
+            unknown += 1
+            continue
+        add_xid(xid)
+        sport = dport = flags = 0
+        if not frag & 0x1FFF:
+            l4 = ip + (vihl & 15) * 4
+            if proto == 6 or proto == 17:
+                if caught >= l4 - ip + 14:
+                    sport, dport = ports_unpack(m, l4)
+                    if proto == 6:
+                        flags = m[l4 + 13]
+            elif proto == 1 and caught >= l4 - ip + 2:
+                sport, dport = m[l4], m[l4 + 1]
+        chunks.append(rec_pack(sec + nsec * 1e-9, xid, src, dst, sport, dport, proto, flags,
+                               total, direction))
+    out += b"".join(chunks)
+    return len(chunks), unknown
+
+
+@dataclass
+class Consumer:
+    sock: socket.socket
+    peer: str
+    out: bytearray = field(default_factory=bytearray)
+    dropped: int = 0
+    sent_drops: tuple[int, int, int] = (-1, -1, -1)
+
+
+def peer_allowed(sock: socket.socket, slivers: dict[str, dict[str, Any]]) -> str | None:
+    """Who the peer is if it may read records: host root, a node service container, or a
+    sliver granted ``admin_sniffer``; None otherwise."""
+    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
+    cid = container_of_pid(pid)
+    if cid is None:
+        return f"pid {pid}" if uid == 0 else None
+    sliver = slivers.get(cid)
+    if sliver is None:
+        return f"service container {cid[:12]}"
+    return f"slice {sliver['slice']}" if sliver.get("admin_sniffer") else None
+
+
+class Sniffer:
+    """Capture rings, consumers and the slice map, driven by one selector loop."""
+
+    def __init__(self, cfg: NodeConfig, net_map: Callable[[], list[dict[str, Any]]],
+                 inbound: bool = False, consumer_buffer: int = CONSUMER_BUFFER) -> None:
+        self.cfg = cfg
+        self.net_map = net_map
+        self.inbound = inbound
+        self.consumer_buffer = consumer_buffer
+        self.xid_base, self.xid_max = sliver_xid_range(cfg.subnet)
+        self.names: dict[int, str] = {}
+        self.by_container: dict[str, dict[str, Any]] = {}
+        self.consumers: dict[int, Consumer] = {}
+        self.rings: list[tuple[PacketRing, int]] = []
+        self.sel = selectors.DefaultSelector()
+        self.kernel_drops = 0
+        self.unknown = 0
+        self.packets = 0
+        self.stop = threading.Event()
+        self._map_lock = threading.Lock()
+        self._last_sync_refresh = 0.0
+        self.listener: socket.socket | None = None
+
+    @property
+    def sock_path(self) -> Path:
+        return self.cfg.sniffer_dir / "records.sock"
+
+    # slice map ----------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Reload the slice map from the node manager; True if it changed."""
+        try:
+            rows = self.net_map()
+        except SlicectlError as e:
+            log.warning("slice map: %s", e)
+            return False
+        names = {int(r["xid"]): str(r["slice"]) for r in rows}
+        by_container = {str(r["container_id"]): r for r in rows if r.get("container_id")}
+        with self._map_lock:
+            changed = names != self.names
+            self.names, self.by_container = names, by_container
+        if changed:
+            self.broadcast(json_frame(SLICES, {str(k): v for k, v in names.items()}), 0)
+        return changed
+
+    # consumers ----------------------------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        sock, _ = listener.accept()
+        peer = peer_allowed(sock, self.by_container)
+        if peer is None:
+            log.warning("refused a consumer without the admin_sniffer right")
+            sock.close()
+            return
+        sock.setblocking(False)
+        c = Consumer(sock, peer)
+        self.consumers[sock.fileno()] = c
+        self.sel.register(sock, selectors.EVENT_READ, ("consumer", c))
+        hello = {"version": VERSION, "node": self.cfg.node_id, "record": RECORD.format,
+                 "record_size": RECORD.size}
+        c.out += json_frame(HELLO, hello)
+        c.out += json_frame(SLICES, {str(k): v for k, v in self.names.items()})
+        self.send_drops(c)
+        self.flush(c)
+        log.info("consumer %s connected (%d now)", peer, len(self.consumers))
+
+    def drop_consumer(self, c: Consumer) -> None:
+        fd = c.sock.fileno()
+        self.consumers.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(c.sock)
+        c.sock.close()
+        log.info("consumer %s left (lost %d records)", c.peer, c.dropped)
+
+    def flush(self, c: Consumer) -> None:
+        try:
+            while c.out:
+                n = c.sock.send(c.out)
+                del c.out[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.drop_consumer(c)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.out else 0)
+        self.sel.modify(c.sock, events, ("consumer", c))
+
+    def broadcast(self, data: bytes, records: int) -> None:
+        for c in list(self.consumers.values()):
+            if records and len(c.out) + len(data) > self.consumer_buffer:
+                c.dropped += records
+                continue
+            c.out += data
+            self.flush(c)
+
+    def send_drops(self, c: Consumer) -> None:
+        counts = (self.kernel_drops, c.dropped, self.unknown)
+        if counts != c.sent_drops:
+            c.sent_drops = counts
+            c.out += json_frame(DROPS, {"kernel": counts[0], "consumer": counts[1],
+                                        "unknown": counts[2]})
+
+    # capture ------------------------------------------------------------------------
+
+    def open_rings(self) -> None:
+        self.rings.append((PacketRing(self.cfg.ifb, bpf_ip(SNAPLEN)), OUT))
+        if self.inbound:
+            self.rings.append((PacketRing(self.cfg.bridge, bpf_ip(SNAPLEN, PACKET_OUTGOING)), IN))
+        for ring, direction in self.rings:
+            self.sel.register(ring.fileno(), selectors.EVENT_READ, ("ring", (ring, direction)))
+
+    def drain(self, ring: PacketRing, direction: int) -> None:
+        out = bytearray()
+        xids: set[int] = set()
+        count = 0
+        for base, num, first in ring.ready_blocks():
+            n, unknown = parse_block(ring.map, base, num, first, out, direction,
+                                     self.xid_base, self.xid_max, xids)
+            count += n
+            self.unknown += unknown
+            if len(out) > 1 << 20:
+                self.publish(out, count, xids)
+                out, count = bytearray(), 0
+        if count:
+            self.publish(out, count, xids)
+
+    def publish(self, records: bytearray, count: int, xids: set[int]) -> None:
+        """Send records to every consumer, first learning the names of new slivers (their
+        first packets can come before the next periodic map refresh)."""
+        self.packets += count
+        if not xids <= self.names.keys():
+            now = time.monotonic()
+            if now - self._last_sync_refresh > 0.5:
+                self._last_sync_refresh = now
+                self.refresh()
+        self.broadcast(frame(RECORDS, bytes(records)), count)
+
+    def tick(self) -> None:
+        for ring, _ in self.rings:
+            self.kernel_drops += ring.stats().drops
+        for c in list(self.consumers.values()):
+            self.send_drops(c)
+            if c.out:
+                self.flush(c)
+
+    # the loop -----------------------------------------------------------------------
+
+    def listen(self) -> socket.socket:
+        self.cfg.sniffer_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.sock_path.with_suffix(".new")
+        tmp.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp))
+        os.chmod(tmp, 0o600)
+        listener.listen(64)
+        os.replace(tmp, self.sock_path)
+        listener.setblocking(False)
+        self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
+        self.listener = listener
+        return listener
+
+    def run(self, map_every_s: float = 2.0) -> None:
+        self.refresh()
+        self.open_rings()
+        self.listen()
+        next_tick = next_map = time.monotonic()
+        while not self.stop.is_set():
+            for key, mask in self.sel.select(timeout=0.2):
+                kind, obj = key.data
+                if kind == "ring":
+                    self.drain(*obj)
+                elif kind == "listen":
+                    self.accept(obj)
+                elif kind == "consumer":
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            if not obj.sock.recv(4096):
+                                self.drop_consumer(obj)
+                                continue
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            self.drop_consumer(obj)
+                            continue
+                    if mask & selectors.EVENT_WRITE:
+                        self.flush(obj)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 1.0
+                self.tick()
+            if now >= next_map:
+                next_map = now + map_every_s
+                self.refresh()
+
+    def close(self) -> None:
+        for c in list(self.consumers.values()):
+            self.drop_consumer(c)
+        for ring, _ in self.rings:
+            ring.close()
+        if self.listener is not None:
+            self.listener.close()
+
+
+def serve(cfg: NodeConfig, inbound: bool) -> None:
+    nm = Client(cfg.nm_sock, timeout=30)
+
+    def net_map() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = nm.call("net_map")
+        return rows
+
+    sniffer = Sniffer(cfg, net_map, inbound=inbound)
+    pidfile = cfg.run_dir / "sniffer.pid"
+
+    def on_signal(signum: int, frame_: FrameType | None) -> None:
+        sniffer.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    write_pidfile(pidfile)
+    log.info("admin sniffer %s on %s%s, records at %s", cfg.node_id, cfg.ifb,
+             f" and {cfg.bridge}" if inbound else "", sniffer.sock_path)
+    try:
+        sniffer.run()
+    finally:
+        sniffer.close()
+        remove_pidfile(pidfile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="slicectl-sniffer",
+                                     description="slicectl administrative sniffer")
+    parser.add_argument("--inbound", action="store_true",
+                        help="also record what slivers receive from outside the node")
+    args = parser.parse_args(argv)
+    daemon_logging()
+    serve(default_config(), args.inbound)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
