@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check slicectl tests bench
+	$(BIN)/ruff check slicectl auditd tests bench
 	$(BIN)/mypy
 
 unit: venv
@@ -39,3 +39,4 @@ docker: venv
 bench: venv
 	$(BIN)/python bench/node_bench.py
 	$(BIN)/python bench/net_bench.py
+	$(BIN)/python bench/audit_bench.py
