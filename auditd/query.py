@@ -119,8 +119,8 @@ def _names(reader: Reader) -> dict[int, str]:
 def by_destination(reader: Reader, w: Window, limit: int = 500) -> list[dict[str, Any]]:
     names = _names(reader)
     rows = reader.all(
-        "SELECT dst, sum(packets), sum(bytes), group_concat(DISTINCT sid),"
-        " group_concat(DISTINCT proto * 65536 + dport), min(first), max(last)"
+        "SELECT dst, sum(packets), sum(bytes), group_concat(sid),"
+        " group_concat(proto * 65536 + dport), min(first), max(last)"
         " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY dst"
         " ORDER BY 3 DESC, 1 LIMIT ?", (w.first_minute, w.last_minute, limit))
     out = []
@@ -128,7 +128,7 @@ def by_destination(reader: Reader, w: Window, limit: int = 500) -> list[dict[str
         shown, more = port_list(ports)
         out.append({
             "dst": socket.inet_ntoa(dst), "packets": packets, "bytes": nbytes,
-            "slices": " ".join(sorted(names.get(int(s), "?") for s in sids.split(","))),
+            "slices": " ".join(sorted({names.get(int(s), "?") for s in sids.split(",")})),
             "ports": shown, "ports_more": more, "first": iso(first), "last": iso(last)})
     return out
 
@@ -137,7 +137,7 @@ def by_slice(reader: Reader, w: Window) -> list[dict[str, Any]]:
     names = _names(reader)
     rows = reader.all(
         "SELECT sid, sum(packets), sum(bytes), count(DISTINCT dst),"
-        " group_concat(DISTINCT proto * 65536 + dport), min(first), max(last)"
+        " group_concat(proto * 65536 + dport), min(first), max(last)"
         " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY sid ORDER BY 3 DESC",
         (w.first_minute, w.last_minute))
     out = []

@@ -125,12 +125,15 @@ def test_time_windows_expire_records_then_rollups(tmp_path: Path) -> None:
     store = Store(db, Limits(window_s=3600, rollup_s=86400, max_bytes=1 << 30))
     r = Recorder(store)
     r.feed(SLICES)
-    r.feed(frames(rec(T0, 1, "198.18.0.2"), rec(T0 + 7200, 1, "198.18.0.3")))
+    for i in range(3):  # three old batches, then a new one
+        r.feed(frames(rec(T0 + i, 1, f"198.18.0.{i + 10}")))
+        r.flush()
+    r.feed(frames(rec(T0 + 7200, 1, "198.18.0.3")))
     r.flush()
-    store.expire(now=T0 + 7200 + 10)
+    assert store.expire(now=T0 + 7200 + 10, chunk=2)["records"] == 3
     reader = Reader(db)
     assert [t for (t,) in reader.all("SELECT t0 FROM records")] == [T0 + 7200]
-    assert len(rollup(db)) == 2  # roll-ups outlive full records
+    assert len(rollup(db)) == 4  # roll-ups outlive full records
     store.expire(now=T0 + 86400 + 100)
     assert [row[0] for row in rollup(db)] == [T0 + 7200]
 
