@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slicectl.config import NodeConfig
 from slicectl.errors import ValidationError
 
 from .store import Limits
@@ -41,19 +40,28 @@ class AuditConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AuditConfig:
-        """From ``SLICECTL_AUDIT_*`` (and the node's ``SLICECTL_STATE_DIR``/``RUN_DIR``).
+        """From the environment a node service gets (see ``slicectl.services``):
+        ``SLICECTL_SERVICE_STATE``, ``SLICECTL_SNIFFER_SOCK``, ``SLICECTL_NM_SOCK``,
+        ``SLICECTL_SERVICE_PORT``; on the host without them, paths under the node's
+        ``SLICECTL_STATE_DIR`` and ``SLICECTL_RUN_DIR``. The auditor's own settings:
+        ``SLICECTL_AUDIT_HOST``, ``_OPERATOR``, ``_WINDOW_S``, ``_ROLLUP_S``, ``_MAX_BYTES``.
+
+        This module must not import the rest of slicectl: the service image carries only
+        its stdlib-only modules (errors, rpc, sniffrecord).
 
         Raises:
             ValidationError: a number that is not one.
         """
-        node = NodeConfig.from_env(env)
+        run = Path(env.get("SLICECTL_RUN_DIR", "/run/slicectl"))
+        state = env.get("SLICECTL_SERVICE_STATE") or str(
+            Path(env.get("SLICECTL_STATE_DIR", "/var/lib/slicectl")) / "services" / "auditd")
         return cls(
-            state_dir=Path(env.get("SLICECTL_AUDIT_STATE_DIR", str(node.state_dir / "auditd"))),
-            sniffer_sock=Path(env.get("SLICECTL_AUDIT_SNIFFER",
-                                      str(node.run_dir / "sniffer" / "records.sock"))),
-            nm_sock=Path(env.get("SLICECTL_AUDIT_NM", str(node.nm_sock))),
+            state_dir=Path(state),
+            sniffer_sock=Path(env.get("SLICECTL_SNIFFER_SOCK",
+                                      str(run / "sniffer" / "records.sock"))),
+            nm_sock=Path(env.get("SLICECTL_NM_SOCK", str(run / "nm" / "nm.sock"))),
             host=env.get("SLICECTL_AUDIT_HOST", "0.0.0.0"),
-            port=_int(env, "SLICECTL_AUDIT_PORT", DEFAULT_PORT),
+            port=_int(env, "SLICECTL_SERVICE_PORT", DEFAULT_PORT),
             operator=env.get("SLICECTL_AUDIT_OPERATOR", ""),
             limits=Limits(
                 window_s=_int(env, "SLICECTL_AUDIT_WINDOW_S", int(Limits.window_s)),

@@ -37,8 +37,8 @@ class Auditor:
     def __init__(self, nm: NMHandle, state: Path) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**nm.env(), "SLICECTL_AUDIT_STATE_DIR": str(state),
-               "SLICECTL_AUDIT_HOST": "127.0.0.1", "SLICECTL_AUDIT_PORT": str(self.port),
+        env = {**nm.env(), "SLICECTL_SERVICE_STATE": str(state),
+               "SLICECTL_AUDIT_HOST": "127.0.0.1", "SLICECTL_SERVICE_PORT": str(self.port),
                "SLICECTL_AUDIT_OPERATOR": "Test Site <ops@example.org>"}
         self.log = state / "auditd.log"
         state.mkdir(parents=True, exist_ok=True)

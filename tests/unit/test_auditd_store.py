@@ -179,3 +179,35 @@ def test_times_parse_as_utc(text: str, expected: float) -> None:
 
 def test_default_window_is_the_last_hour() -> None:
     assert q.parse_window({}, T0) == q.Window(T0 - 3600, T0)
+
+
+def test_config_from_a_service_environment() -> None:
+    from auditd.config import AuditConfig
+
+    cfg = AuditConfig.from_env({"SLICECTL_SERVICE_STATE": "/var/lib/slicectl-service",
+                                "SLICECTL_SNIFFER_SOCK": "/run/slicectl/sniffer/records.sock",
+                                "SLICECTL_NM_SOCK": "/run/slicectl/nm/nm.sock",
+                                "SLICECTL_SERVICE_PORT": "8080",
+                                "SLICECTL_AUDIT_MAX_BYTES": "1000000"})
+    assert (cfg.db_path, cfg.port, cfg.limits.max_bytes) == (
+        Path("/var/lib/slicectl-service/audit.sqlite"), 8080, 1_000_000)
+    with pytest.raises(ValidationError, match="SLICECTL_AUDIT_WINDOW_S"):
+        AuditConfig.from_env({"SLICECTL_AUDIT_WINDOW_S": "a day"})
+
+
+def test_auditd_imports_only_what_the_service_image_carries() -> None:
+    import ast
+
+    carried = {"errors", "rpc", "sniffrecord"}  # slicectl.services SHARED_MODULES
+    root = Path(__file__).resolve().parents[2] / "auditd"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if node.module == "slicectl":
+                used = {a.name for a in node.names}
+            elif node.module.startswith("slicectl."):
+                used = {node.module.split(".")[1]}
+            else:
+                continue
+            assert used <= carried, f"{path.name} imports slicectl {sorted(used - carried)}"
