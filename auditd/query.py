@@ -181,23 +181,35 @@ def from_slice(reader: Reader, name: str, w: Window) -> list[dict[str, Any]]:
 def records_to(reader: Reader, dst: bytes, w: Window,
                limit: int = MAX_RECORDS) -> tuple[list[dict[str, Any]], int]:
     """The newest full records sent to ``dst`` in the window (at most ``limit``), and how
-    many there were in all."""
+    many there are in all.
+
+    Chunks are read newest first and decoded only until ``limit`` records are found; the
+    rest are counted from their stored counts (decoding only those that straddle the
+    window's start), so a flood to one address costs a count, not a decode of every packet.
+    """
     names = _names(reader)
     chunks = reader.all(
-        "SELECT sid, data FROM records WHERE dst = ? AND t0 <= ? AND t1 >= ?"
-        " ORDER BY t0 DESC", (dst, w.end, w.start))
+        "SELECT rowid, sid, t0, t1, n FROM records WHERE dst = ? AND t0 <= ? AND t1 >= ?"
+        " ORDER BY t1 DESC", (dst, w.end, w.start))
     found: list[tuple[Any, ...]] = []
     total = 0
-    for sid, data in chunks:
-        for rec in sr.RECORD.iter_unpack(data):
-            if w.start <= rec[0] <= w.end:
-                total += 1
-                found.append((rec, sid))
-    found.sort(key=lambda x: -x[0][0])
+    for rowid, sid, t0, t1, n in chunks:
+        newest_needed = len(found) < limit or t1 > found[limit - 1][0][0]
+        if not newest_needed and w.start <= t0 and t1 <= w.end:
+            total += n
+            continue
+        data = reader.all("SELECT data FROM records WHERE rowid = ?", (rowid,))[0][0]
+        inside = [(rec, sid) for rec in sr.RECORD.iter_unpack(data)
+                  if w.start <= rec[0] <= w.end]
+        total += len(inside)
+        if newest_needed:
+            found += inside
+            found.sort(key=lambda x: -x[0][0])
+            del found[limit:]
     return [{"time": f"{iso(r[0])[:-1]}.{int(r[0] * 1000) % 1000:03d}Z",
              "slice": names.get(sid, "?"), "src": socket.inet_ntoa(r[2]), "sport": r[4],
              "dport": r[5], "proto": proto_name(r[6]), "flags": sr.flags_text(r[7]),
-             "length": r[8]} for r, sid in found[:limit]], total
+             "length": r[8]} for r, sid in found], total
 
 
 def series(reader: Reader, w: Window, buckets: int = 60,

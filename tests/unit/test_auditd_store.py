@@ -211,3 +211,23 @@ def test_auditd_imports_only_what_the_service_image_carries() -> None:
             else:
                 continue
             assert used <= carried, f"{path.name} imports slicectl {sorted(used - carried)}"
+
+
+def test_records_to_an_address_newest_first_and_counted_in_all(tmp_path: Path) -> None:
+    db = tmp_path / "a.sqlite"
+    r = Recorder(Store(db))
+    r.feed(SLICES)
+    for batch in range(10):  # 10 chunks of 30 records to one address, 1 s apart
+        r.feed(frames(*(rec(T0 + batch * 30 + i, 1 + i % 2, "198.18.0.2", sport=i)
+                        for i in range(30))))
+        r.feed(frames(rec(T0 + batch * 30, 1, "198.18.0.3")))
+        r.flush()
+    reader = Reader(db)
+    dst = socket.inet_aton("198.18.0.2")
+    got, total = q.records_to(reader, dst, q.Window(T0 + 15, T0 + 299), limit=40)
+    assert total == 285
+    assert [row["time"] for row in got] == [
+        f"{q.iso(T0 + 299 - k)[:-1]}.000Z" for k in range(40)]
+    assert {row["slice"] for row in got} == {"site_one", "site_two"}
+    _, everything = q.records_to(reader, dst, q.Window(T0, T0 + 1000), limit=5)
+    assert everything == 300

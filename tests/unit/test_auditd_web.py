@@ -284,3 +284,15 @@ async def test_no_nm_is_said_not_hidden(aiohttp_client: MakeClient, tmp_path: Pa
     await settle(client, sniffer)
     body = await (await client.get("/dst/198.18.0.2")).text()
     assert "node manager" in body and "site_one" in body
+
+
+async def test_chart_draws_one_line_per_slice(
+        aiohttp_client: MakeClient, tmp_path: Path, nm_sock: Path, sniffer: FakeSniffer) -> None:
+    client = await fed(aiohttp_client, tmp_path, nm_sock, sniffer)
+    resp = await client.get("/chart.svg")
+    assert resp.content_type == "image/svg+xml"
+    svg = parse(await resp.text())
+    assert svg.tags.count("polyline") == 2
+    assert {"site_one", "site_two"} <= set(svg.text)
+    one = parse(await (await client.get("/chart.svg?slice=site_one")).text())
+    assert one.tags.count("polyline") == 1 and "site_two" not in one.text
