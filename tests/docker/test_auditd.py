@@ -162,3 +162,20 @@ def test_restart_loses_no_stored_records(dnm: NMHandle, engine: docker.DockerCli
         assert doc["records_total"] == 20
     finally:
         second.stop()
+
+
+def test_a_small_packet_flood_is_recorded_whole(dnm: NMHandle, engine: docker.DockerClient,
+                                                outside: Outside, auditor: Auditor) -> None:
+    a = dnm.call("bind", dnm.slice("flood"), dnm.call("acquire", {"net_max_kbit": 100_000}))
+    n = 30_000
+    send_udp(engine, a, outside.address, 9999, 40009, n)
+
+    def counted() -> int:
+        doc = json.loads(auditor.get(f"/dst/{outside.address}.json"))
+        return int(sum(r["packets"] for r in doc["rows"]))
+
+    wait_for(lambda: counted() >= n, 60, f"{n} flood packets in the auditor")
+    doc = json.loads(auditor.get(f"/dst/{outside.address}.json"))
+    assert counted() == n
+    assert doc["records_total"] == n
+    assert doc["drops"] == {"kernel": 0, "consumer": 0, "unknown": 0, "auditor": 0}
