@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from slicectl.errors import SlicectlError
+from slicectl.errors import ConnectionFailed, SlicectlError
 from slicectl.rpc import Client
 
 
@@ -66,9 +66,11 @@ class Directory:
             value = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self._call(*key))
             self.error = ""
-        except (SlicectlError, OSError) as e:
+        except (ConnectionFailed, OSError) as e:
             self.error = f"node manager: {e}"
             return hit.value if hit is not None else None
+        except SlicectlError:  # the NM answered: no such sliver (any more), or not ours
+            value = None
         self._cache[key] = _Entry(value, self.clock())
         return value
 

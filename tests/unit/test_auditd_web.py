@@ -286,6 +286,15 @@ async def test_no_nm_is_said_not_hidden(aiohttp_client: MakeClient, tmp_path: Pa
     assert "node manager" in body and "site_one" in body
 
 
+async def test_a_slice_the_nm_does_not_know_is_no_error(
+        aiohttp_client: MakeClient, tmp_path: Path, nm_sock: Path, sniffer: FakeSniffer) -> None:
+    gone = records(rec(NOW + 7, 9, "198.18.0.2", 80))  # xid 9: no name, no sliver
+    client = await fed(aiohttp_client, tmp_path, nm_sock, sniffer, gone)
+    body = await (await client.get("/dst/198.18.0.2")).text()
+    assert "xid-9" in body and "node manager" not in body
+    assert "no contact on record" in body
+
+
 async def test_chart_draws_one_line_per_slice(
         aiohttp_client: MakeClient, tmp_path: Path, nm_sock: Path, sniffer: FakeSniffer) -> None:
     client = await fed(aiohttp_client, tmp_path, nm_sock, sniffer)
