@@ -48,7 +48,7 @@ FRAME_RECORDS = 4096
 
 def traffic(n: int, shape: str, t0: float, seed: int = 1) -> bytes:
     """``n`` packed records at line rate: ``flows`` (300 concurrent flows of 50 slices) or
-    ``scan`` (every packet to another address)."""
+    ``scan`` (every packet to a random address, as zmap does)."""
     rnd = random.Random(seed)
     flows = [(rnd.randrange(1, 51), 0xC6120000 + rnd.randrange(1 << 16), rnd.choice(
         (80, 443, 53, 8080, 5201))) for _ in range(300)]
@@ -58,7 +58,7 @@ def traffic(n: int, shape: str, t0: float, seed: int = 1) -> bytes:
         if shape == "flows":
             xid, dst, dport = flows[rnd.randrange(300)]
         else:
-            xid, dst, dport = 1 + i % 50, 0x0A000000 + i, 80
+            xid, dst, dport = 1 + i % 50, rnd.getrandbits(32), 80
         out += pack(t0 + i / LINE_RATE_PPS, xid, b"\xac\x1e\x80\x01", struct.pack(">I", dst),
                     40000 + i % 1000, dport, 6, 0x10, 40, sr.OUT)
     return bytes(out)
