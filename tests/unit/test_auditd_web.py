@@ -305,3 +305,14 @@ async def test_chart_draws_one_line_per_slice(
     assert {"site_one", "site_two"} <= set(svg.text)
     one = parse(await (await client.get("/chart.svg?slice=site_one")).text())
     assert one.tags.count("polyline") == 1 and "site_two" not in one.text
+
+
+async def test_a_hostname_with_markup_shows_as_text(
+        aiohttp_client: MakeClient, tmp_path: Path, sniffer: FakeSniffer) -> None:
+    host = '<img src=x onerror=alert(1)>.example.org'
+    with fake_nm(tmp_path / "nm2" / "nm.sock", SLIVERS, {"node_id": "n", "hostname": host}):
+        client = await start(aiohttp_client, config(tmp_path, tmp_path / "nm2" / "nm.sock"),
+                             sniffer)
+        page = parse(await (await client.get("/")).text())
+    assert "img" not in page.tags
+    assert f"Traffic auditor: {host}" in page.text
