@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check slicectl auditd tests bench
+	$(BIN)/ruff check slicectl sensors auditd tests bench
 	$(BIN)/mypy
 
 unit: venv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .errors import NotFoundError
+from .errors import NotFoundError, PermissionDenied
 from .nm import NodeManager
 
 log = logging.getLogger("slicectl.api")
@@ -36,6 +36,9 @@ METHODS: dict[str, str] = {
     "list_claims": "list_claims",
 }
 
+#: What a node-service sidecar (the sensor server, the auditor) may call: reads only.
+SERVICE_METHODS = frozenset({"status", "list", "get_sliver"})
+
 
 class NodeManagerAPI:
     """Turns (method, params, peer uid, peer pid) into a NodeManager call."""
@@ -48,5 +51,8 @@ class NodeManagerAPI:
         if target is None:
             raise NotFoundError(f"method {method}: expected one of {', '.join(METHODS)}")
         caller = self.nm.caller_for(uid, pid)
+        if caller.service is not None and method not in SERVICE_METHODS:
+            raise PermissionDenied(f"caller {caller.name}: may call only "
+                                   f"{', '.join(sorted(SERVICE_METHODS))}, not {method}")
         log.debug("%s%r by %s", method, params, caller.name)
         return getattr(self.nm, target)(caller, *params)

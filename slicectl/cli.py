@@ -9,15 +9,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import docker
+
 from .config import NodeConfig
+from .containers import engine_client
 from .dockerd import Say
 from .errors import SlicectlError, UsageError
 from .node import HOST_DAEMONS, daemon_pid, nm_client, prepare, start_host_daemons, stop_host_daemons
 from .rspec import load_rspec_mapping
+from .services import ServiceRunner, start_services
 from .sshd import stop_sshd
 from .units import human_duration
 
@@ -183,6 +187,15 @@ def cmd_exec(args: argparse.Namespace, cfg: NodeConfig) -> int:
 
 # node ---------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _engine(cfg: NodeConfig) -> Iterator[docker.DockerClient]:
+    client = engine_client(cfg.engine_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def _demo_slice(cfg: NodeConfig, say: Say) -> None:
     nm = nm_client(cfg)
     if not DEMO_KEY.exists():
@@ -208,6 +221,8 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         started = time.monotonic()
         prepare(cfg, os.environ, say)
         start_host_daemons(cfg, say)
+        with _engine(cfg) as client:
+            start_services(cfg, client, os.environ, say)
         if args.demo:
             _demo_slice(cfg, say)
         say(f"node up in {time.monotonic() - started:.1f}s")
@@ -217,6 +232,9 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         stop_host_daemons(cfg)
         start_host_daemons(cfg, say)
     elif args.node_cmd == "down":
+        with _engine(cfg) as client:
+            n = ServiceRunner(client, cfg).stop_all()
+        say(f"stopped {n} node service(s)")
         stopped = stop_host_daemons(cfg)
         stop_sshd(cfg)
         say(f"stopped {', '.join(stopped)}; slivers and the engine keep running" if stopped
@@ -230,6 +248,9 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         info = nm_client(cfg, timeout=10).call("status")
         for d, _ in HOST_DAEMONS:
             info[f"{d.name}_pid"] = daemon_pid(cfg, d)
+        with _engine(cfg) as client:
+            info["services"] = [f"{s.name} {s.state} port {s.port} ({s.container})"
+                                for s in ServiceRunner(client, cfg).status()]
         if args.output == "json":
             _print_json(info)
         else:

@@ -12,7 +12,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE
+from .config import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, LABEL_SLICE
 from .errors import EngineError, StateError
 from .plan import ContainerPlan, NodeFacts
 
@@ -144,6 +144,17 @@ class SliverEngine:
                 raise EngineError(f"container {name}: still there 60 s after removal; check the "
                                   "engine log /var/log/slicectl/dockerd.log")
             time.sleep(0.1)
+
+    def service_of(self, container_id: str) -> str | None:
+        """The service name of ``container_id`` if it is one of this node's service
+        sidecars (labels ``kind=service``, ``node=<node_id>``), else None."""
+        try:
+            labels = self.client.api.inspect_container(container_id)["Config"]["Labels"] or {}
+        except docker.errors.NotFound:
+            return None
+        if labels.get(LABEL_KIND) == "service" and labels.get(LABEL_NODE) == self.node_id:
+            return str(labels.get(LABEL_SERVICE, "")) or None
+        return None
 
     def summaries(self) -> dict[str, dict[str, Any]]:
         """One engine call: this node's slivers by slice, as the engine lists them."""

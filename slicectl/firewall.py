@@ -8,9 +8,14 @@ from .proc import run
 IPTABLES = "iptables"
 
 
+def _tables(chains: dict[str, str]) -> list[tuple[str, str]]:
+    return [("nat", chains["dnat"]), ("nat", chains["snat"]), ("filter", chains["fwd"]),
+            ("filter", chains["input"])]
+
+
 def ensure_jumps(chains: dict[str, str]) -> None:
     """Create our chains if missing and jump to them from the built-in ones (once)."""
-    for table, chain in (("nat", chains["dnat"]), ("nat", chains["snat"]), ("filter", chains["fwd"])):
+    for table, chain in _tables(chains):
         if run([IPTABLES, "-w", "-t", table, "-S", chain], what="iptables", check=False).returncode:
             run([IPTABLES, "-w", "-t", table, "-N", chain], what=f"iptables chain {chain}")
     for table, parent, rule in jump_rules(chains):
@@ -40,6 +45,6 @@ def remove(chains: dict[str, str]) -> None:
         while run([IPTABLES, "-w", "-t", table, "-D", parent, *rule], what="iptables",
                   check=False).returncode == 0:
             pass
-    for table, chain in (("nat", chains["dnat"]), ("nat", chains["snat"]), ("filter", chains["fwd"])):
+    for table, chain in _tables(chains):
         run([IPTABLES, "-w", "-t", table, "-F", chain], what="iptables", check=False)
         run([IPTABLES, "-w", "-t", table, "-X", chain], what="iptables", check=False)

@@ -86,7 +86,6 @@ def _debootstrap(target: Path, mirror: str, pkgs: list[str], say: Say) -> None:
         f"{counts['Configuring']} packages in {time.monotonic() - started:.0f}s")
 
 
-
 def base_tarball(mirror: str, src: Path, say: Say) -> Path:
     base, _ = input_hash(src)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -108,18 +107,10 @@ def base_tarball(mirror: str, src: Path, say: Say) -> Path:
     return tar
 
 
-def ensure_reference_image(client: docker.DockerClient, env: Mapping[str, str], say: Say,
-                           src: Path = IMAGES_DIR) -> str:
-    """Build ``slicectl/reference:<hash>`` unless present; tag it ``latest``; return its tag."""
-    base_h, full_h = input_hash(src)
-    tag = f"{REFERENCE_REPO}:{full_h}"
-    try:
-        img = client.images.get(tag)
-        img.tag(REFERENCE_REPO, "latest")
-        return tag
-    except docker.errors.ImageNotFound:
-        pass
-    say(f"building the reference image {tag}")
+def ensure_base_image(client: docker.DockerClient, env: Mapping[str, str], say: Say,
+                      src: Path = IMAGES_DIR) -> str:
+    """Import the debootstrap root fs as ``slicectl/reference-base:<hash>`` unless present."""
+    base_h, _ = input_hash(src)
     base_tag = f"{REFERENCE_REPO}-base:{base_h}"
     try:
         client.images.get(base_tag)
@@ -131,22 +122,48 @@ def ensure_reference_image(client: docker.DockerClient, env: Mapping[str, str], 
             str(tar), repository=f"{REFERENCE_REPO}-base", tag=base_h,
             changes=[f"LABEL {LABEL_KIND}=reference-base"],
         )
+    return base_tag
+
+
+def build_image(client: docker.DockerClient, ctx: Path, tag: str, base_tag: str, kind: str,
+                say: Say) -> None:
+    """``docker build`` of the context ``ctx`` (its Dockerfile takes ``ARG BASE``) as ``tag``.
+
+    Raises:
+        EngineError: the build failed; the message carries the builder's error.
+    """
+    try:
+        for chunk in client.api.build(
+            path=str(ctx), tag=tag, buildargs={"BASE": base_tag}, rm=True, forcerm=True,
+            labels={LABEL_KIND: kind}, decode=True,
+        ):
+            if "error" in chunk:
+                raise EngineError(f"{kind} image build failed: {chunk['error'].strip()}")
+            text = chunk.get("stream", "").strip()
+            if text.startswith("Step "):
+                say(f"      {text}")
+    except docker.errors.APIError as e:
+        raise EngineError(f"{kind} image build failed: {e.explanation}") from e
+
+
+def ensure_reference_image(client: docker.DockerClient, env: Mapping[str, str], say: Say,
+                           src: Path = IMAGES_DIR) -> str:
+    """Build ``slicectl/reference:<hash>`` unless present; tag it ``latest``; return its tag."""
+    _, full_h = input_hash(src)
+    tag = f"{REFERENCE_REPO}:{full_h}"
+    try:
+        img = client.images.get(tag)
+        img.tag(REFERENCE_REPO, "latest")
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    say(f"building the reference image {tag}")
+    base_tag = ensure_base_image(client, env, say, src)
     say("[3/3] docker build of the reference image")
     with tempfile.TemporaryDirectory(prefix="slicectl-ctx-") as ctx:
         for p in src.iterdir():
             shutil.copy(p, Path(ctx) / p.name)
-        try:
-            for chunk in client.api.build(
-                path=ctx, tag=tag, buildargs={"BASE": base_tag}, rm=True, forcerm=True,
-                labels={LABEL_KIND: "reference"}, decode=True,
-            ):
-                if "error" in chunk:
-                    raise EngineError(f"reference image build failed: {chunk['error'].strip()}")
-                text = chunk.get("stream", "").strip()
-                if text.startswith("Step "):
-                    say(f"      {text}")
-        except docker.errors.APIError as e:
-            raise EngineError(f"reference image build failed: {e.explanation}") from e
+        build_image(client, Path(ctx), tag, base_tag, "reference", say)
     client.images.get(tag).tag(REFERENCE_REPO, "latest")
     say(f"reference image ready: {tag}")
     return tag

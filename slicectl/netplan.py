@@ -96,6 +96,11 @@ def sliver_address(subnet: str, xid: int) -> str:
     return str(addr)
 
 
+def node_gateway(subnet: str) -> str:
+    """The node's address on its bridge (the engine gives the gateway the first host)."""
+    return str(ipaddress.ip_network(subnet).network_address + 1)
+
+
 def sliver_xid_range(subnet: str) -> tuple[int, int]:
     """(address of xid 0, highest valid xid) as integers: the inverse of sliver_address,
     for tagging packets by address at line rate."""
@@ -161,13 +166,28 @@ def port_grants(slivers: Iterable[tuple[str, str, RSpec]]) -> list[PortGrant]:
 CHAIN_DNAT = "SLICECTL-DNAT"
 CHAIN_SNAT = "SLICECTL-SNAT"
 CHAIN_FWD = "SLICECTL-FWD"
+CHAIN_INPUT = "SLICECTL-INPUT"
 
 
 def chain_names(node_tag: str) -> dict[str, str]:
     """Chain names of one node manager instance (iptables allows 28 characters)."""
     suffix = "" if node_tag == "node" else f"-{node_tag}"[:12]
     return {k: f"{v}{suffix}" for k, v in
-            (("dnat", CHAIN_DNAT), ("snat", CHAIN_SNAT), ("fwd", CHAIN_FWD))}
+            (("dnat", CHAIN_DNAT), ("snat", CHAIN_SNAT), ("fwd", CHAIN_FWD),
+             ("input", CHAIN_INPUT))}
+
+
+def input_rules(local_ports: list[int], bridge: str, chains: dict[str, str]) -> str:
+    """iptables-restore text replacing the INPUT-side chain: node-local service ports (the
+    sensor server's) are accepted from lo and the node's bridge and dropped otherwise."""
+    flt = ["*filter", f":{chains['input']} - [0:0]"]
+    for port in sorted(set(local_ports)):
+        comment = f'-m comment --comment "slicectl node-local service port {port}"'
+        for iface in ("lo", bridge):
+            flt.append(f"-A {chains['input']} -i {iface} -p tcp -m tcp --dport {port} "
+                       f"{comment} -j RETURN")
+        flt.append(f"-A {chains['input']} -p tcp -m tcp --dport {port} {comment} -j DROP")
+    return "\n".join([*flt, "COMMIT", ""])
 
 
 def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
@@ -203,4 +223,5 @@ def jump_rules(chains: dict[str, str]) -> list[tuple[str, str, list[str]]]:
                            "-j", chains["dnat"]]),
         ("nat", "POSTROUTING", ["-j", chains["snat"]]),
         ("filter", "DOCKER-USER", ["-j", chains["fwd"]]),
+        ("filter", "INPUT", ["-j", chains["input"]]),
     ]

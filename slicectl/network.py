@@ -8,6 +8,7 @@ and to apply daily byte budgets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -89,7 +90,10 @@ class NodeNetwork:
         self.ifb = ifb
         self.chains = chain_names(node_id)
         self.clock = clock
+        self.sys_net = Path("/sys/class/net")
         self._lock = threading.Lock()
+        #: slice -> its host-side veth, recorded at attach (read for received counters)
+        self._veths: dict[str, str] = {}
 
     @property
     def cap_kbit(self) -> int:
@@ -120,7 +124,9 @@ class NodeNetwork:
                 self.store.reset_last_usage(ident.slice)
             tc.apply_sliver(self.ifb, plan)
             tc.read_back(self.ifb, plan)
-            tc.redirect_to_ifb(host_veth(pid), self.ifb)
+            veth = host_veth(pid)
+            tc.redirect_to_ifb(veth, self.ifb)
+            self._veths[ident.slice] = veth
 
     def update(self, ident: NetIdentity) -> None:
         plan = self.plan(ident)
@@ -133,6 +139,7 @@ class NodeNetwork:
         with self._lock:
             self._poll_one(ident, tc.read_classes(self.ifb))
             tc.remove_sliver(self.ifb, self.plan(ident))
+            self._veths.pop(ident.slice, None)
 
     def apply_ports(self, slivers: list[NetIdentity]) -> None:
         """Rebuild the port manager's chains from the slivers' reserved ports."""
@@ -171,5 +178,14 @@ class NodeNetwork:
                                  plan.classes[0].ceil_kbit)
 
     def counters(self, slice_name: str) -> dict[str, int]:
+        """Sent: today's totals (kept across restarts). Received: what the running sliver's
+        veth delivered to it since it was attached (the host side's transmit counters)."""
         sent, packets = self.store.usage(slice_name, utc_day(self.clock()))
-        return {"bytes_sent_today": sent, "packets_sent_today": packets}
+        rx = {"bytes_received": 0, "packets_received": 0}
+        veth = self._veths.get(slice_name)
+        if veth is not None:
+            stats = self.sys_net / veth / "statistics"
+            with contextlib.suppress(OSError, ValueError):  # the veth went with its sliver
+                rx = {"bytes_received": int((stats / "tx_bytes").read_text()),
+                      "packets_received": int((stats / "tx_packets").read_text())}
+        return {"bytes_sent_today": sent, "packets_sent_today": packets, **rx}

@@ -52,14 +52,23 @@ class Caller:
     pid: int
     slice: str | None = None
     privileged: bool = False
+    #: a node-service sidecar of this node (read-only methods only, see api.SERVICE_METHODS)
+    service: str | None = None
 
     @property
     def name(self) -> str:
+        if self.service is not None:
+            return f"service:{self.service}"
         return "root" if self.slice is None else f"slice:{self.slice}"
 
     @property
     def is_root(self) -> bool:
-        return self.slice is None and self.uid == 0
+        return self.slice is None and self.service is None and self.uid == 0
+
+    @property
+    def reads_all(self) -> bool:
+        """Root, or a node service: may see every sliver."""
+        return self.is_root or self.service is not None
 
 
 ROOT = Caller(uid=0, pid=0)
@@ -507,17 +516,18 @@ class NodeManager:
     def get_sliver(self, caller: Caller, slice_name: object) -> dict[str, Any]:
         name = validate_slice_name(slice_name)
         sliver = self.store.get_sliver(name)
-        if not (caller.is_root or caller.slice == name):
+        if not (caller.reads_all or caller.slice == name):
             self._require_manage(caller, sliver)
         return self.describe(name)
 
     def list_slivers(self, caller: Caller) -> list[dict[str, Any]]:
-        self._require_privileged(caller)
+        if not caller.reads_all:
+            self._require_privileged(caller)
         summaries = self.engine.summaries()
         return [
             self.describe(s.slice, summaries.get(s.slice, {"State": "missing"}))
             for s in self.store.slivers()
-            if caller.is_root or s.created_by == caller.name
+            if caller.reads_all or s.created_by == caller.name
         ]
 
     def status(self, caller: Caller) -> dict[str, Any]:
@@ -725,6 +735,9 @@ class NodeManager:
             if s.container_id == cid:
                 return Caller(uid=uid, pid=pid, slice=s.slice,
                               privileged=self._effective(s.slice).nm_privileged)
+        service = self.engine.service_of(cid)
+        if service is not None:
+            return Caller(uid=uid, pid=pid, service=service)
         raise PermissionDenied(f"caller pid {pid}: in container {cid[:12]}, which is no sliver "
                                "of this node")
 

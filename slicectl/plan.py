@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE, LABEL_XID, SLIVER_PREFIX
-from .netplan import sliver_address
+from .netplan import node_gateway, sliver_address
 from .rspec import RSpec
 
 #: cgroup v1 cpu.shares per rspec share: 1000 shares fit under the kernel's 262144 cap.
@@ -154,6 +154,8 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
             node.network: {"IPAMConfig": {"IPv4Address": sliver_address(node.subnet, ident.xid)}},
         },
         "mounts": mounts,
+        # `node` is the node itself as slivers reach it: the bridge's gateway address.
+        "extra_hosts": {"node": node_gateway(node.subnet)},
         "ulimits": [{"Name": "nofile", "Soft": rspec.nofile, "Hard": rspec.nofile}],
         "storage_opt": {"size": str(disk_quota_bytes(rspec, node))},
         "restart_policy": {"Name": "unless-stopped"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from .config import LABEL_NODE, NodeConfig
 from .dockerd import Say, ensure_network
 from .network import NodeNetwork
 from .node import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
+from .services import node_services, start_services
 from .store import Store
 
 PRIVATE_STATE = Path("/var/lib/slicectl/test")
@@ -89,21 +91,38 @@ def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8)
     raise RuntimeError(f"network {cfg.network}: every subnet tried overlaps ({sorted(tried)})")
 
 
+def free_port() -> int:
+    """A TCP port nothing on the host listens on now (for a private node's services)."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def service_ports() -> dict[str, int]:
+    """Free ports for a private node's services (never the node's own 33080 or 80)."""
+    return {spec.name: free_port() for spec in node_services()}
+
+
 @contextmanager
 def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
-                 say: Say | None = None, daemons: bool = False) -> Iterator[NodeConfig]:
+                 say: Say | None = None, daemons: bool = False,
+                 services: dict[str, int] | None = None) -> Iterator[NodeConfig]:
     """Start a private node manager (with ``daemons``, also its admin sniffer and
-    raw-socket shim); stop them and remove all they made on exit."""
+    raw-socket shim; given ``services``, its service sidecars on those ports, see
+    :func:`service_ports`); stop them and remove all they made on exit (the sidecars carry
+    the node id's label, so cleanup finds them)."""
     cfg = private_config(base, engine, kind)
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
+    say = say or Say(quiet=True)
     try:
         cfg = create_network(cfg, engine)
-        say = say or Say(quiet=True)
         if daemons:
             start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name))
         else:
             start_nm(cfg, say, log_path=log_path(cfg))
+        if services is not None:
+            start_services(cfg, engine, os.environ, say, services)
         yield cfg
     finally:
         try:

@@ -13,7 +13,6 @@ import ipaddress
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 from slicectl.config import NodeConfig
 from slicectl.dockerd import Say
 from slicectl.node import nm_pid, prepare, start_nm, stop_nm
+from slicectl.privnode import free_port as free_port  # re-exported for the tests
 from slicectl.privnode import log_path, private_node
 from slicectl.rpc import Client
 
@@ -124,12 +124,6 @@ def dnm(node_cfg: NodeConfig, engine: docker.DockerClient) -> Iterator[NMHandle]
 
 def gateway(nm: NMHandle) -> str:
     return str(ipaddress.ip_network(nm.cfg.subnet).network_address + 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The slicectl sensor server: a node-service sidecar (see :mod:`sensors.app`)."""

@@ -1,0 +1,3 @@
+from sensors.app import main
+
+main()

@@ -1,0 +1,144 @@
+"""Where sensor values come from: /proc, cgroup v1 files, the node manager.
+
+The readers take their roots as arguments (the sidecar passes the real ones, tests a
+directory of their own); none of them blocks for long: file reads of a few hundred bytes,
+and the node manager, which is called from a thread (see :class:`NMView`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slicectl.errors import ConnectionFailed, SlicectlError
+from slicectl.rpc import Client
+
+MEMINFO_FIELDS = (
+    ("MemTotal", "total_kb"), ("MemFree", "free_kb"), ("MemAvailable", "available_kb"),
+    ("Buffers", "buffers_kb"), ("Cached", "cached_kb"), ("SwapTotal", "swap_total_kb"),
+    ("SwapFree", "swap_free_kb"),
+)
+
+
+def meminfo(proc: Path) -> dict[str, int]:
+    """The fields of :data:`MEMINFO_FIELDS` from ``<proc>/meminfo``, in kB."""
+    wanted = dict(MEMINFO_FIELDS)
+    out = dict.fromkeys(wanted.values(), 0)
+    for line in (proc / "meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in wanted:
+            out[wanted[key]] = int(rest.split()[0])
+    return out
+
+
+def loadavg(proc: Path) -> tuple[float, float, float]:
+    a, b, c = (proc / "loadavg").read_text().split()[:3]
+    return float(a), float(b), float(c)
+
+
+def uptime_s(proc: Path) -> float:
+    return float((proc / "uptime").read_text().split()[0])
+
+
+def cpu_count(proc: Path) -> int:
+    text = (proc / "cpuinfo").read_text()
+    return sum(1 for ln in text.splitlines() if ln.startswith("processor")) or (os.cpu_count() or 1)
+
+
+def node_address(override: str = "") -> str:
+    """The node's primary IPv4 address: the source address of its default route (no packet
+    is sent), or ``override``."""
+    if override:
+        return override
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class CgroupUsage:
+    cpu_s: float | None
+    mem_bytes: int | None
+    mem_limit_bytes: int | None
+    cpu_cap_pct: float | None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+#: The kernel's "no limit" for memory.limit_in_bytes (page-rounded LONG_MAX).
+MEM_UNLIMITED = 1 << 62
+
+
+def cgroup_usage(root: Path, parent: str, container_id: str, ncpus: int) -> CgroupUsage:
+    """CPU seconds, memory use and caps of one container from cgroup v1 files under ``root``
+    (``<root>/<controller>/<parent>/<id>/...``); None for what cannot be read."""
+    rel = Path(parent.lstrip("/")) / container_id
+    ns = _read_int(root / "cpuacct" / rel / "cpuacct.usage")
+    limit = _read_int(root / "memory" / rel / "memory.limit_in_bytes")
+    quota = _read_int(root / "cpu" / rel / "cpu.cfs_quota_us")
+    period = _read_int(root / "cpu" / rel / "cpu.cfs_period_us")
+    cap = (round(100 * quota / period / ncpus, 2)
+           if quota is not None and quota > 0 and period else None)
+    return CgroupUsage(
+        cpu_s=None if ns is None else ns / 1e9,
+        mem_bytes=_read_int(root / "memory" / rel / "memory.usage_in_bytes"),
+        mem_limit_bytes=None if limit is None or limit >= MEM_UNLIMITED else limit,
+        cpu_cap_pct=cap,
+    )
+
+
+class NMView:
+    """The node manager's sliver list, fetched in a worker thread and cached.
+
+    Concurrent requests share one fetch; a result younger than ``max_age`` is reused.
+    """
+
+    def __init__(self, sock: Path, timeout_s: float = 10) -> None:
+        self.client = Client(sock, timeout=timeout_s)
+        self._at = 0.0
+        self._slivers: list[dict[str, Any]] = []
+        self._pending: asyncio.Future[list[dict[str, Any]]] | None = None
+
+    @property
+    def age_s(self) -> float:
+        return time.monotonic() - self._at
+
+    async def slivers(self, max_age_s: float) -> list[dict[str, Any]]:
+        """Raises ConnectionFailed (or another SlicectlError) when the NM cannot answer."""
+        if self._at and self.age_s <= max_age_s:
+            return self._slivers
+        if self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.run_in_executor(None, self._fetch)
+            # Waiters may be cancelled; the outcome is still taken, never left unretrieved.
+            self._pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        pending = self._pending
+        try:
+            return await asyncio.shield(pending)
+        finally:
+            if self._pending is pending and pending.done():
+                self._pending = None
+
+    def _fetch(self) -> list[dict[str, Any]]:
+        try:
+            result = self.client.call("list")
+        except SlicectlError:
+            raise
+        except OSError as e:
+            raise ConnectionFailed(f"node manager at {self.client.path}: {e}") from e
+        self._slivers = list(result)
+        self._at = time.monotonic()
+        return self._slivers
