@@ -148,7 +148,7 @@ class Writer:
         expire_s: how often retention runs.
     """
 
-    def __init__(self, store: Store, max_queued: int = 2_000_000, batch: int = 100_000,
+    def __init__(self, store: Store, max_queued: int = 1_000_000, batch: int = 100_000,
                  flush_s: float = 0.5, expire_s: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.recorder = Recorder(store, clock)

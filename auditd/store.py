@@ -89,6 +89,8 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
+    # Sorts and GROUP BYs in memory: a service container's root fs is read-only.
+    conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 
 

@@ -111,6 +111,10 @@ class ServiceSpec:
 
 SENSORS_PORT = 33080
 SENSORS = ServiceSpec(name="sensors", module="sensors", port=SENSORS_PORT, local_only=True)
+AUDITD_PORT = 80
+#: The traffic auditor: pages for outsiders on node:80, its SQLite store in its state dir.
+AUDITD = ServiceSpec(name="auditd", module="auditd", port=AUDITD_PORT, keeps_state=True,
+                     ready_path="/index.json")
 
 
 def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
@@ -118,7 +122,7 @@ def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
     (private nodes must not take the node's own ports)."""
     ports = ports or {}
     out = []
-    for spec in (SENSORS,):
+    for spec in (SENSORS, AUDITD):
         port = ports.get(spec.name, spec.port)
         out.append(spec if port == spec.port else _with_port(spec, port))
     return out

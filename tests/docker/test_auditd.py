@@ -1,7 +1,8 @@
 """The traffic auditor end to end: real slivers send to outside addresses through a private
-node with its real admin sniffer; the auditor records it; a real headless Chromium loads
-``/``, follows the destination, finds the slice and its contact; markup in a slice's
-description is shown as text and never runs; CSV and JSON say what the page says."""
+node with its real admin sniffer; the auditor, in its real sidecar container, records it; a
+real headless Chromium loads ``/``, follows the destination, finds the slice and its
+contact; markup in a slice's description is shown as text and never runs; CSV and JSON say
+what the page says; a restart of the container keeps every record."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,11 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from .conftest import NMHandle, Outside, free_port, gateway, wait_for
+from slicectl.config import NodeConfig
+from slicectl.privnode import log_path, private_node, service_ports
+from slicectl.services import service_container_name
+
+from .conftest import NMHandle, Outside, gateway, wait_for
 from .test_sniffer import send_udp
 
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -32,44 +35,35 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 class Auditor:
-    """``python -m auditd`` for a private node, on a free port of 127.0.0.1."""
+    """The auditor sidecar of a private node (a container on a free port, host network)."""
 
-    def __init__(self, nm: NMHandle, state: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {**nm.env(), "SLICECTL_SERVICE_STATE": str(state),
-               "SLICECTL_AUDIT_HOST": "127.0.0.1", "SLICECTL_SERVICE_PORT": str(self.port),
-               "SLICECTL_AUDIT_OPERATOR": "Test Site <ops@example.org>"}
-        self.log = state / "auditd.log"
-        state.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "auditd"], env=env,
-                                         stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
-        wait_for(self.answers, 30, f"the auditor on {self.base} (log {self.log})")
-
-    def answers(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()
-        try:
-            return self.get("/index.json") is not None
-        except OSError:
-            return False
+    def __init__(self, nm: NMHandle, engine: docker.DockerClient, port: int) -> None:
+        self.nm, self.engine, self.port = nm, engine, port
+        self.base = f"http://127.0.0.1:{port}"
+        self.container = service_container_name(nm.cfg, "auditd")
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(self.base + path, timeout=10) as resp:
             return str(resp.read().decode())
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(15)
+    def answers(self) -> bool:
+        try:
+            return bool(self.get("/index.json"))
+        except OSError:
+            return False
+
+    def restart(self) -> None:
+        self.engine.containers.get(self.container).restart(timeout=10)
+        wait_for(self.answers, 30, f"the auditor on {self.base} after a restart")
 
 
 @pytest.fixture
-def auditor(dnm: NMHandle, tmp_path: Path) -> Iterator[Auditor]:
-    a = Auditor(dnm, tmp_path / "auditd")
-    try:
-        yield a
-    finally:
-        a.stop()
+def anm(node_cfg: NodeConfig, engine: docker.DockerClient) -> Iterator[tuple[NMHandle, Auditor]]:
+    """A private node with its sniffer and its service sidecars on free ports."""
+    ports = service_ports()
+    with private_node(node_cfg, engine, daemons=True, services=ports) as cfg:
+        nm = NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))
+        yield nm, Auditor(nm, engine, ports["auditd"])
 
 
 @pytest.fixture
@@ -96,8 +90,9 @@ def table_rows(driver: webdriver.Chrome, table_id: str) -> list[list[str]]:
 
 
 def test_a_complaint_leads_to_the_slice_and_its_owner(
-        dnm: NMHandle, engine: docker.DockerClient, outside: Outside, auditor: Auditor,
+        anm: tuple[NMHandle, Auditor], engine: docker.DockerClient, outside: Outside,
         browser: webdriver.Chrome) -> None:
+    dnm, auditor = anm
     culprit, other = dnm.slice("culprit"), dnm.slice("other")
     a = dnm.call("bind", culprit, dnm.call("acquire", {}), {
         "contacts": ["alice@example.org"], "description": "latency study " + EVIL})
@@ -112,7 +107,7 @@ def test_a_complaint_leads_to_the_slice_and_its_owner(
     wait_for(recorded, 30, "the culprit's packets in the auditor")
 
     browser.get(auditor.base + "/")
-    assert "Test Site <ops@example.org>" in browser.find_element(By.ID, "operator").text
+    assert dnm.cfg.node_id in browser.find_element(By.ID, "about").text
     browser.find_element(By.CSS_SELECTOR, f'table#by-dst a[href^="/dst/{outside.address}?"]'
                          ).click()
     assert browser.find_element(By.TAG_NAME, "h1").text == f"Traffic to {outside.address}"
@@ -145,27 +140,23 @@ def test_a_complaint_leads_to_the_slice_and_its_owner(
         (a["net"]["address"], 40001, 5353)}
 
 
-def test_restart_loses_no_stored_records(dnm: NMHandle, engine: docker.DockerClient,
-                                         outside: Outside, tmp_path: Path) -> None:
-    first = Auditor(dnm, tmp_path / "auditd")
-    try:
-        a = dnm.call("bind", dnm.slice("keep"), dnm.call("acquire", {}))
-        send_udp(engine, a, outside.address, 6000, 40005, 20)
-        wait_for(lambda: '"packets": 20' in first.get(f"/dst/{outside.address}.json"), 30,
-                 "20 packets recorded")
-    finally:
-        first.stop()
-    second = Auditor(dnm, tmp_path / "auditd")
-    try:
-        doc = json.loads(second.get(f"/dst/{outside.address}.json"))
-        assert sum(r["packets"] for r in doc["rows"]) == 20
-        assert doc["records_total"] == 20
-    finally:
-        second.stop()
+def test_restart_loses_no_stored_records(anm: tuple[NMHandle, Auditor],
+                                         engine: docker.DockerClient, outside: Outside) -> None:
+    dnm, auditor = anm
+    a = dnm.call("bind", dnm.slice("keep"), dnm.call("acquire", {}))
+    send_udp(engine, a, outside.address, 6000, 40005, 20)
+    wait_for(lambda: '"packets": 20' in auditor.get(f"/dst/{outside.address}.json"), 30,
+             "20 packets recorded")
+    auditor.restart()
+    doc = json.loads(auditor.get(f"/dst/{outside.address}.json"))
+    assert sum(r["packets"] for r in doc["rows"]) == 20
+    assert doc["records_total"] == 20
 
 
-def test_a_small_packet_flood_is_recorded_whole(dnm: NMHandle, engine: docker.DockerClient,
-                                                outside: Outside, auditor: Auditor) -> None:
+def test_a_small_packet_flood_is_recorded_whole(anm: tuple[NMHandle, Auditor],
+                                                engine: docker.DockerClient,
+                                                outside: Outside) -> None:
+    dnm, auditor = anm
     a = dnm.call("bind", dnm.slice("flood"), dnm.call("acquire", {"net_max_kbit": 100_000}))
     n = 30_000
     send_udp(engine, a, outside.address, 9999, 40009, n)
