@@ -40,3 +40,4 @@ bench: venv
 	$(BIN)/python bench/node_bench.py
 	$(BIN)/python bench/net_bench.py
 	$(BIN)/python bench/audit_bench.py
+	$(BIN)/python bench/sensor_bench.py

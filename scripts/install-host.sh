@@ -3,7 +3,7 @@
 # present are skipped, so a second run costs one dpkg query.
 set -euo pipefail
 PKGS=(docker.io btrfs-progs debootstrap openssh-server openssh-client sudo iproute2
-      iptables procps util-linux iperf3 tcpdump curl e2fsprogs python3-venv
+      iptables procps util-linux iperf3 tcpdump curl e2fsprogs python3-venv wrk
       chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -63,8 +63,9 @@ class Settings:
     sniffer_sock: Path = Path("/run/slicectl/sniffer/records.sock")
     #: default freshness of snapshot answers (a request's max-age can ask for fresher)
     cache_s: float = 1.0
-    #: how often the NM's counters are sampled for bandwidth rates
-    poll_s: float = 1.0
+    #: how often the NM's counters are sampled for bandwidth rates (the NM folds kernel
+    #: counters every 2 s, so sampling faster shows nothing new)
+    poll_s: float = 2.0
     history_s: float = 330.0
     stream_queue: int = 4096
     max_streams: int = 2000
@@ -287,7 +288,7 @@ SENSORS: dict[str, Sensor] = {s.name: s for s in (
            columns_for=node_columns),
     Sensor("slices", ("slice", "state", "cpu_s", "mem_bytes", "bytes_sent", "packets_sent",
                       "bytes_received", "packets_received", "cpu_share", "cpu_cap_pct",
-                      "mem_cap_bytes"), s_slices, args="[/<slice>]"),
+                      "mem_cap_bytes"), s_slices, args="[/<slice>]", cache_s=2),
     Sensor("bandwidth", BANDWIDTH_COLUMNS, s_bandwidth, args="/<slice>", streaming=True),
     Sensor("connects", CONNECT_COLUMNS, s_connects, streaming=True, cache_s=0),
 )}

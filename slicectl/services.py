@@ -115,6 +115,9 @@ AUDITD_PORT = 80
 #: The traffic auditor: pages for outsiders on node:80, its SQLite store in its state dir.
 AUDITD = ServiceSpec(name="auditd", module="auditd", port=AUDITD_PORT, keeps_state=True,
                      ready_path="/index.json")
+#: Every service a node runs, in start order. A new service adds its
+#: spec here and its package name to :data:`SERVICE_PACKAGES`.
+NODE_SERVICES: tuple[ServiceSpec, ...] = (SENSORS, AUDITD)
 
 
 def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
@@ -122,7 +125,7 @@ def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
     (private nodes must not take the node's own ports)."""
     ports = ports or {}
     out = []
-    for spec in (SENSORS, AUDITD):
+    for spec in NODE_SERVICES:
         port = ports.get(spec.name, spec.port)
         out.append(spec if port == spec.port else _with_port(spec, port))
     return out
