@@ -180,27 +180,29 @@ def from_slice(reader: Reader, name: str, w: Window) -> list[dict[str, Any]]:
 
 def records_to(reader: Reader, dst: bytes, w: Window,
                limit: int = MAX_RECORDS) -> tuple[list[dict[str, Any]], int]:
-    """The newest full records sent to ``dst`` in the window (at most ``limit``), and how
-    many there are in all.
+    """The newest full records sent to ``dst`` in the window's whole minutes (at most
+    ``limit``), and how many there are in all.
 
     Chunks are read newest first and decoded only until ``limit`` records are found; the
     rest are counted from their stored counts (decoding only those that straddle the
     window's start), so a flood to one address costs a count, not a decode of every packet.
     """
     names = _names(reader)
+    # The same whole minutes as the roll-ups, so the records and the counts agree.
+    w = Window(w.first_minute, w.last_minute + 60)
     chunks = reader.all(
-        "SELECT rowid, sid, t0, t1, n FROM records WHERE dst = ? AND t0 <= ? AND t1 >= ?"
+        "SELECT rowid, sid, t0, t1, n FROM records WHERE dst = ? AND t0 < ? AND t1 >= ?"
         " ORDER BY t1 DESC", (dst, w.end, w.start))
     found: list[tuple[Any, ...]] = []
     total = 0
     for rowid, sid, t0, t1, n in chunks:
         newest_needed = len(found) < limit or t1 > found[limit - 1][0][0]
-        if not newest_needed and w.start <= t0 and t1 <= w.end:
+        if not newest_needed and w.start <= t0 and t1 < w.end:
             total += n
             continue
         data = reader.all("SELECT data FROM records WHERE rowid = ?", (rowid,))[0][0]
         inside = [(rec, sid) for rec in sr.RECORD.iter_unpack(data)
-                  if w.start <= rec[0] <= w.end]
+                  if w.start <= rec[0] < w.end]
         total += len(inside)
         if newest_needed:
             found += inside

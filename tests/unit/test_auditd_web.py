@@ -316,3 +316,11 @@ async def test_a_hostname_with_markup_shows_as_text(
         page = parse(await (await client.get("/")).text())
     assert "img" not in page.tags
     assert f"Traffic auditor: {host}" in page.text
+
+
+async def test_records_and_counts_cover_the_same_whole_minutes(
+        aiohttp_client: MakeClient, tmp_path: Path, nm_sock: Path, sniffer: FakeSniffer) -> None:
+    client = await fed(aiohttp_client, tmp_path, nm_sock, sniffer)
+    # A window ending mid-minute (as a link made a second after the packets does).
+    doc = await (await client.get(f"/dst/198.18.0.2.json?to={NOW + 2:.0f}")).json()
+    assert sum(r["packets"] for r in doc["rows"]) == doc["records_total"] == 4
