@@ -41,3 +41,4 @@ bench: venv
 	$(BIN)/python bench/net_bench.py
 	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/sensor_bench.py
+	$(BIN)/python bench/raw_bench.py

@@ -116,7 +116,7 @@ def main() -> int:
         print("net_bench: run as root on a node (it drives tc, iptables and the engine)")
         return 2
     base = NodeConfig.from_env(os.environ)
-    prepare(base, os.environ, Say(quiet=True))
+    base = base.with_(image=prepare(base, os.environ, Say(quiet=True)))
     engine = engine_client(base.engine_url)
     with private_node(base, engine, kind="bench") as cfg:
         nm = Client(cfg.nm_sock)

@@ -651,7 +651,7 @@ def summary(res: Results) -> None:
 def start_node() -> tuple[Node, NodeConfig]:
     """Prepare the node and start a private node manager, as the ``nm`` fixture does."""
     node_cfg = NodeConfig.from_env(os.environ)
-    prepare(node_cfg, os.environ, Say(quiet=True))
+    node_cfg = node_cfg.with_(image=prepare(node_cfg, os.environ, Say(quiet=True)))
     engine = docker.DockerClient(base_url=node_cfg.engine_url, timeout=120)
     cfg = private_config(node_cfg, engine, kind="bench")
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)

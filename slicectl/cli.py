@@ -219,7 +219,7 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
     say = Say(quiet=getattr(args, "quiet", False))
     if args.node_cmd == "up":
         started = time.monotonic()
-        prepare(cfg, os.environ, say)
+        cfg = cfg.with_(image=prepare(cfg, os.environ, say))
         start_host_daemons(cfg, say)
         with _engine(cfg) as client:
             start_services(cfg, client, os.environ, say)

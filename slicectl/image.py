@@ -25,6 +25,8 @@ from .errors import EngineError
 
 SUITE = "bookworm"
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images" / "reference"
+#: Python packages of the project that go into the image as top-level packages.
+IMAGE_PACKAGES = {"saferaw": Path(__file__).resolve().parent / "saferaw"}
 CACHE_DIR = Path("/var/cache/slicectl")
 
 
@@ -57,6 +59,9 @@ def input_hash(src: Path = IMAGES_DIR) -> tuple[str, str]:
     full = base.copy()
     for name in sorted(p.name for p in src.iterdir() if p.name != "packages.txt"):
         full.update(name.encode() + b"\0" + (src / name).read_bytes())
+    for pkg, d in sorted(IMAGE_PACKAGES.items()):
+        for f in sorted(d.glob("*.py")):
+            full.update(f"{pkg}/{f.name}".encode() + b"\0" + f.read_bytes())
     return base.hexdigest()[:12], full.hexdigest()[:12]
 
 
@@ -163,6 +168,10 @@ def ensure_reference_image(client: docker.DockerClient, env: Mapping[str, str], 
     with tempfile.TemporaryDirectory(prefix="slicectl-ctx-") as ctx:
         for p in src.iterdir():
             shutil.copy(p, Path(ctx) / p.name)
+        for pkg, d in IMAGE_PACKAGES.items():
+            (Path(ctx) / pkg).mkdir()
+            for f in d.glob("*.py"):
+                shutil.copy(f, Path(ctx) / pkg / f.name)
         build_image(client, Path(ctx), tag, base_tag, "reference", say)
     client.images.get(tag).tag(REFERENCE_REPO, "latest")
     say(f"reference image ready: {tag}")

@@ -115,10 +115,10 @@ def nm_answers(cfg: NodeConfig) -> bool:
         return False
 
 
-def socket_answers(path: Path) -> Callable[[NodeConfig], bool]:
-    """A readiness check: a unix stream socket at ``path`` accepts a connection."""
+def socket_answers(path: Path, kind: int = socket.SOCK_STREAM) -> Callable[[NodeConfig], bool]:
+    """A readiness check: a unix socket at ``path`` accepts a connection."""
     def check(cfg: NodeConfig) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        with socket.socket(socket.AF_UNIX, kind) as s:
             try:
                 s.connect(str(path))
                 return True
@@ -192,12 +192,12 @@ def sniffer_ready(cfg: NodeConfig) -> bool:
 
 
 def shim_ready(cfg: NodeConfig) -> bool:
-    return socket_answers(cfg.shim_dir / "raw.sock")(cfg)
+    return socket_answers(cfg.shim_dir / "raw.sock", socket.SOCK_SEQPACKET)(cfg)
 
 
 #: The node's host daemons in start order, with their readiness checks.
 HOST_DAEMONS: tuple[tuple[HostDaemon, Callable[[NodeConfig], bool]], ...] = (
-    (NM, nm_answers), (SNIFFER, sniffer_ready),
+    (NM, nm_answers), (SNIFFER, sniffer_ready), (SHIM, shim_ready),
 )
 
 

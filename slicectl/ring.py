@@ -44,6 +44,7 @@ LD_B_IND = 0x50
 JEQ_K = 0x15
 JSET_K = 0x45
 RET_K = 0x06
+SKF_AD_PROTOCOL = -0x1000 + 0
 SKF_AD_PKTTYPE = -0x1000 + 4
 
 BLOCK_DESC = struct.Struct("<III")        # version, offset_to_priv, block_status
@@ -161,6 +162,18 @@ def iter_packets(m: mmap.mmap, base: int, num: int, first: int) -> Iterator[tupl
         nxt, sec, nsec, snap, length, _status, mac, net = PKT_HDR.unpack_from(m, p)
         yield sec * 1_000_000_000 + nsec, p + net, snap - (net - mac), length - (net - mac)
         p += nxt
+
+
+def synthetic_block(frames: Sequence[bytes], slot: int = 128, first: int = 48) -> bytes:
+    """A ring block as the kernel lays it out, holding ``frames`` (Ethernet frames, cut to
+    the slot): for tests and benchmarks of block parsers. Packets start at ``first``."""
+    buf = bytearray(first + len(frames) * slot)
+    for i, f in enumerate(frames):
+        p = first + i * slot
+        caught = f[:slot - 48]
+        PKT_HDR.pack_into(buf, p, slot, 1, 500_000_000, len(caught), len(f), 0, 34, 48)
+        buf[p + 34:p + 34 + len(caught)] = caught
+    return bytes(buf)
 
 
 @contextmanager

@@ -82,11 +82,13 @@ def parse_block(m: mmap.mmap, base: int, num: int, first: int, out: bytearray,
         sport = dport = flags = 0
         if not frag & 0x1FFF:
             l4 = ip + (vihl & 15) * 4
-            if proto == 6 or proto == 17:
+            if proto == 6:
                 if caught >= l4 - ip + 14:
                     sport, dport = ports_unpack(m, l4)
-                    if proto == 6:
-                        flags = m[l4 + 13]
+                    flags = m[l4 + 13]
+            elif proto == 17:
+                if caught >= l4 - ip + 4:
+                    sport, dport = ports_unpack(m, l4)
             elif proto == 1 and caught >= l4 - ip + 2:
                 sport, dport = m[l4], m[l4 + 1]
         chunks.append(rec_pack(sec + nsec * 1e-9, xid, src, dst, sport, dport, proto, flags,

@@ -44,8 +44,8 @@ def node_cfg() -> NodeConfig:
     if os.geteuid() != 0:
         pytest.fail("docker-tier tests need root (they drive the node's engine and sshd)")
     cfg = NodeConfig.from_env(os.environ)
-    prepare(cfg, os.environ, Say(quiet=True))
-    return cfg
+    # Pin the image this checkout built: another checkout's `prepare` may move `latest`.
+    return cfg.with_(image=prepare(cfg, os.environ, Say(quiet=True)))
 
 
 @pytest.fixture(scope="session")

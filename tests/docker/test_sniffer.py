@@ -188,3 +188,22 @@ def test_net_map_is_for_node_services_only(dnm: NMHandle, engine: docker.DockerC
         "except xmlrpc.client.Fault as e: print('refused', e.faultCode)\n"])
     assert code == 0 and "refused" in out, out
     assert PermissionDenied.exit_code
+
+
+READ_HELLO = """
+import json, socket, struct
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("/run/slicectl/sniffer/records.sock")
+kind, n = struct.unpack("<BI", s.recv(5, socket.MSG_WAITALL))
+print(chr(kind), json.loads(s.recv(n, socket.MSG_WAITALL))["node"])
+"""
+
+
+def test_only_slices_granted_the_right_read_records(dnm: NMHandle,
+                                                    engine: docker.DockerClient) -> None:
+    granted = make_sliver(dnm, "audit", admin_sniffer=True)
+    plain = make_sliver(dnm, "plain")
+    code, out = sliver_exec(engine, granted["container"], ["python3", "-c", READ_HELLO])
+    assert code == 0 and out.split() == ["H", dnm.cfg.node_id], out
+    code, out = sliver_exec(engine, plain["container"], ["python3", "-c", READ_HELLO])
+    assert code != 0 and "FileNotFoundError" in out, out
