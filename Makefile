@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check slicectl sensors tests bench
+	$(BIN)/ruff check slicectl sensors auditd tests bench
 	$(BIN)/mypy
 
 unit: venv
@@ -39,5 +39,6 @@ docker: venv
 bench: venv
 	$(BIN)/python bench/node_bench.py
 	$(BIN)/python bench/net_bench.py
-	$(BIN)/python bench/raw_bench.py
+	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/sensor_bench.py
+	$(BIN)/python bench/raw_bench.py

@@ -3,7 +3,8 @@
 # present are skipped, so a second run costs one dpkg query.
 set -euo pipefail
 PKGS=(docker.io btrfs-progs debootstrap openssh-server openssh-client sudo iproute2
-      iptables procps util-linux iperf3 tcpdump curl e2fsprogs python3-venv wrk)
+      iptables procps util-linux iperf3 tcpdump curl e2fsprogs python3-venv wrk
+      chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

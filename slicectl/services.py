@@ -111,9 +111,13 @@ class ServiceSpec:
 
 SENSORS_PORT = 33080
 SENSORS = ServiceSpec(name="sensors", module="sensors", port=SENSORS_PORT, local_only=True)
-#: Every service a node runs, in start order. A new service (the traffic auditor) adds its
+AUDITD_PORT = 80
+#: The traffic auditor: pages for outsiders on node:80, its SQLite store in its state dir.
+AUDITD = ServiceSpec(name="auditd", module="auditd", port=AUDITD_PORT, keeps_state=True,
+                     ready_path="/index.json")
+#: Every service a node runs, in start order. A new service adds its
 #: spec here and its package name to :data:`SERVICE_PACKAGES`.
-NODE_SERVICES: tuple[ServiceSpec, ...] = (SENSORS,)
+NODE_SERVICES: tuple[ServiceSpec, ...] = (SENSORS, AUDITD)
 
 
 def node_services(ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:

@@ -15,6 +15,7 @@ from slicectl.nm import Caller
 from slicectl.plan import NodeFacts, SliverIdentity, container_plan
 from slicectl.rspec import parse_rspec
 from slicectl.services import (
+    AUDITD,
     IN_CGROUP,
     LABEL_PLAN,
     SENSORS,
@@ -82,7 +83,7 @@ def test_plan_label_tells_when_to_replace(change: Any, same: bool) -> None:
 
 
 def test_private_ports() -> None:
-    assert node_services() == [SENSORS]
+    assert node_services() == [SENSORS, AUDITD]
     moved = node_services({"sensors": 40001})[0]
     assert moved.port == 40001 and moved.local_only
     assert service_plan(moved, CFG, "i").kwargs["environment"]["SLICECTL_SERVICE_PORT"] == "40001"

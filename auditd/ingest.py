@@ -1,0 +1,251 @@
+"""Ingest: sniffer frames in, packet rows into the store.
+
+:class:`Recorder` is the synchronous core (frames -> rows -> one transaction per batch); the
+benchmark drives it directly. :class:`Writer` runs a Recorder in its own thread behind a
+bounded queue, and :func:`follow` reads the sniffer socket on the event loop and hands whole
+frames to the Writer, reconnecting when the sniffer goes away. Records that cannot be
+queued are counted as ``auditor`` drops, stored, and shown on the pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slicectl import sniffrecord as sr
+
+from .store import DROP_SOURCES, Store
+
+
+@dataclass
+class LinkState:
+    """What the pages say about the sniffer connection."""
+
+    connected: bool = False
+    node: str = ""
+    since: float = 0.0
+    error: str = ""
+    frames: int = 0
+    slices: dict[int, str] = field(default_factory=dict)
+
+
+class Recorder:
+    """Turns frames into stored rows. One thread only.
+
+    Args:
+        store: where rows go.
+        clock: the time used for retention.
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        # (sid, dst) -> [first t, last t, count, records]
+        self.chunks: dict[tuple[int, bytes], list[Any]] = {}
+        # (minute, sid, dst, proto, dport) -> [packets, bytes, first t, last t]
+        self.rolls: dict[tuple[int, int, bytes, int, int], list[Any]] = {}
+        self.drops: dict[str, int] = {}
+        self._sid: dict[int, int] = {}   # xid -> store slice id
+        self._seen: dict[str, int] = {}  # last cumulative drop count from this sniffer
+        self.pending = 0
+        self.records = 0
+
+    def reset_link(self) -> None:
+        """A new sniffer connection: its cumulative drop counts start again at zero."""
+        self._seen = {}
+
+    def feed(self, f: sr.Frame) -> None:
+        if f.kind == sr.RECORDS:
+            self.feed_records(f.payload)
+        elif f.kind == sr.SLICES:
+            self._sid = {int(x): self.store.slice_id(str(name)) for x, name in f.json().items()}
+        elif f.kind == sr.DROPS:
+            for source, value in f.json().items():
+                if source in DROP_SOURCES:
+                    self.count_drop(source, int(value) - self._seen.get(source, 0))
+                    self._seen[source] = int(value)
+        elif f.kind == sr.HELLO:
+            hello = f.json()
+            if hello.get("record_size") != sr.RECORD.size or hello.get("version") != sr.VERSION:
+                raise sr.FrameError(f"sniffer hello: expected version {sr.VERSION} with "
+                                    f"{sr.RECORD.size}-byte records, found {hello!r}")
+            self.reset_link()
+
+    def feed_records(self, payload: bytes) -> None:
+        """Add the outgoing records of one ``R`` payload to the pending chunks and roll-ups."""
+        sids, chunks, rolls = self._sid, self.chunks, self.rolls
+        size = sr.RECORD.size
+        off = -size
+        n = 0
+        for t, xid, _src, dst, _sp, dport, proto, _fl, length, way in sr.RECORD.iter_unpack(
+                payload):
+            off += size
+            if way != sr.OUT:
+                continue
+            n += 1
+            sid = sids.get(xid)
+            if sid is None:
+                sid = sids[xid] = self.store.slice_id(f"xid-{xid}")
+            c = chunks.get((sid, dst))
+            if c is None:
+                chunks[sid, dst] = [t, t, 1, bytearray(payload[off:off + size])]
+            else:
+                if t > c[1]:
+                    c[1] = t
+                elif t < c[0]:
+                    c[0] = t
+                c[2] += 1
+                c[3] += payload[off:off + size]
+            key = (int(t // 60) * 60, sid, dst, proto, dport)
+            r = rolls.get(key)
+            if r is None:
+                rolls[key] = [1, length, t, t]
+            else:
+                r[0] += 1
+                r[1] += length
+                if t > r[3]:
+                    r[3] = t
+                elif t < r[2]:
+                    r[2] = t
+        self.pending += n
+        self.records += n
+
+    def count_drop(self, source: str, n: int) -> None:
+        if n > 0:
+            self.drops[source] = self.drops.get(source, 0) + n
+
+    def flush(self) -> int:
+        """Write what was fed in one transaction; return the number of records."""
+        if not self.pending and not self.drops:
+            return 0
+        chunks = [(sid, dst, c[0], c[1], c[2], bytes(c[3]))
+                  for (sid, dst), c in self.chunks.items()]
+        rolls = [(*k, *r) for k, r in self.rolls.items()]
+        self.store.write(chunks, rolls, self.drops)
+        n = self.pending
+        self.chunks, self.rolls, self.drops, self.pending = {}, {}, {}, 0
+        return n
+
+
+_STOP = object()
+_SYNC = object()
+
+
+class Writer:
+    """A Recorder in its own thread behind a queue bounded by records waiting.
+
+    Args:
+        store: the store (opened by the caller, written only from this thread).
+        max_queued: records allowed to wait; an ``R`` frame beyond it is dropped and
+            counted (``auditor`` drops).
+        batch: flush after this many rows, or ``flush_s`` after the first unflushed one.
+        expire_s: how often retention runs.
+    """
+
+    def __init__(self, store: Store, max_queued: int = 1_000_000, batch: int = 100_000,
+                 flush_s: float = 0.5, expire_s: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.recorder = Recorder(store, clock)
+        self.max_queued = max_queued
+        self.batch = batch
+        self.flush_s = flush_s
+        self.expire_s = expire_s
+        self.clock = clock
+        self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._own_drops = 0
+        self._flushed = threading.Condition()
+        self._generation = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="slicectl-auditd-writer",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, f: sr.Frame) -> None:
+        """Queue a frame (called from the event loop; never blocks)."""
+        if f.kind == sr.RECORDS:
+            n = len(f.payload) // sr.RECORD.size
+            with self._lock:
+                if self._queued + n > self.max_queued:
+                    self._own_drops += n
+                    return
+                self._queued += n
+        self._q.put(f)
+
+    def sync(self, timeout: float = 30) -> None:
+        """Wait until everything queued so far is committed (tests, shutdown)."""
+        with self._flushed:
+            target = self._generation + 1
+            self._q.put(_SYNC)
+            if not self._flushed.wait_for(lambda: self._generation >= target or
+                                          self.error is not None, timeout):
+                raise TimeoutError("auditor writer did not flush")
+
+    def stop(self) -> None:
+        self._q.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        rec = self.recorder
+        last_flush = time.monotonic()
+        last_expire = 0.0
+        try:
+            while True:
+                try:
+                    item = self._q.get(timeout=self.flush_s)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, sr.Frame):
+                    if item.kind == sr.RECORDS:
+                        with self._lock:
+                            self._queued -= len(item.payload) // sr.RECORD.size
+                    rec.feed(item)
+                now = time.monotonic()
+                if (item is None or item is _SYNC or item is _STOP or rec.pending >= self.batch
+                        or now - last_flush >= self.flush_s):
+                    with self._lock:
+                        own, self._own_drops = self._own_drops, 0
+                    rec.count_drop("auditor", own)
+                    rec.flush()
+                    last_flush = now
+                    if now - last_expire >= self.expire_s:
+                        rec.store.expire(self.clock())
+                        last_expire = now
+                    if item is _SYNC:
+                        with self._flushed:
+                            self._generation += 1
+                            self._flushed.notify_all()
+                if item is _STOP:
+                    return
+        except BaseException as e:  # surfaced on the pages and by sync()
+            self.error = e
+            with self._flushed:
+                self._flushed.notify_all()
+            raise
+
+
+async def follow(path: Path, writer: Writer, state: LinkState, retry_s: float = 1.0) -> None:
+    """Read the sniffer at ``path`` forever, reconnecting every ``retry_s`` when it is gone."""
+    while True:
+        try:
+            async for f in sr.read_frames(str(path)):
+                if f.kind == sr.HELLO:
+                    state.connected, state.since, state.error = True, time.time(), ""
+                    state.node = str(f.json().get("node", ""))
+                elif f.kind == sr.SLICES:
+                    state.slices = {int(x): str(n) for x, n in f.json().items()}
+                writer.put(f)
+                state.frames += 1
+        except (OSError, sr.FrameError, ValueError) as e:
+            state.error = f"{type(e).__name__}: {e}"
+        state.connected = False
+        await asyncio.sleep(retry_s)

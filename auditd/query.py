@@ -1,0 +1,245 @@
+"""What the pages ask the store: request parameters in, rows (plain dicts) out.
+
+Parsing is pure; the query functions take a :class:`~auditd.store.Reader` and run in a
+worker thread. Every page's HTML, CSV and JSON are made from the same rows, so they agree by
+construction. Windows are whole minutes (the roll-up grain): ``from`` rounds down, ``to``
+up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from slicectl import sniffrecord as sr
+from slicectl.errors import ValidationError
+
+from .store import Reader
+
+DEFAULT_WINDOW_S = 3600
+MAX_PORTS = 20
+MAX_RECORDS = 200
+FORMATS = ("html", "csv", "json")
+SLICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmp6", 132: "sctp"}
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+
+    @property
+    def first_minute(self) -> int:
+        return int(self.start // 60) * 60
+
+    @property
+    def last_minute(self) -> int:
+        return int(self.end // 60) * 60
+
+
+def parse_time(field: str, text: str) -> float:
+    """Unix seconds, or ISO 8601 (a time without a zone is UTC)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(field, "an ISO 8601 time (2026-11-27T20:00Z) or unix seconds",
+                              text) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def parse_window(params: Mapping[str, str], now: float) -> Window:
+    """``from``/``to`` from the query string; default the last hour up to now."""
+    end = parse_time("to", params["to"]) if params.get("to") else now
+    start = parse_time("from", params["from"]) if params.get("from") else end - DEFAULT_WINDOW_S
+    if start > end:
+        raise ValidationError("from", f"a time before to ({iso(end)})", iso(start), as_text=True)
+    return Window(start, end)
+
+
+def parse_format(params: Mapping[str, str], suffix: str) -> str:
+    fmt = (params.get("format") or suffix or "html").lower()
+    if fmt not in FORMATS:
+        raise ValidationError("format", "html, csv or json", params.get("format") or suffix)
+    return fmt
+
+
+def parse_ip(text: str) -> bytes:
+    try:
+        return ipaddress.IPv4Address(text.strip()).packed
+    except ValueError:
+        raise ValidationError("ip", "an IPv4 address such as 198.51.100.7", text) from None
+
+
+def parse_slice(text: str) -> str:
+    if not SLICE_RE.match(text):
+        raise ValidationError("slice", "a slice name such as site_name", text)
+    return text
+
+
+def split_suffix(tail: str) -> tuple[str, str]:
+    """``"1.2.3.4.csv"`` -> (``"1.2.3.4"``, ``"csv"``); no known suffix -> (tail, "")."""
+    for fmt in ("csv", "json", "html"):
+        if tail.endswith("." + fmt):
+            return tail[: -len(fmt) - 1], fmt
+    return tail, ""
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def proto_name(proto: int) -> str:
+    return PROTOS.get(proto, str(proto))
+
+
+def port_list(text: str | None) -> tuple[str, int]:
+    """``group_concat`` of ``proto*65536+dport`` -> ("tcp/80 udp/53 ...", how many left out)."""
+    keys = sorted({int(x) for x in (text or "").split(",") if x})
+    shown = " ".join(f"{proto_name(k >> 16)}/{k & 0xFFFF}" for k in keys[:MAX_PORTS])
+    return shown, max(0, len(keys) - MAX_PORTS)
+
+
+def _names(reader: Reader) -> dict[int, str]:
+    return dict(reader.all("SELECT sid, name FROM slices"))
+
+
+def by_destination(reader: Reader, w: Window, limit: int = 500) -> list[dict[str, Any]]:
+    names = _names(reader)
+    rows = reader.all(
+        "SELECT dst, sum(packets), sum(bytes), group_concat(sid),"
+        " group_concat(proto * 65536 + dport), min(first), max(last)"
+        " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY dst"
+        " ORDER BY 3 DESC, 1 LIMIT ?", (w.first_minute, w.last_minute, limit))
+    out = []
+    for dst, packets, nbytes, sids, ports, first, last in rows:
+        shown, more = port_list(ports)
+        out.append({
+            "dst": socket.inet_ntoa(dst), "packets": packets, "bytes": nbytes,
+            "slices": " ".join(sorted({names.get(int(s), "?") for s in sids.split(",")})),
+            "ports": shown, "ports_more": more, "first": iso(first), "last": iso(last)})
+    return out
+
+
+def by_slice(reader: Reader, w: Window) -> list[dict[str, Any]]:
+    names = _names(reader)
+    rows = reader.all(
+        "SELECT sid, sum(packets), sum(bytes), count(DISTINCT dst),"
+        " group_concat(proto * 65536 + dport), min(first), max(last)"
+        " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY sid ORDER BY 3 DESC",
+        (w.first_minute, w.last_minute))
+    out = []
+    for sid, packets, nbytes, ndst, ports, first, last in rows:
+        shown, more = port_list(ports)
+        out.append({
+            "slice": names.get(sid, "?"), "packets": packets, "bytes": nbytes,
+            "destinations": ndst, "ports": shown, "ports_more": more,
+            "first": iso(first), "last": iso(last)})
+    return out
+
+
+def to_destination(reader: Reader, dst: bytes, w: Window) -> list[dict[str, Any]]:
+    """Every (slice, proto, dport) that sent to ``dst`` in the window."""
+    names = _names(reader)
+    rows = reader.all(
+        "SELECT sid, proto, dport, sum(packets), sum(bytes), min(first), max(last)"
+        " FROM rollup WHERE dst = ? AND minute >= ? AND minute <= ?"
+        " GROUP BY sid, proto, dport ORDER BY 5 DESC",
+        (dst, w.first_minute, w.last_minute))
+    return [{"slice": names.get(sid, "?"), "proto": proto_name(proto), "dport": dport,
+             "packets": packets, "bytes": nbytes, "first": iso(first), "last": iso(last)}
+            for sid, proto, dport, packets, nbytes, first, last in rows]
+
+
+def from_slice(reader: Reader, name: str, w: Window) -> list[dict[str, Any]]:
+    """Every (dst, proto, dport) slice ``name`` sent to in the window."""
+    sid = reader.all("SELECT sid FROM slices WHERE name = ?", (name,))
+    if not sid:
+        return []
+    rows = reader.all(
+        "SELECT dst, proto, dport, sum(packets), sum(bytes), min(first), max(last)"
+        " FROM rollup WHERE sid = ? AND minute >= ? AND minute <= ?"
+        " GROUP BY dst, proto, dport ORDER BY 5 DESC LIMIT 2000",
+        (sid[0][0], w.first_minute, w.last_minute))
+    return [{"dst": socket.inet_ntoa(dst), "proto": proto_name(proto), "dport": dport,
+             "packets": packets, "bytes": nbytes, "first": iso(first), "last": iso(last)}
+            for dst, proto, dport, packets, nbytes, first, last in rows]
+
+
+def records_to(reader: Reader, dst: bytes, w: Window,
+               limit: int = MAX_RECORDS) -> tuple[list[dict[str, Any]], int]:
+    """The newest full records sent to ``dst`` in the window's whole minutes (at most
+    ``limit``), and how many there are in all.
+
+    Chunks are read newest first and decoded only until ``limit`` records are found; the
+    rest are counted from their stored counts (decoding only those that straddle the
+    window's start), so a flood to one address costs a count, not a decode of every packet.
+    """
+    names = _names(reader)
+    # The same whole minutes as the roll-ups, so the records and the counts agree.
+    w = Window(w.first_minute, w.last_minute + 60)
+    chunks = reader.all(
+        "SELECT rowid, sid, t0, t1, n FROM records WHERE dst = ? AND t0 < ? AND t1 >= ?"
+        " ORDER BY t1 DESC", (dst, w.end, w.start))
+    found: list[tuple[Any, ...]] = []
+    total = 0
+    for rowid, sid, t0, t1, n in chunks:
+        newest_needed = len(found) < limit or t1 > found[limit - 1][0][0]
+        if not newest_needed and w.start <= t0 and t1 < w.end:
+            total += n
+            continue
+        data = reader.all("SELECT data FROM records WHERE rowid = ?", (rowid,))[0][0]
+        inside = [(rec, sid) for rec in sr.RECORD.iter_unpack(data)
+                  if w.start <= rec[0] < w.end]
+        total += len(inside)
+        if newest_needed:
+            found += inside
+            found.sort(key=lambda x: -x[0][0])
+            del found[limit:]
+    return [{"time": f"{iso(r[0])[:-1]}.{int(r[0] * 1000) % 1000:03d}Z",
+             "slice": names.get(sid, "?"), "src": socket.inet_ntoa(r[2]), "sport": r[4],
+             "dport": r[5], "proto": proto_name(r[6]), "flags": sr.flags_text(r[7]),
+             "length": r[8]} for r, sid in found], total
+
+
+def series(reader: Reader, w: Window, buckets: int = 60,
+           slice_name: str | None = None) -> tuple[float, list[tuple[str, list[int]]]]:
+    """Bytes per slice per time bucket: (bucket seconds, [(slice, [bytes, ...]), ...])."""
+    names = _names(reader)
+    span = max(60, w.last_minute + 60 - w.first_minute)
+    step = max(60, -(-span // buckets) // 60 * 60 or 60)
+    args: list[Any] = [w.first_minute, step, w.first_minute, w.last_minute]
+    cond = ""
+    if slice_name is not None:
+        cond = " AND sid = (SELECT sid FROM slices WHERE name = ?)"
+        args.append(slice_name)
+    rows = reader.all(
+        "SELECT sid, (minute - ?) / ?, sum(bytes) FROM rollup WHERE minute >= ? AND minute <= ?"
+        + cond + " GROUP BY 1, 2", args)
+    n = -(-span // step)
+    per: dict[str, list[int]] = {}
+    for sid, b, nbytes in rows:
+        per.setdefault(names.get(sid, "?"), [0] * n)[min(int(b), n - 1)] += nbytes
+    ranked = sorted(per.items(), key=lambda kv: -sum(kv[1]))
+    return float(step), ranked
+
+
+def totals(reader: Reader) -> dict[str, Any]:
+    got = reader.all("SELECT count(*), sum(n), min(t0), max(t1) FROM records")[0]
+    rolled = reader.all("SELECT count(*), min(minute) FROM rollup")[0]
+    return {"record_chunks": got[0], "records": got[1] or 0,
+            "records_from": iso(got[2]) if got[2] else "",
+            "records_to": iso(got[3]) if got[3] else "",
+            "rollup_rows": rolled[0], "rollup_from": iso(rolled[1]) if rolled[1] else ""}

@@ -1,0 +1,225 @@
+"""The auditor's SQLite store: full packet records, per-minute roll-ups, drop counts.
+
+One writer (the ingest thread) and any number of readers (the web handlers, each query in
+a worker thread with its own connection). WAL lets readers see committed data while the
+writer appends.
+
+Tables:
+
+- ``records``: the full records (time, src, dst, ports, proto, TCP flags, IP length) of
+  every packet a sliver sent, as the sniffer's own 32-byte records, in chunks: one row per
+  (batch, slice, destination) holding that batch's records for it back to back, indexed by
+  (dst, first time). A row per packet with an index on dst inserts at ~100k rows/s on
+  these machines; chunks keep the hot path to one small row per destination per batch and
+  still answer "what went to this address" from the index. Addresses are the raw 4
+  network-order bytes as a BLOB, as the sniffer sends them. Kept for ``window_s`` and
+  within the disk bound.
+- ``rollup``: per (minute, slice, dst, proto, dport): packets, bytes, first and last
+  seen, written in the same transaction as the records they count, so a crash never
+  leaves a packet counted twice or not at all. Kept for ``rollup_s``. Keyed by minute
+  first, so new rows go to the end of the table and the summaries of a window read one
+  key range; one index on (dst, minute) answers ``/dst/<ip>``. Two b-trees per new key
+  (a third, on slice, cost 20% of ingest when every packet goes to a new address; ``/slice``
+  reads the window's key range instead).
+- ``drops``: cumulative counts by source (``kernel``, ``consumer``, ``unknown`` as the
+  sniffer reports them; ``auditor`` for records this auditor itself could not queue).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slicectl.errors import StateError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS slices (sid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    sid INTEGER NOT NULL, dst BLOB NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
+    n INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS records_dst ON records (dst, t0);
+CREATE TABLE IF NOT EXISTS rollup (
+    minute INTEGER NOT NULL, sid INTEGER NOT NULL, dst BLOB NOT NULL, proto INTEGER NOT NULL,
+    dport INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    first REAL NOT NULL, last REAL NOT NULL,
+    PRIMARY KEY (minute, sid, dst, proto, dport)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollup_dst ON rollup (dst, minute);
+CREATE TABLE IF NOT EXISTS drops (source TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+
+INSERT_RECORDS = "INSERT INTO records VALUES (?,?,?,?,?,?)"
+UPSERT_ROLLUP = """
+INSERT INTO rollup VALUES (?,?,?,?,?,?,?,?,?)
+ON CONFLICT (minute, sid, dst, proto, dport) DO UPDATE SET
+    packets = packets + excluded.packets, bytes = bytes + excluded.bytes,
+    first = min(first, excluded.first), last = max(last, excluded.last)
+"""
+
+DROP_SOURCES = ("kernel", "consumer", "unknown", "auditor")
+
+#: A chunk of records: sid, dst, first time, last time, count, the records.
+Chunk = tuple[int, bytes, float, float, int, bytes]
+#: A roll-up row: minute, sid, dst, proto, dport, packets, bytes, first, last.
+Roll = tuple[int, int, bytes, int, int, int, int, float, float]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much the store keeps.
+
+    Args:
+        window_s: full packet records are kept this long (default 24 h).
+        rollup_s: per-minute roll-ups are kept this long (default 30 days).
+        max_bytes: the database may use at most this many bytes of pages; past it the
+            oldest packet records go first, then the oldest roll-ups.
+    """
+
+    window_s: float = 24 * 3600
+    rollup_s: float = 30 * 24 * 3600
+    max_bytes: int = 2 << 30
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    # Sorts and GROUP BYs in memory: a service container's root fs is read-only.
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+class Store:
+    """The writer side. Not thread-safe: one thread writes (see :mod:`auditd.ingest`)."""
+
+    def __init__(self, path: Path, limits: Limits | None = None) -> None:
+        self.path = path
+        self.limits = limits or Limits()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = connect(path)
+            # auto_vacuum must be chosen before the first table exists; INCREMENTAL lets
+            # the disk bound give pages back to the file system after deleting.
+            self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.execute("PRAGMA journal_size_limit = 67108864")
+            # 64 MiB of page cache: inserts at random destinations into the dst indexes
+            # stay in memory (measured: 80k -> 120k new roll-up keys/s).
+            self.db.execute("PRAGMA cache_size = -65536")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise StateError(f"auditor database {path}: expected a usable SQLite file, "
+                             f"found {e}") from e
+        self._sids: dict[str, int] = dict(
+            (name, sid) for sid, name in self.db.execute("SELECT sid, name FROM slices"))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def slice_id(self, name: str) -> int:
+        """The store's id for slice ``name`` (created on first sight)."""
+        sid = self._sids.get(name)
+        if sid is None:
+            cur = self.db.execute("INSERT INTO slices (name) VALUES (?)", (name,))
+            sid = int(cur.lastrowid or 0)
+            self._sids[name] = sid
+        return sid
+
+    def write(self, chunks: Iterable[Chunk], rolls: Iterable[Roll],
+              drops: dict[str, int] | None = None) -> None:
+        """Insert ``chunks``, add ``rolls`` to the roll-ups and ``drops`` to the drop
+        counts, in one transaction."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(INSERT_RECORDS, chunks)
+            db.executemany(UPSERT_ROLLUP, rolls)
+            for source, n in (drops or {}).items():
+                if n:
+                    db.execute("INSERT INTO drops VALUES (?, ?) ON CONFLICT (source) DO UPDATE "
+                               "SET count = count + excluded.count", (source, n))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # retention --------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """Bytes of pages in use (the file minus its free list) plus the WAL."""
+        page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        count = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        wal = self.path.with_name(self.path.name + "-wal")
+        return (count - free) * page + (wal.stat().st_size if wal.exists() else 0)
+
+    def file_bytes(self) -> int:
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    def expire(self, now: float, chunk: int = 200_000) -> dict[str, int]:
+        """Apply the time windows and the disk bound; return how many rows went where.
+
+        The disk bound deletes the oldest full records first (``chunk`` rows at a time),
+        then the oldest minutes of roll-ups, until the pages in use fit.
+        """
+        db = self.db
+        gone = {"records": 0, "rollup": 0}
+        # Chunks arrive in time order, so the expired ones are the lowest rowids: delete
+        # from the front, ``chunk`` rows at a time, until a batch is not all expired (no
+        # full scan of the table, which has no index on time).
+        while True:
+            n = db.execute("DELETE FROM records WHERE rowid IN (SELECT rowid FROM records "
+                           "ORDER BY rowid LIMIT ?) AND t1 < ?",
+                           (chunk, now - self.limits.window_s)).rowcount
+            gone["records"] += n
+            if n < chunk:
+                break
+        gone["rollup"] += db.execute("DELETE FROM rollup WHERE minute < ?",
+                                     (now - self.limits.rollup_s,)).rowcount
+        self._checkpoint()
+        while self.used_bytes() > self.limits.max_bytes:
+            lo = db.execute("SELECT min(rowid) FROM records").fetchone()[0]
+            if lo is not None:
+                gone["records"] += db.execute("DELETE FROM records WHERE rowid < ?",
+                                              (lo + chunk,)).rowcount
+            else:
+                first = db.execute("SELECT min(minute) FROM rollup").fetchone()[0]
+                if first is None:
+                    break
+                gone["rollup"] += db.execute("DELETE FROM rollup WHERE minute <= ?",
+                                             (first,)).rowcount
+            self._checkpoint()
+        return gone
+
+    def _checkpoint(self) -> None:
+        self.db.execute("PRAGMA incremental_vacuum")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+class Reader:
+    """Read-only queries, one connection per thread (handlers run them in an executor)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path, readonly=True)
+            self._local.db = db
+        return db
+
+    def all(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db().execute(sql, tuple(args)).fetchall()
+
+    def drops(self) -> dict[str, int]:
+        got = dict(self.all("SELECT source, count FROM drops"))
+        return {s: int(got.get(s, 0)) for s in DROP_SOURCES}
