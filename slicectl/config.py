@@ -45,6 +45,8 @@ class NodeConfig:
     image: str = ""
     ssh_port: int = 22
     hostname: str = ""
+    #: Who runs the node, as the traffic auditor's pages show it (e.g. "Site <ops@site>").
+    operator: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -110,6 +112,7 @@ class NodeConfig:
             image=env.get("SLICECTL_IMAGE", ""),
             ssh_port=int(port_text),
             hostname=env.get("SLICECTL_HOSTNAME", socket.gethostname()),
+            operator=env.get("SLICECTL_OPERATOR", f"root@{socket.gethostname()}"),
         )
 
 

@@ -40,6 +40,7 @@ def config_env(cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_IMAGE": cfg.image,
         "SLICECTL_SSH_PORT": str(cfg.ssh_port),
         "SLICECTL_HOSTNAME": cfg.hostname,
+        "SLICECTL_OPERATOR": cfg.operator,
     }
 
 

@@ -164,6 +164,7 @@ def service_env(spec: ServiceSpec, cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_CGROUP_PARENT": cfg.cgroup_parent,
         "SLICECTL_BRIDGE": cfg.bridge,
         "SLICECTL_SUBNET": cfg.subnet,
+        "SLICECTL_AUDIT_OPERATOR": cfg.operator,
         "PYTHONUNBUFFERED": "1",
     }
     if spec.keeps_state:

@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 from .config import NodeConfig, default_config
+from .containers import SliverEngine, engine_client
 from .errors import SlicectlError
 from .netplan import sliver_xid_range
 from .nm import container_of_pid
@@ -106,26 +107,30 @@ class Consumer:
     sent_drops: tuple[int, int, int] = (-1, -1, -1)
 
 
-def peer_allowed(sock: socket.socket, slivers: dict[str, dict[str, Any]]) -> str | None:
-    """Who the peer is if it may read records: host root, a node service container, or a
-    sliver granted ``admin_sniffer``; None otherwise."""
+def peer_allowed(sock: socket.socket, slivers: dict[str, dict[str, Any]],
+                 service_of: Callable[[str], str | None]) -> str | None:
+    """Who the peer is if it may read records: host root, one of this node's service
+    containers, or a sliver granted ``admin_sniffer``; None otherwise."""
     pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
     cid = container_of_pid(pid)
     if cid is None:
         return f"pid {pid}" if uid == 0 else None
     sliver = slivers.get(cid)
-    if sliver is None:
-        return f"service container {cid[:12]}"
-    return f"slice {sliver['slice']}" if sliver.get("admin_sniffer") else None
+    if sliver is not None:
+        return f"slice {sliver['slice']}" if sliver.get("admin_sniffer") else None
+    service = service_of(cid)
+    return f"service {service}" if service else None
 
 
 class Sniffer:
     """Capture rings, consumers and the slice map, driven by one selector loop."""
 
     def __init__(self, cfg: NodeConfig, net_map: Callable[[], list[dict[str, Any]]],
-                 inbound: bool = False, consumer_buffer: int = CONSUMER_BUFFER) -> None:
+                 inbound: bool = False, consumer_buffer: int = CONSUMER_BUFFER,
+                 service_of: Callable[[str], str | None] = lambda cid: None) -> None:
         self.cfg = cfg
         self.net_map = net_map
+        self.service_of = service_of
         self.inbound = inbound
         self.consumer_buffer = consumer_buffer
         self.xid_base, self.xid_max = sliver_xid_range(cfg.subnet)
@@ -168,7 +173,7 @@ class Sniffer:
 
     def accept(self, listener: socket.socket) -> None:
         sock, _ = listener.accept()
-        peer = peer_allowed(sock, self.by_container)
+        peer = peer_allowed(sock, self.by_container, self.service_of)
         if peer is None:
             log.warning("refused a consumer without the admin_sniffer right")
             sock.close()
@@ -329,7 +334,8 @@ def serve(cfg: NodeConfig, inbound: bool) -> None:
         rows: list[dict[str, Any]] = nm.call("net_map")
         return rows
 
-    sniffer = Sniffer(cfg, net_map, inbound=inbound)
+    engine = SliverEngine(engine_client(cfg.engine_url), cfg.node_id)
+    sniffer = Sniffer(cfg, net_map, inbound=inbound, service_of=engine.service_of)
     pidfile = cfg.run_dir / "sniffer.pid"
 
     def on_signal(signum: int, frame_: FrameType | None) -> None:
