@@ -83,6 +83,9 @@ TS = struct.Struct("<d")
 DROP_COMMENT = "slicectl-raw"
 PROC_NET = {"tcp": ("tcp", "tcp6"), "udp": ("udp", "udp6")}
 RECV_BURST = 64
+#: How long the loop keeps polling after traffic before it sleeps (see Shim.run).
+BUSY_POLL_S = 0.0005
+BUSY_POLL_SHARE = 0.1
 
 
 # BPF programs for cooked (SOCK_DGRAM) AF_PACKET sockets: offsets start at the IP header.
@@ -498,10 +501,26 @@ class Shim:
                     in_sliver_iptables(pid, "-D", *rule.split()[1:])
 
     def run(self) -> None:
+        """Serve until stopped. After traffic the loop polls without sleeping for a short
+        while (``BUSY_POLL_S``): a reply or the next packet then finds the shim awake,
+        sparing a cross-CPU wakeup (about 100 us on this kind of VM) per hop. Spinning
+        is capped at ``BUSY_POLL_SHARE`` of a CPU; past it the loop sleeps as usual."""
         self.cleanup_stale()
         self.listen()
+        busy_until = 0.0
+        budget, refilled = BUSY_POLL_SHARE, time.monotonic()
         while not self.stop.is_set():
-            for key, _mask in self.sel.select(timeout=0.2):
+            now = time.monotonic()
+            # Spinning may take at most BUSY_POLL_SHARE of a CPU, refilled every second.
+            if now - refilled >= 1.0:
+                budget, refilled = BUSY_POLL_SHARE, now
+            spin = now < busy_until and budget > 0
+            events = self.sel.select(timeout=0 if spin else 0.2)
+            if spin and not events:
+                budget -= time.monotonic() - now
+            if events:
+                busy_until = time.monotonic() + BUSY_POLL_S
+            for key, _mask in events:
                 kind, obj = key.data
                 if kind == "cap":
                     self.to_sliver(obj)
