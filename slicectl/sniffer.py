@@ -46,6 +46,8 @@ log = logging.getLogger("slicectl.sniffer")
 
 SNAPLEN = 96
 CONSUMER_BUFFER = 8 << 20
+#: At most this many bytes of frames wait for a slice map fetch; past it they go out.
+HOLD_MAX = 32 << 20
 IP_HDR = struct.Struct("!BBHHHBBH4s4s")
 PORTS = struct.Struct("!HH")
 SO_PEERCRED = 17
@@ -145,6 +147,12 @@ class Sniffer:
         self.stop = threading.Event()
         self._map_lock = threading.Lock()
         self._last_sync_refresh = 0.0
+        self._refreshing = False
+        self._fetched: list[dict[str, Any]] | None = None
+        self._held: list[tuple[bytes, int]] = []
+        self._held_bytes = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
         self.listener: socket.socket | None = None
 
     @property
@@ -154,12 +162,15 @@ class Sniffer:
     # slice map ----------------------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Reload the slice map from the node manager; True if it changed."""
+        """Reload the slice map from the node manager now; True if it changed."""
         try:
             rows = self.net_map()
         except SlicectlError as e:
             log.warning("slice map: %s", e)
             return False
+        return self.apply_map(rows)
+
+    def apply_map(self, rows: list[dict[str, Any]]) -> bool:
         names = {int(r["xid"]): str(r["slice"]) for r in rows}
         by_container = {str(r["container_id"]): r for r in rows if r.get("container_id")}
         with self._map_lock:
@@ -169,10 +180,42 @@ class Sniffer:
             self.broadcast(json_frame(SLICES, {str(k): v for k, v in names.items()}), 0)
         return changed
 
+    def request_refresh(self) -> None:
+        """Fetch the map on a thread: the capture loop never waits for the node manager.
+        The result comes back through the wake-up socket (see :meth:`refreshed`)."""
+        if self._refreshing:
+            return
+        self._refreshing = True
+
+        def fetch() -> None:
+            try:
+                self._fetched = self.net_map()
+            except SlicectlError as e:
+                log.warning("slice map: %s", e)
+                self._fetched = None
+            self._wake_w.send(b"r")
+
+        threading.Thread(target=fetch, name="slice-map", daemon=True).start()
+
+    def refreshed(self) -> None:
+        """A fetch finished: apply it, then release the records held back for it."""
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(64)
+        self._refreshing = False
+        if self._fetched is not None:
+            self.apply_map(self._fetched)
+        held, self._held, self._held_bytes = self._held, [], 0
+        for data, count in held:
+            self.broadcast(data, count)
+
     # consumers ----------------------------------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
         sock, _ = listener.accept()
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))[0]
+        cid = container_of_pid(pid)
+        if cid is not None and cid not in self.by_container:
+            self.refresh()  # a sliver made since the last fetch (connections are rare)
         peer = peer_allowed(sock, self.by_container, self.service_of)
         if peer is None:
             log.warning("refused a consumer without the admin_sniffer right")
@@ -251,15 +294,24 @@ class Sniffer:
             self.publish(out, count, xids)
 
     def publish(self, records: bytearray, count: int, xids: set[int]) -> None:
-        """Send records to every consumer, first learning the names of new slivers (their
-        first packets can come before the next periodic map refresh)."""
+        """Send records to every consumer. Records of a sliver whose name is not known yet
+        (its first packets can beat the periodic map refresh) are held, with all that
+        follows them, until a fetch of the map returns, so that consumers always learn
+        a slice's name before its records."""
         self.packets += count
-        if not xids <= self.names.keys():
+        data = frame(RECORDS, bytes(records))
+        unknown = not xids <= self.names.keys()
+        if unknown:
             now = time.monotonic()
             if now - self._last_sync_refresh > 0.5:
                 self._last_sync_refresh = now
-                self.refresh()
-        self.broadcast(frame(RECORDS, bytes(records)), count)
+                self.request_refresh()
+        if (self._held or (unknown and self._refreshing)) \
+                and self._held_bytes + len(data) <= HOLD_MAX:
+            self._held.append((data, count))
+            self._held_bytes += len(data)
+            return
+        self.broadcast(data, count)
 
     def tick(self) -> None:
         for ring, _ in self.rings:
@@ -289,12 +341,15 @@ class Sniffer:
         self.refresh()
         self.open_rings()
         self.listen()
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         next_tick = next_map = time.monotonic()
         while not self.stop.is_set():
             for key, mask in self.sel.select(timeout=0.2):
                 kind, obj = key.data
                 if kind == "ring":
                     self.drain(*obj)
+                elif kind == "wake":
+                    self.refreshed()
                 elif kind == "listen":
                     self.accept(obj)
                 elif kind == "consumer":
@@ -316,7 +371,7 @@ class Sniffer:
                 self.tick()
             if now >= next_map:
                 next_map = now + map_every_s
-                self.refresh()
+                self.request_refresh()
 
     def close(self) -> None:
         for c in list(self.consumers.values()):
@@ -325,6 +380,8 @@ class Sniffer:
             ring.close()
         if self.listener is not None:
             self.listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 def serve(cfg: NodeConfig, inbound: bool) -> None:

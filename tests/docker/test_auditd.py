@@ -21,7 +21,9 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from slicectl import tc
 from slicectl.config import NodeConfig
+from slicectl.netplan import handle
 from slicectl.privnode import log_path, private_node, service_ports
 from slicectl.services import service_container_name
 
@@ -165,8 +167,13 @@ def test_a_small_packet_flood_is_recorded_whole(anm: tuple[NMHandle, Auditor],
         doc = json.loads(auditor.get(f"/dst/{outside.address}.json"))
         return int(sum(r["packets"] for r in doc["rows"]))
 
-    wait_for(lambda: counted() >= n, 60, f"{n} flood packets in the auditor")
-    doc = json.loads(auditor.get(f"/dst/{outside.address}.json"))
+    try:
+        wait_for(lambda: counted() >= n, 60, f"{n} flood packets in the auditor")
+    finally:
+        doc = json.loads(auditor.get(f"/dst/{outside.address}.json"))
+        klass = tc.read_classes(dnm.cfg.ifb).get(handle(0xC000 + a["xid"]))
+        print("auditor:", counted(), "records_total", doc.get("records_total"), "drops",
+              doc.get("drops"), "class packets", klass.packets if klass else None)
     assert counted() == n
     assert doc["records_total"] == n
     assert doc["drops"] == {"kernel": 0, "consumer": 0, "unknown": 0, "auditor": 0}

@@ -126,8 +126,11 @@ def test_slow_consumer_loses_counted_records_and_slows_nobody(
         rows: list[dict[str, Any]] = dnm.call("net_map")
         return rows
 
+    # The sliver exists first: records of a new sliver wait for its name, and their
+    # release in one go would not fit this test's tiny buffers.
+    a = make_sliver(dnm, "flood", net_max_kbit=100_000)
     cfg = dnm.cfg.with_(run_dir=dnm.cfg.run_dir / "inproc")
-    sniffer = Sniffer(cfg, net_map, consumer_buffer=32 << 10)
+    sniffer = Sniffer(cfg, net_map, consumer_buffer=256 << 10)
     thread = threading.Thread(target=sniffer.run, daemon=True)
     thread.start()
     try:
@@ -137,8 +140,7 @@ def test_slow_consumer_loses_counted_records_and_slows_nobody(
         slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.connect(str(path))
-        a = make_sliver(dnm, "flood", net_max_kbit=100_000)
-        n = 20_000
+        n = 40_000
         started = time.monotonic()
         send_udp(engine, a, outside.address, 9999, 40004, n)
         elapsed = time.monotonic() - started
