@@ -6,9 +6,9 @@ and prints three tables:
 
 1. packets/s: a native raw socket on the host vs a safe raw socket in a sliver (what the
    shim checked and sent), both sending the same 46-byte UDP packets to the outside.
-2. round trip: ICMP echo to the outside from the host's raw socket, from the sliver's own
-   kernel (an ICMP datagram socket), and through the shim (saferaw); the added median is
-   shim minus kernel, from the same sliver.
+2. round trip: UDP echo off a server in the outside namespace, from a host UDP socket,
+   from the sliver's own kernel (a UDP socket) and through the shim (saferaw), kernel and
+   shim rounds interleaved; the added median is shim minus kernel, from the same sliver.
 3. admin sniffer at the node cap: a sliver floods 64-byte frames at 100 Mbit/s; packets
    the HTB class passed, records a consumer received, ring drops, the sniffer's CPU and
    its packets per CPU-second; and the parser alone on a synthetic ring block.
@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slicectl import tc
+from slicectl import shim, tc
 from slicectl.config import NodeConfig
 from slicectl.containers import engine_client
 from slicectl.dockerd import Say
@@ -118,14 +118,6 @@ def native_pps(src: str, dst: str, secs: float, netns_pid: int | None = None) ->
         n += 256
     s.close()
     return n / (time.monotonic() - t0)
-
-
-def shim_stats(cfg: NodeConfig) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.connect(str(cfg.shim_dir / "raw.sock"))
-        s.send(b'{"op": "stats"}')
-        out: dict[str, Any] = json.loads(s.recv(1 << 20))
-        return out
 
 
 def exec_py(engine: Any, container: str, script: str, *args: str) -> dict[str, Any]:
@@ -329,16 +321,16 @@ def main(argv: list[str] | None = None) -> int:
             sliver_pid = int(engine.containers.get(ct).attrs["State"]["Pid"])
             host = native_pps(out.node_addr, out.addr, args.seconds)
             nat = native_pps(info["net"]["address"], out.addr, args.seconds, sliver_pid)
-            before = shim_stats(cfg).get("sent", 0)
+            before = shim.stats(cfg).get("sent", 0)
             r = exec_py(engine, ct, SHIM_PPS, out.addr, str(args.seconds))
-            shim_sent = shim_stats(cfg).get("sent", 0) - before
-            shim = shim_sent / r["elapsed"]
+            shim_sent = shim.stats(cfg).get("sent", 0) - before
+            shim_pps = shim_sent / r["elapsed"]
             table("1. packets per second, 46-byte UDP packets (one sender process each)",
                   ["path", "packets/s", "vs native"],
                   [["native raw socket on the host (straight to the outside)", f"{host:,.0f}", "-"],
                    ["native raw socket in the sliver's namespace (NET_RAW)", f"{nat:,.0f}", "1.00"],
-                   ["safe raw socket in the sliver (shim sent)", f"{shim:,.0f}",
-                    f"{shim / nat:.2f}"]])
+                   ["safe raw socket in the sliver (shim sent)", f"{shim_pps:,.0f}",
+                    f"{shim_pps / nat:.2f}"]])
 
             echo = subprocess.Popen(["ip", "netns", "exec", out.ns, "python3", "-c", ECHO,
                                      out.addr, "7"])

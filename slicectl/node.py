@@ -8,10 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from . import code_hash
 from .config import NodeConfig
@@ -91,12 +93,29 @@ def remove_pidfile(path: Path) -> None:
 def daemon_running(cfg: NodeConfig, d: HostDaemon) -> tuple[int, str] | None:
     """(pid, code hash) of the running daemon, checked against /proc; None if none runs."""
     try:
-        fields = cfg.run_dir.joinpath(f"{d.name}.pid").read_text().split()
+        fields = d.pidfile(cfg).read_text().split()
         pid, code = int(fields[0]), (fields[1] if len(fields) > 1 else "")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
         return None
     return (pid, code) if d.module.encode() in cmdline else None
+
+
+def serve_daemon(pidfile: Path, stop: threading.Event, run: Callable[[], None],
+                 close: Callable[[], None]) -> None:
+    """Run a daemon's loop: SIGTERM/SIGINT set ``stop``; the pidfile (pid and code hash)
+    exists while it runs; ``close`` runs however the loop ends."""
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    write_pidfile(pidfile)
+    try:
+        run()
+    finally:
+        close()
+        remove_pidfile(pidfile)
 
 
 def daemon_pid(cfg: NodeConfig, d: HostDaemon) -> int | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import select
 import socket
 import struct
 from collections.abc import Iterator, Sequence
@@ -116,8 +115,6 @@ class PacketRing:
             raise EngineError(f"capture on {ifname}: cannot set up a TPACKET_V3 ring "
                               f"({e.strerror or e})") from e
         self.next_block = 0
-        self.poller = select.poll()
-        self.poller.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -139,9 +136,6 @@ class PacketRing:
                 struct.pack_into("<I", m, base + 8, TP_STATUS_KERNEL)
                 self.next_block = (self.next_block + 1) % self.blocks
 
-    def wait(self, timeout_ms: int) -> bool:
-        return bool(self.poller.poll(timeout_ms))
-
     def stats(self) -> RingStats:
         """Packets seen and dropped by the kernel since the last call (it resets them)."""
         raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, STATS_V3.size)
@@ -153,15 +147,6 @@ class PacketRing:
             self.map.close()
         finally:
             self.sock.close()
-
-
-def iter_packets(m: mmap.mmap, base: int, num: int, first: int) -> Iterator[tuple[int, int, int, int]]:
-    """(time in ns, offset of the network header, captured bytes from it, wire length)."""
-    p = base + first
-    for _ in range(num):
-        nxt, sec, nsec, snap, length, _status, mac, net = PKT_HDR.unpack_from(m, p)
-        yield sec * 1_000_000_000 + nsec, p + net, snap - (net - mac), length - (net - mac)
-        p += nxt
 
 
 def synthetic_block(frames: Sequence[bytes], slot: int = 128, first: int = 48) -> bytes:

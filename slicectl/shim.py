@@ -28,7 +28,6 @@ import logging
 import os
 import select
 import selectors
-import signal
 import socket
 import struct
 import subprocess
@@ -37,15 +36,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from .config import NodeConfig, default_config
 from .errors import AdmissionError, PermissionDenied, SlicectlError
 from .nm import container_of_pid
-from .node import daemon_logging, remove_pidfile, write_pidfile
+from .node import SHIM, daemon_logging, serve_daemon
 from .ring import (
     ETH_P_ALL,
     ETH_P_IP,
@@ -184,7 +182,9 @@ def peer_gone(sock: socket.socket) -> bool:
     return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in p.poll(0))
 
 
-class ShimError(Exception):
+class ShimError(SlicectlError):
+    """A refused request, with the errno name the sliver's socket call raises."""
+
     def __init__(self, errno_name: str, message: str) -> None:
         super().__init__(message)
         self.errno_name = errno_name
@@ -202,10 +202,6 @@ class Session:
     tx: socket.socket | None = None
     claimed: bool = False
     rule: bool = False
-    sent: int = 0
-    received: int = 0
-    lost: int = 0
-    refused: Counter[str] = field(default_factory=Counter)
 
 
 class Shim:
@@ -362,7 +358,6 @@ class Shim:
         try:
             s.client.send(kind + payload, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            s.lost += 1
             self.totals["lost"] += 1
         except OSError:
             pass
@@ -399,14 +394,12 @@ class Shim:
             return
         try:
             s.tx.sendto(data, (socket.inet_ntoa(ip.dst), 0))
-            s.sent += 1
             self.totals["sent"] += 1
         except OSError as e:
             self.reply(s, b"E", json.dumps({"ok": False, "errno": "EIO",
                                             "error": f"send: {e.strerror}"}).encode())
 
     def refuse(self, s: Session, reason: str, message: str) -> None:
-        s.refused[reason] += 1
         self.refused[(s.slice, reason)] += 1
         self.reply(s, b"E", json.dumps({"ok": False, "errno": "EPERM", "reason": reason,
                                         "error": message}).encode())
@@ -425,7 +418,7 @@ class Shim:
             if req is None:
                 raise ShimError("EINVAL", "request: expected a JSON object")
             answer = self.open(s, req)
-        except (ShimError, SlicectlError) as e:
+        except SlicectlError as e:
             err = e.errno_name if isinstance(e, ShimError) else "EPERM"
             log.info("refused %s for pid %d (%s): %s", req, s.pid, s.slice or "?", e)
             self.reply(s, b"", json.dumps({"ok": False, "errno": err, "error": str(e)}).encode())
@@ -459,7 +452,6 @@ class Shim:
                 else incoming_matches(pkt, b)
             if not ok:
                 continue
-            s.received += 1
             self.reply(s, b"P", TS.pack(time.time()) + pkt)
 
     # the loop -------------------------------------------------------------------------
@@ -543,20 +535,18 @@ def serve(cfg: NodeConfig) -> None:
         return client.call(method, *args)
 
     shim = Shim(cfg, nm)
-    pidfile = cfg.run_dir / "shim.pid"
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        shim.stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    write_pidfile(pidfile)
     log.info("raw-socket shim %s serving at %s", cfg.node_id, shim.sock_path)
-    try:
-        shim.run()
-    finally:
-        shim.shutdown()
-        remove_pidfile(pidfile)
+    serve_daemon(SHIM.pidfile(cfg), shim.stop, shim.run, shim.shutdown)
+
+
+def stats(cfg: NodeConfig) -> dict[str, Any]:
+    """The shim's counters (sessions, packets sent, lost and refused by slice and reason),
+    as host root asks for them."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(str(cfg.shim_dir / "raw.sock"))
+        s.send(json.dumps({"op": "stats"}).encode())
+        out: dict[str, Any] = json.loads(s.recv(1 << 20))
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ import logging
 import mmap
 import os
 import selectors
-import signal
 import socket
 import struct
 import sys
@@ -29,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from .config import NodeConfig, default_config
@@ -37,7 +35,7 @@ from .containers import SliverEngine, engine_client
 from .errors import SlicectlError
 from .netplan import sliver_xid_range
 from .nm import container_of_pid
-from .node import daemon_logging, remove_pidfile, write_pidfile
+from .node import SNIFFER, daemon_logging, serve_daemon
 from .ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
 from .rpc import Client
 from .sniffrecord import DROPS, HELLO, IN, OUT, RECORD, RECORDS, SLICES, VERSION, frame, json_frame
@@ -109,12 +107,11 @@ class Consumer:
     sent_drops: tuple[int, int, int] = (-1, -1, -1)
 
 
-def peer_allowed(sock: socket.socket, slivers: dict[str, dict[str, Any]],
+def peer_allowed(pid: int, uid: int, cid: str | None, slivers: dict[str, dict[str, Any]],
                  service_of: Callable[[str], str | None]) -> str | None:
-    """Who the peer is if it may read records: host root, one of this node's service
-    containers, or a sliver granted ``admin_sniffer``; None otherwise."""
-    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
-    cid = container_of_pid(pid)
+    """Who the peer (``pid``, ``uid``, in container ``cid`` or on the host) is if it may
+    read records: host root, one of this node's service containers, or a sliver granted
+    ``admin_sniffer``; None otherwise."""
     if cid is None:
         return f"pid {pid}" if uid == 0 else None
     sliver = slivers.get(cid)
@@ -143,10 +140,8 @@ class Sniffer:
         self.sel = selectors.DefaultSelector()
         self.kernel_drops = 0
         self.unknown = 0
-        self.packets = 0
         self.stop = threading.Event()
-        self._map_lock = threading.Lock()
-        self._last_sync_refresh = 0.0
+        self._last_fetch_request = 0.0
         self._refreshing = False
         self._fetched: list[dict[str, Any]] | None = None
         self._held: list[tuple[bytes, int]] = []
@@ -172,10 +167,9 @@ class Sniffer:
 
     def apply_map(self, rows: list[dict[str, Any]]) -> bool:
         names = {int(r["xid"]): str(r["slice"]) for r in rows}
-        by_container = {str(r["container_id"]): r for r in rows if r.get("container_id")}
-        with self._map_lock:
-            changed = names != self.names
-            self.names, self.by_container = names, by_container
+        changed = names != self.names
+        self.names = names
+        self.by_container = {str(r["container_id"]): r for r in rows if r.get("container_id")}
         if changed:
             self.broadcast(json_frame(SLICES, {str(k): v for k, v in names.items()}), 0)
         return changed
@@ -212,11 +206,11 @@ class Sniffer:
 
     def accept(self, listener: socket.socket) -> None:
         sock, _ = listener.accept()
-        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))[0]
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
         cid = container_of_pid(pid)
         if cid is not None and cid not in self.by_container:
             self.refresh()  # a sliver made since the last fetch (connections are rare)
-        peer = peer_allowed(sock, self.by_container, self.service_of)
+        peer = peer_allowed(pid, uid, cid, self.by_container, self.service_of)
         if peer is None:
             log.warning("refused a consumer without the admin_sniffer right")
             sock.close()
@@ -298,13 +292,12 @@ class Sniffer:
         (its first packets can beat the periodic map refresh) are held, with all that
         follows them, until a fetch of the map returns, so that consumers always learn
         a slice's name before its records."""
-        self.packets += count
         data = frame(RECORDS, bytes(records))
         unknown = not xids <= self.names.keys()
         if unknown:
             now = time.monotonic()
-            if now - self._last_sync_refresh > 0.5:
-                self._last_sync_refresh = now
+            if now - self._last_fetch_request > 0.5:
+                self._last_fetch_request = now
                 self.request_refresh()
         if (self._held or (unknown and self._refreshing)) \
                 and self._held_bytes + len(data) <= HOLD_MAX:
@@ -393,21 +386,9 @@ def serve(cfg: NodeConfig, inbound: bool) -> None:
 
     engine = SliverEngine(engine_client(cfg.engine_url), cfg.node_id)
     sniffer = Sniffer(cfg, net_map, inbound=inbound, service_of=engine.service_of)
-    pidfile = cfg.run_dir / "sniffer.pid"
-
-    def on_signal(signum: int, frame_: FrameType | None) -> None:
-        sniffer.stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    write_pidfile(pidfile)
     log.info("admin sniffer %s on %s%s, records at %s", cfg.node_id, cfg.ifb,
              f" and {cfg.bridge}" if inbound else "", sniffer.sock_path)
-    try:
-        sniffer.run()
-    finally:
-        sniffer.close()
-        remove_pidfile(pidfile)
+    serve_daemon(SNIFFER.pidfile(cfg), sniffer.stop, sniffer.run, sniffer.close)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ removes exactly what that node id created.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import secrets
 import signal
@@ -26,6 +25,7 @@ import pytest
 
 from slicectl.config import NodeConfig
 from slicectl.dockerd import Say
+from slicectl.netplan import node_gateway
 from slicectl.node import nm_pid, prepare, start_nm, stop_nm
 from slicectl.privnode import free_port as free_port  # re-exported for the tests
 from slicectl.privnode import log_path, private_node
@@ -123,7 +123,7 @@ def dnm(node_cfg: NodeConfig, engine: docker.DockerClient) -> Iterator[NMHandle]
 
 
 def gateway(nm: NMHandle) -> str:
-    return str(ipaddress.ip_network(nm.cfg.subnet).network_address + 1)
+    return node_gateway(nm.cfg.subnet)
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Any
 import docker
 import pytest
 
+from slicectl import shim
+
 from .conftest import NMHandle, Outside, gateway, make_sliver, sliver_exec, wait_for
 
 
@@ -263,15 +265,6 @@ print(json.dumps({"errors": errors}))
 """
 
 
-def shim_stats(cfg: Any) -> dict[str, Any]:
-    import socket as so
-    with so.socket(so.AF_UNIX, so.SOCK_SEQPACKET) as s:
-        s.connect(str(cfg.shim_dir / "raw.sock"))
-        s.send(json.dumps({"op": "stats"}).encode())
-        out: dict[str, Any] = json.loads(s.recv(1 << 20))
-        return out
-
-
 def test_fuzzed_bad_packets_never_reach_the_wire(dnm: NMHandle, engine: docker.DockerClient,
                                                  outside: Outside, tmp_path: Path) -> None:
     a = make_sliver(dnm, "fuzz")
@@ -283,10 +276,10 @@ def test_fuzzed_bad_packets_never_reach_the_wire(dnm: NMHandle, engine: docker.D
         lines = cap.stop()
     assert code == 0, out
     assert json.loads(out)["errors"] == n
-    stats = shim_stats(dnm.cfg)
+    stats = shim.stats(dnm.cfg)
     assert stats["sent"] == 5, stats
     assert len(lines) == 5 and all(".10: UDP, length 4" in ln for ln in lines), lines
-    refused = {r["reason"]: r["count"] for r in shim_stats(dnm.cfg)["refused"]
+    refused = {r["reason"]: r["count"] for r in shim.stats(dnm.cfg)["refused"]
                if r["slice"] == a["name"]}
     assert sum(refused.values()) == n
     assert {"spoofed-source", "foreign-port", "wrong-protocol", "malformed", "fragment"} <= set(refused)
