@@ -15,15 +15,22 @@ from typing import Any
 
 import docker
 
-from .config import NodeConfig
-from .containers import engine_client
-from .dockerd import Say
-from .errors import SlicectlError, UsageError
-from .node import HOST_DAEMONS, daemon_pid, nm_client, prepare, start_host_daemons, stop_host_daemons
-from .rspec import load_rspec_mapping
-from .services import ServiceRunner, start_services
-from .sshd import stop_sshd
-from .units import human_duration
+from slicectl.core.errors import SlicectlError, UsageError
+from slicectl.core.rspec import load_rspec_mapping
+from slicectl.core.units import human_duration
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import (
+    HOST_DAEMONS,
+    daemon_pid,
+    nm_client,
+    prepare,
+    start_host_daemons,
+    stop_host_daemons,
+)
+from slicectl.node.dockerd import Say
+from slicectl.node.engine import engine_client
+from slicectl.node.services import ServiceRunner, start_services
+from slicectl.node.sshd import stop_sshd
 
 DOCKER = "/usr/bin/docker"
 DEMO_SLICE = "demo_slice"

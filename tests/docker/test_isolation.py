@@ -17,7 +17,7 @@ from typing import Any
 
 import docker
 
-from slicectl.dockerd import quota_mode
+from slicectl.node.dockerd import quota_mode
 
 from .conftest import NMHandle, sliver_exec, wait_for
 

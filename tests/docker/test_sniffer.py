@@ -13,9 +13,9 @@ from typing import Any
 import docker
 import pytest
 
-from slicectl.errors import PermissionDenied
-from slicectl.sniffer import Sniffer
-from slicectl.sniffrecord import OUT, PacketRecord, read_frames_blocking
+from slicectl.core.errors import PermissionDenied
+from slicectl.core.sniffrecord import OUT, PacketRecord, read_frames_blocking
+from slicectl.node.sniffer import Sniffer
 
 from .conftest import NMHandle, Outside, make_sliver, sliver_exec
 
@@ -159,7 +159,7 @@ def test_slow_consumer_loses_counted_records_and_slows_nobody(
                 buf += chunk
         except TimeoutError:
             pass
-        from slicectl.sniffrecord import split_frames
+        from slicectl.core.sniffrecord import split_frames
         frames = list(split_frames(buf))
         got = sum(len(f.payload) // 32 for f in frames if f.kind == b"R")
         assert got < n, "the slow consumer should have lost records"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from slicectl.admission import NodeCapacity, check, peak_overlap
-from slicectl.errors import AdmissionError
-from slicectl.rspec import RSpec, parse_rspec
+from slicectl.core.admission import NodeCapacity, check, peak_overlap
+from slicectl.core.errors import AdmissionError
+from slicectl.core.rspec import RSpec, parse_rspec
 
 NOW = 1_800_000_000.0
 H = 3600.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slicectl.netplan import (
+from slicectl.core.netplan import (
     ICMP_KBIT,
     OPTS_KBIT,
     PortGrant,
@@ -18,8 +18,8 @@ from slicectl.netplan import (
     sliver_address,
     sliver_tc,
 )
-from slicectl.network import budget_ceil_kbit, utc_day
-from slicectl.rspec import parse_rspec
+from slicectl.core.rspec import parse_rspec
+from slicectl.node.network import budget_ceil_kbit, utc_day
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from slicectl.errors import ConnectionFailed, NotFoundError, ValidationError
-from slicectl.rpc import Client, UnixXMLRPCServer
+from slicectl.core.errors import ConnectionFailed, NotFoundError, ValidationError
+from slicectl.ipc.rpc import Client, UnixXMLRPCServer
 
 
 def dispatch(method: str, params: tuple[Any, ...], uid: int, pid: int) -> Any:
@@ -60,7 +60,7 @@ def test_errors_come_back_as_their_class(server: Path) -> None:
 
 
 def test_internal_errors_do_not_kill_the_server(server: Path) -> None:
-    from slicectl.errors import SlicectlError
+    from slicectl.core.errors import SlicectlError
 
     with pytest.raises(SlicectlError, match="crash: internal error: boom"):
         Client(server).call("crash")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slicectl.errors import UsageError, ValidationError
-from slicectl.rspec import (
+from slicectl.core.errors import UsageError, ValidationError
+from slicectl.core.rspec import (
     DEFAULT_LIFETIME_S,
     RSpec,
     combine,
@@ -16,7 +16,7 @@ from slicectl.rspec import (
     split,
     validate_slice_name,
 )
-from slicectl.units import iso
+from slicectl.core.units import iso
 
 NOW = 1_800_000_000.0
 

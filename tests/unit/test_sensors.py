@@ -25,10 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sensors.app import SENSORS, STATE, Bandwidth, Settings, make_app
 from sensors.streams import ConnectDetector, Hub
-from slicectl import sniffrecord
-from slicectl.errors import PermissionDenied
-from slicectl.rpc import UnixXMLRPCServer
-from slicectl.sniffrecord import OUT, PacketRecord
+from slicectl.core import sniffrecord
+from slicectl.core.errors import PermissionDenied
+from slicectl.core.sniffrecord import OUT, PacketRecord
+from slicectl.ipc.rpc import UnixXMLRPCServer
 
 CID = "a" * 64
 CID2 = "b" * 64

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from slicectl.api import SERVICE_METHODS, NodeManagerAPI
-from slicectl.config import NodeConfig
-from slicectl.errors import PermissionDenied, ValidationError
-from slicectl.netplan import chain_names, input_rules, jump_rules, node_gateway
-from slicectl.nm import Caller
-from slicectl.plan import NodeFacts, SliverIdentity, container_plan
-from slicectl.rspec import parse_rspec
-from slicectl.services import (
+from slicectl.core.containerplan import NodeFacts, SliverIdentity, container_plan
+from slicectl.core.errors import PermissionDenied, ValidationError
+from slicectl.core.netplan import chain_names, input_rules, jump_rules, node_gateway
+from slicectl.core.rspec import parse_rspec
+from slicectl.node.config import NodeConfig
+from slicectl.node.nm.api import SERVICE_METHODS, NodeManagerAPI
+from slicectl.node.nm.manager import Caller
+from slicectl.node.services import (
     AUDITD,
     IN_CGROUP,
     LABEL_PLAN,
@@ -98,7 +98,7 @@ def test_spec_validation(name: str, port: int) -> None:
 def test_image_sources_are_stdlib_only_project_code() -> None:
     rels = [rel for _, rel in service_sources()]
     assert "Dockerfile" in rels and "app/sensors/app.py" in rels
-    assert "app/slicectl/sniffrecord.py" in rels
+    assert "app/slicectl/core/sniffrecord.py" in rels
     shared = [src for src, rel in service_sources() if rel.startswith("app/")]
     for src in shared:
         text = src.read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slicectl.store import Store
+from slicectl.node.store import Store
 
 
 def test_usage_folds_readings_and_survives_class_resets(tmp_path: Path) -> None:

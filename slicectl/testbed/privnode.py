@@ -18,13 +18,14 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .accounts import HostAccounts
-from .config import LABEL_NODE, NodeConfig
-from .dockerd import Say, ensure_network
-from .network import NodeNetwork
-from .node import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
-from .services import node_services, start_services
-from .store import Store
+from slicectl.core.labels import LABEL_NODE
+from slicectl.node.accounts import HostAccounts
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
+from slicectl.node.dockerd import Say, ensure_network
+from slicectl.node.network import NodeNetwork
+from slicectl.node.services import node_services, start_services
+from slicectl.node.store import Store
 
 PRIVATE_STATE = Path("/var/lib/slicectl/test")
 PRIVATE_RUN = Path("/run/slicectl/test")

@@ -19,14 +19,14 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .config import LABEL_KIND, REFERENCE_REPO
-from .dockerd import Say
-from .errors import EngineError
+from slicectl.core.errors import EngineError
+from slicectl.core.labels import LABEL_KIND, REFERENCE_REPO
+from slicectl.node.dockerd import Say
 
 SUITE = "bookworm"
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "images" / "reference"
+IMAGES_DIR = Path(__file__).resolve().parents[2] / "images" / "reference"
 #: Python packages of the project that go into the image as top-level packages.
-IMAGE_PACKAGES = {"saferaw": Path(__file__).resolve().parent / "saferaw"}
+IMAGE_PACKAGES = {"saferaw": Path(__file__).resolve().parents[1] / "saferaw"}
 CACHE_DIR = Path("/var/cache/slicectl")
 
 

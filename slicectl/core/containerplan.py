@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE, LABEL_XID, SLIVER_PREFIX
-from .netplan import node_gateway, sliver_address
-from .rspec import RSpec
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SLICE, LABEL_XID, SLIVER_PREFIX
+from slicectl.core.netplan import node_gateway, sliver_address
+from slicectl.core.rspec import RSpec
 
 #: cgroup v1 cpu.shares per rspec share: 1000 shares fit under the kernel's 262144 cap.
 CPU_SHARES_PER_SHARE = 256

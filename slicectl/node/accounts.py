@@ -14,9 +14,9 @@ import pwd
 import re
 from pathlib import Path
 
-from .config import SLICE_GROUP
-from .errors import StateError, ValidationError
-from .proc import run
+from slicectl.core.errors import StateError, ValidationError
+from slicectl.core.labels import SLICE_GROUP
+from slicectl.node.hostcmd import run
 
 ACCOUNT_GECOS = "slicectl slice"
 UID_MIN, UID_MAX = 20000, 59999

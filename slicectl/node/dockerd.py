@@ -18,9 +18,10 @@ import docker
 import docker.errors
 import requests
 
-from .config import LABEL_KIND, LABEL_PREFIX, NodeConfig
-from .errors import EngineError
-from .proc import run
+from slicectl.core.errors import EngineError
+from slicectl.core.labels import LABEL_KIND, LABEL_PREFIX
+from slicectl.node.config import NodeConfig
+from slicectl.node.hostcmd import run
 
 DOCKERD = "/usr/sbin/dockerd"
 DEFAULT_DISK_GB = 40

@@ -2,7 +2,7 @@
 
 An rspec is plain data. It arrives as a YAML file or as an XML-RPC struct; both go through
 :func:`parse_rspec`, which fills defaults and rejects unknown or ill-typed fields with a
-one-line :class:`~slicectl.errors.ValidationError` naming the field.
+one-line :class:`~slicectl.core.errors.ValidationError` naming the field.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UsageError, ValidationError
-from .units import iso, parse_instant
+from slicectl.core.errors import UsageError, ValidationError
+from slicectl.core.units import iso, parse_instant
 
 #: Shares are tenths of a percent of the node's CPU; at most this many are outstanding.
 TOTAL_CPU_SHARES = 1000
@@ -44,7 +44,7 @@ class IntRange:
 
 
 # Bounds of the integer fields. Upper bounds are sanity limits; what a node can honour is
-# admission control's business (see slicectl.admission).
+# admission control's business (see slicectl.core.admission).
 INT_FIELDS: dict[str, IntRange] = {
     "cpu_share": IntRange(1, TOTAL_CPU_SHARES),
     "mem_mb": IntRange(16, 1 << 22),

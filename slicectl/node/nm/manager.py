@@ -2,8 +2,8 @@
 
 It turns rspecs into rcaps (``acquire``, ``split``, ``release``) and rcaps into slivers
 (``bind``), and keeps slivers in the state the database says they should be in
-(``reconcile``, ``expire``). It decides; :mod:`slicectl.containers` and
-:mod:`slicectl.accounts` act.
+(``reconcile``, ``expire``). It decides; :mod:`slicectl.node.engine` and
+:mod:`slicectl.node.accounts` act.
 """
 
 from __future__ import annotations
@@ -23,19 +23,26 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from . import admission, code_hash
-from .accounts import HostAccounts, validate_contacts, validate_keys
-from .admission import NODE_SERVICE_PORTS, NodeCapacity
-from .config import NodeConfig
-from .containers import SliverEngine
-from .errors import AdmissionError, PermissionDenied, StateError, ValidationError
-from .network import NetIdentity, NodeNetwork, utc_day
-from .plan import NodeFacts, SliverIdentity, container_name, container_plan, resource_update
-from .rspec import RSpec, combine, parse_rspec, split, validate_slice_name
-from .store import CREATING, RUNNING, STOPPED, SliverRow, Store
-from .units import iso
+from slicectl import code_hash
+from slicectl.core import admission
+from slicectl.core.admission import NODE_SERVICE_PORTS, NodeCapacity
+from slicectl.core.containerplan import (
+    NodeFacts,
+    SliverIdentity,
+    container_name,
+    container_plan,
+    resource_update,
+)
+from slicectl.core.errors import AdmissionError, PermissionDenied, StateError, ValidationError
+from slicectl.core.rspec import RSpec, combine, parse_rspec, split, validate_slice_name
+from slicectl.core.units import iso
+from slicectl.node.accounts import HostAccounts, validate_contacts, validate_keys
+from slicectl.node.config import NodeConfig
+from slicectl.node.engine import SliverEngine
+from slicectl.node.network import NetIdentity, NodeNetwork, utc_day
+from slicectl.node.store import CREATING, RUNNING, STOPPED, SliverRow, Store
 
-log = logging.getLogger("slicectl.nm")
+log = logging.getLogger("slicectl.node.nm.manager")
 
 RCAP = re.compile(r"^[0-9a-f]{32}$")
 DESTROYED = "destroyed"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .errors import EngineError
-from .netplan import (
+from slicectl.core.errors import EngineError
+from slicectl.core.netplan import (
     DEFAULT_MINOR,
     MAJOR,
     HtbClass,

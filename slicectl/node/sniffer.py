@@ -7,7 +7,7 @@ sliver can neither change its address (no NET_ADMIN) nor forge another (no NET_R
 raw-socket shim checks every packet), so the source address names the sender. With
 ``inbound`` a second ring on the node bridge sees what the host forwards into slivers.
 
-Records go out on a unix socket in the format of :mod:`slicectl.sniffrecord`. Each
+Records go out on a unix socket in the format of :mod:`slicectl.core.sniffrecord`. Each
 consumer has a bounded buffer: one that reads too slowly loses records, counted and told
 to it, and never slows the capture or other consumers.
 """
@@ -30,17 +30,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import NodeConfig, default_config
-from .containers import SliverEngine, engine_client
-from .errors import SlicectlError
-from .netplan import sliver_xid_range
-from .nm import container_of_pid
-from .node import SNIFFER, daemon_logging, serve_daemon
-from .ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
-from .rpc import Client
-from .sniffrecord import DROPS, HELLO, IN, OUT, RECORD, RECORDS, SLICES, VERSION, frame, json_frame
+from slicectl.core.errors import SlicectlError
+from slicectl.core.netplan import sliver_xid_range
+from slicectl.core.sniffrecord import (
+    DROPS,
+    HELLO,
+    IN,
+    OUT,
+    RECORD,
+    RECORDS,
+    SLICES,
+    VERSION,
+    frame,
+    json_frame,
+)
+from slicectl.ipc.rpc import Client
+from slicectl.node.config import NodeConfig, default_config
+from slicectl.node.daemons import SNIFFER, daemon_logging, serve_daemon
+from slicectl.node.engine import SliverEngine, engine_client
+from slicectl.node.nm.manager import container_of_pid
+from slicectl.node.ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
 
-log = logging.getLogger("slicectl.sniffer")
+log = logging.getLogger("slicectl.node.sniffer")
 
 SNAPLEN = 96
 CONSUMER_BUFFER = 8 << 20

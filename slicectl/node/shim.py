@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import NodeConfig, default_config
-from .errors import AdmissionError, PermissionDenied, SlicectlError
-from .nm import container_of_pid
-from .node import SHIM, daemon_logging, serve_daemon
-from .ring import (
+from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError
+from slicectl.ipc.rpc import Client
+from slicectl.node.config import NodeConfig, default_config
+from slicectl.node.daemons import SHIM, daemon_logging, serve_daemon
+from slicectl.node.nm.manager import container_of_pid
+from slicectl.node.ring import (
     ETH_P_ALL,
     ETH_P_IP,
     JEQ_K,
@@ -61,8 +62,7 @@ from .ring import (
     attach_filter,
     in_netns,
 )
-from .rpc import Client
-from .saferaw.packet import (
+from slicectl.saferaw.packet import (
     ICMP,
     ICMP_ERRORS,
     PROTOS,
@@ -73,7 +73,7 @@ from .saferaw.packet import (
     sniff_matches,
 )
 
-log = logging.getLogger("slicectl.shim")
+log = logging.getLogger("slicectl.node.shim")
 
 SO_PEERCRED = 17
 SNIFF_SNAPLEN = 65535

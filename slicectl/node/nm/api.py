@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .errors import NotFoundError, PermissionDenied
-from .nm import NodeManager
+from slicectl.core.errors import NotFoundError, PermissionDenied
+from slicectl.node.nm.manager import NodeManager
 
-log = logging.getLogger("slicectl.api")
+log = logging.getLogger("slicectl.node.nm.api")
 
 #: RPC method name -> NodeManager method. Each receives the Caller first.
 METHODS: dict[str, str] = {

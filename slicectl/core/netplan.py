@@ -1,6 +1,6 @@
 """Network plans for slivers, as plain data: addresses, the HTB tree, filters, firewall.
 
-Pure: nothing here touches the kernel. :mod:`slicectl.tc` and :mod:`slicectl.firewall`
+Pure: nothing here touches the kernel. :mod:`slicectl.node.tc` and :mod:`slicectl.node.firewall`
 apply these plans and read them back.
 
 The HTB tree lives on one IFB device per node; each sliver's host-side veth redirects
@@ -24,7 +24,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .rspec import RSpec
+from slicectl.core.rspec import RSpec
 
 MAX_NET_XID = 0x3FFF
 ROOT_MINOR = 0xC000

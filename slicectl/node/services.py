@@ -40,21 +40,23 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from . import firewall
-from .config import LABEL_KIND, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE, NodeConfig
-from .dockerd import Say
-from .errors import EngineError, ValidationError
-from .image import build_image, ensure_base_image
-from .netplan import chain_names, input_rules
+from slicectl.core.errors import EngineError, ValidationError
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE
+from slicectl.core.netplan import chain_names, input_rules
+from slicectl.node import firewall
+from slicectl.node.config import NodeConfig
+from slicectl.node.dockerd import Say
+from slicectl.node.image import build_image, ensure_base_image
 
 LABEL_PLAN = f"{LABEL_PREFIX}.plan"
 SERVICE_REPO = "slicectl/service"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_SRC = REPO_ROOT / "images" / "service"
 
 #: Project code copied into the service image: stdlib-only modules of slicectl, and the
 #: service packages (those present in this checkout).
-SHARED_MODULES = ("__init__.py", "errors.py", "rpc.py", "sniffrecord.py")
+#: The stdlib-only layers of slicectl that services run on, shipped whole.
+SHARED_PACKAGES = ("slicectl/core", "slicectl/ipc")
 SERVICE_PACKAGES = ("sensors", "auditd")
 #: Third-party packages of the service venv, at the versions the project venv holds.
 SERVICE_REQUIREMENTS = ("aiohttp",)
@@ -227,8 +229,8 @@ def requirement_pins() -> list[str]:
 def service_sources(root: Path = REPO_ROOT) -> list[tuple[Path, str]]:
     """(host file, path in the build context) of everything the image is built from."""
     out = [(p, p.name) for p in sorted((root / "images" / "service").iterdir()) if p.is_file()]
-    out += [(root / "slicectl" / m, f"app/slicectl/{m}") for m in SHARED_MODULES]
-    for pkg in SERVICE_PACKAGES:
+    out.append((root / "slicectl" / "__init__.py", "app/slicectl/__init__.py"))
+    for pkg in (*SHARED_PACKAGES, *SERVICE_PACKAGES):
         for p in sorted((root / pkg).rglob("*.py")) if (root / pkg).is_dir() else []:
             out.append((p, f"app/{p.relative_to(root)}"))
     return out

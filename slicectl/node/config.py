@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import ValidationError
+from slicectl.core.errors import ValidationError
 
 LABEL_PREFIX = "org.slicectl"
 LABEL_SLICE = f"{LABEL_PREFIX}.slice"

@@ -1,7 +1,7 @@
 """A node's sliver network: bandwidth classes, the port manager and traffic counters.
 
-Decides with :mod:`slicectl.netplan`, acts with :mod:`slicectl.tc` and
-:mod:`slicectl.firewall`. The node manager calls it when slivers start, change, stop and
+Decides with :mod:`slicectl.core.netplan`, acts with :mod:`slicectl.node.tc` and
+:mod:`slicectl.node.firewall`. The node manager calls it when slivers start, change, stop and
 go away; a timer calls :meth:`NodeNetwork.poll` to fold kernel counters into the database
 and to apply daily byte budgets.
 """
@@ -19,9 +19,8 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from . import firewall, tc
-from .errors import EngineError, ValidationError
-from .netplan import (
+from slicectl.core.errors import EngineError, ValidationError
+from slicectl.core.netplan import (
     SliverTc,
     chain_names,
     firewall_rules,
@@ -30,10 +29,11 @@ from .netplan import (
     sliver_address,
     sliver_tc,
 )
-from .rspec import RSpec
-from .store import Store
+from slicectl.core.rspec import RSpec
+from slicectl.node import firewall, tc
+from slicectl.node.store import Store
 
-log = logging.getLogger("slicectl.network")
+log = logging.getLogger("slicectl.node.network")
 
 DEFAULT_CAP_KBIT = 100_000
 BUDGET_THRESHOLD = 0.8

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .netplan import jump_rules
-from .proc import run
+from slicectl.core.netplan import jump_rules
+from slicectl.node.hostcmd import run
 
 IPTABLES = "iptables"
 

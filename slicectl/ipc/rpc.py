@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
 
-from .errors import ConnectionFailed, SlicectlError, from_fault
+from slicectl.core.errors import ConnectionFailed, SlicectlError, from_fault
 
-log = logging.getLogger("slicectl.rpc")
+log = logging.getLogger("slicectl.ipc.rpc")
 
 #: A dispatcher gets (method, params, peer uid, peer pid) and returns the result.
 Dispatch = Callable[[str, tuple[Any, ...], int, int], Any]

@@ -12,9 +12,9 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from .config import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, LABEL_SLICE
-from .errors import EngineError, StateError
-from .plan import ContainerPlan, NodeFacts
+from slicectl.core.containerplan import ContainerPlan, NodeFacts
+from slicectl.core.errors import EngineError, StateError
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, LABEL_SLICE
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

@@ -12,10 +12,11 @@ import shutil
 import signal
 from pathlib import Path
 
-from .config import SLICE_GROUP, NodeConfig
-from .dockerd import Say
-from .errors import EngineError
-from .proc import run
+from slicectl.core.errors import EngineError
+from slicectl.core.labels import SLICE_GROUP
+from slicectl.node.config import NodeConfig
+from slicectl.node.dockerd import Say
+from slicectl.node.hostcmd import run
 
 SSHD = "/usr/sbin/sshd"
 CONF_DIR = Path("/etc/slicectl")

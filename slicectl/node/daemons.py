@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from . import code_hash
-from .config import NodeConfig
-from .containers import engine_client
-from .dockerd import Say, ensure_network, start_engine
-from .errors import ConnectionFailed, EngineError
-from .image import ensure_reference_image
-from .rpc import Client
-from .sshd import ensure_sshd, install_login
+from slicectl import code_hash
+from slicectl.core.errors import ConnectionFailed, EngineError
+from slicectl.ipc.rpc import Client
+from slicectl.node.config import NodeConfig
+from slicectl.node.dockerd import Say, ensure_network, start_engine
+from slicectl.node.engine import engine_client
+from slicectl.node.image import ensure_reference_image
+from slicectl.node.sshd import ensure_sshd, install_login
 
 LOG_DIR = Path("/var/log/slicectl")
 
@@ -66,9 +66,9 @@ class HostDaemon:
         return LOG_DIR / f"{self.name}-{cfg.node_id}.log"
 
 
-NM = HostDaemon("nm", "slicectl.daemon")
-SNIFFER = HostDaemon("sniffer", "slicectl.sniffer")
-SHIM = HostDaemon("shim", "slicectl.shim")
+NM = HostDaemon("nm", "slicectl.node.nm.daemon")
+SNIFFER = HostDaemon("sniffer", "slicectl.node.sniffer")
+SHIM = HostDaemon("shim", "slicectl.node.shim")
 
 
 def daemon_logging() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import EngineError
+from slicectl.core.errors import EngineError
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800

@@ -11,19 +11,20 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from .accounts import HostAccounts
-from .admission import NodeCapacity
-from .api import NodeManagerAPI
-from .config import LABEL_KIND, LABEL_NODE, LABEL_SLICE, REFERENCE_REPO, NodeConfig, default_config
-from .containers import SliverEngine, engine_client
-from .dockerd import quota_mode
-from .network import NodeNetwork
-from .nm import NodeManager
-from .node import daemon_logging, remove_pidfile, write_pidfile
-from .rpc import UnixXMLRPCServer
-from .store import Store
+from slicectl.core.admission import NodeCapacity
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SLICE, REFERENCE_REPO
+from slicectl.ipc.rpc import UnixXMLRPCServer
+from slicectl.node.accounts import HostAccounts
+from slicectl.node.config import NodeConfig, default_config
+from slicectl.node.daemons import daemon_logging, remove_pidfile, write_pidfile
+from slicectl.node.dockerd import quota_mode
+from slicectl.node.engine import SliverEngine, engine_client
+from slicectl.node.network import NodeNetwork
+from slicectl.node.nm.api import NodeManagerAPI
+from slicectl.node.nm.manager import NodeManager
+from slicectl.node.store import Store
 
-log = logging.getLogger("slicectl.daemon")
+log = logging.getLogger("slicectl.node.nm.daemon")
 
 
 def node_capacity(data_root: str) -> NodeCapacity:

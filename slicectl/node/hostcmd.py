@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from .errors import EngineError
+from slicectl.core.errors import EngineError
 
 
 def run(

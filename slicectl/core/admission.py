@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import AdmissionError
-from .rspec import TOTAL_CPU_SHARES, RSpec
-from .units import iso
+from slicectl.core.errors import AdmissionError
+from slicectl.core.rspec import TOTAL_CPU_SHARES, RSpec
+from slicectl.core.units import iso
 
 #: Node service ports no sliver may reserve: ssh, the traffic auditor, the sensor server.
 NODE_SERVICE_PORTS: frozenset[tuple[str, int]] = frozenset(

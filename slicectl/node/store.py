@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NotFoundError, StateError
-from .rspec import RSpec, parse_rspec
+from slicectl.core.errors import NotFoundError, StateError
+from slicectl.core.rspec import RSpec, parse_rspec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rcaps (
