@@ -27,7 +27,8 @@ from slicectl.node.config import NodeConfig
 from slicectl.node.daemons import prepare
 from slicectl.node.dockerd import Say
 from slicectl.node.engine import engine_client
-from slicectl.node.network import NetIdentity, NodeNetwork
+from slicectl.node.network import NodeNetwork
+from slicectl.node.nm.boundary import NetIdentity
 from slicectl.node.store import Store
 from slicectl.testbed.privnode import private_node
 

@@ -24,8 +24,10 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from slicectl.core.errors import ValidationError
 from slicectl.core.rspec import RSpec
 
+#: The highest xid: class ids hold it in their low 14 bits (see the tree above).
 MAX_NET_XID = 0x3FFF
 ROOT_MINOR = 0xC000
 DEFAULT_MINOR = 0x8000
@@ -88,11 +90,10 @@ def sliver_address(subnet: str, xid: int) -> str:
     """The sliver's fixed address: a pure function of its xid, in the upper half of the
     node subnet (the engine's dynamic allocations, for sidecars, start at the bottom)."""
     net = ipaddress.ip_network(subnet)
-    if not 1 <= xid <= MAX_NET_XID:
-        raise ValueError(f"xid {xid} outside 1..{MAX_NET_XID}")
+    top = sliver_xid_range(subnet)[1]
+    if not 1 <= xid <= top:
+        raise ValidationError("xid", f"a security context from 1 to {top} (subnet {subnet})", xid)
     addr = net.network_address + net.num_addresses // 2 + xid
-    if addr not in net or addr == net.broadcast_address:
-        raise ValueError(f"xid {xid}: no room in {subnet}")
     return str(addr)
 
 

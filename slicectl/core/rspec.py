@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from slicectl.core.errors import UsageError, ValidationError
+from slicectl.core.errors import StateError, UsageError, ValidationError
 from slicectl.core.units import iso, parse_instant
 
 #: Shares are tenths of a percent of the node's CPU; at most this many are outstanding.
@@ -217,7 +217,7 @@ def combine(specs: list[RSpec]) -> RSpec:
     largest, ports unite, and the window spans all of them.
     """
     if not specs:
-        raise ValueError("combine() needs at least one rspec")
+        raise StateError("combine: expected at least one rspec, found none")
     first = specs[0]
     if len(specs) == 1:
         return first

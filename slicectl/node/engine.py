@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from docker.models.containers import Container
 from slicectl.core.containerplan import ContainerPlan, NodeFacts
 from slicectl.core.errors import EngineError, StateError
 from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, LABEL_SLICE
+from slicectl.node.nm.boundary import SliverStatus
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -23,16 +24,6 @@ _UPDATE_FIELDS = {
     "cpu_shares": "CpuShares", "cpu_period": "CpuPeriod", "cpu_quota": "CpuQuota",
     "mem_limit": "Memory", "memswap_limit": "MemorySwap", "pids_limit": "PidsLimit",
 }
-
-
-@dataclass(frozen=True)
-class SliverStatus:
-    """What the engine says of a sliver container, from one inspect."""
-
-    container_id: str
-    status: str
-    pid: int | None
-    address: str | None
 
 
 def engine_client(url: str, timeout: int = 120) -> docker.DockerClient:
@@ -47,9 +38,11 @@ class SliverEngine:
         node_id: the node whose containers this instance manages (label ``org.slicectl.node``).
     """
 
-    def __init__(self, client: docker.DockerClient, node_id: str) -> None:
+    def __init__(self, client: docker.DockerClient, node_id: str, network: str = "") -> None:
         self.client = client
         self.node_id = node_id
+        #: the engine network whose address :meth:`state` reports
+        self.network = network
 
     def facts(self, *, image: str, network: str, cgroup_parent: str, hostname: str,
               nm_sock_dir: Path, subnet: str, quota_counts_image: bool,
@@ -78,8 +71,9 @@ class SliverEngine:
             labels.append(f"{LABEL_SLICE}={slice_name}")
         return {"label": labels}
 
-    def create(self, plan: ContainerPlan) -> Container:
-        """Create the container, or adopt ours of that name left by an interrupted bind.
+    def create(self, plan: ContainerPlan) -> str:
+        """Create the container, or adopt ours of that name left by an interrupted bind;
+        return its id.
 
         Raises:
             StateError: a container of that name exists that is not this node's sliver.
@@ -88,7 +82,7 @@ class SliverEngine:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return self.client.containers.create(plan.image, **plan.kwargs)
+                return str(self.client.containers.create(plan.image, **plan.kwargs).id)
             except docker.errors.APIError as e:
                 if e.status_code != 409:
                     raise EngineError(f"container {plan.name}: the engine refused to create it: "
@@ -107,28 +101,43 @@ class SliverEngine:
         if labels.get(LABEL_NODE) != self.node_id or labels.get(LABEL_KIND) != "sliver":
             raise StateError(f"container {plan.name}: expected none or this node's sliver, found "
                              "a container slicectl's node manager did not create")
-        return existing
+        return str(existing.id)
 
-    def start(self, container: Container) -> None:
-        try:
-            container.start()
-        except docker.errors.APIError as e:
-            raise EngineError(f"container {container.name}: could not start: "
-                              f"{e.explanation}") from e
-
-    def stop(self, container: Container, timeout: int = 5) -> None:
-        container.stop(timeout=timeout)
-
-    def get(self, name: str) -> Container | None:
+    def _get(self, name: str) -> Container | None:
         try:
             c = self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
         return c if c.labels.get(LABEL_NODE) == self.node_id else None
 
+    def _require(self, name: str) -> Container:
+        c = self._get(name)
+        if c is None:
+            raise EngineError(f"container {name}: expected this node's sliver, found none")
+        return c
+
+    def start(self, name: str) -> None:
+        try:
+            self._require(name).start()
+        except docker.errors.APIError as e:
+            raise EngineError(f"container {name}: could not start: {e.explanation}") from e
+
+    def stop(self, name: str, timeout: int = 5) -> None:
+        self._require(name).stop(timeout=timeout)
+
+    def state(self, name: str) -> SliverStatus | None:
+        """What the engine says of our container ``name`` (one inspect), or None."""
+        c = self._get(name)
+        if c is None:
+            return None
+        state = c.attrs["State"]
+        nets = c.attrs["NetworkSettings"].get("Networks") or {}
+        address = (nets.get(self.network) or {}).get("IPAddress") or None
+        return SliverStatus(str(c.id), str(c.status), state.get("Pid") or None, address)
+
     def remove(self, name: str) -> None:
         """Force-remove our container ``name`` (absent is fine)."""
-        c = self.get(name)
+        c = self._get(name)
         if c is None:
             return
         try:
@@ -139,11 +148,23 @@ class SliverEngine:
             if e.status_code != 409:  # 409: a removal already in progress; wait for it
                 raise EngineError(f"container {name}: could not remove it: {e.explanation}") from e
         deadline = time.monotonic() + 60
-        while self.get(name) is not None:
+        while self._get(name) is not None:
             if time.monotonic() > deadline:
                 raise EngineError(f"container {name}: still there 60 s after removal; check the "
                                   "engine log /var/log/slicectl/dockerd.log")
             time.sleep(0.1)
+
+    def version(self) -> str:
+        return str(self.client.version().get("Version", ""))
+
+    def sliver_starts(self) -> Iterator[str]:
+        """Slice names of this node's slivers as the engine starts them (blocks)."""
+        filters = {"label": [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"],
+                   "event": "start", "type": "container"}
+        for ev in self.client.events(filters=filters, decode=True):
+            name = ev.get("Actor", {}).get("Attributes", {}).get(LABEL_SLICE)
+            if name:
+                yield str(name)
 
     def service_of(self, container_id: str) -> str | None:
         """The service name of ``container_id`` if it is one of this node's service
@@ -161,31 +182,26 @@ class SliverEngine:
         rows = self.client.api.containers(all=True, filters=self._filters())
         return {r["Labels"][LABEL_SLICE]: r for r in rows}
 
-    def status(self, container: Container, network: str) -> SliverStatus:
-        container.reload()
-        state = container.attrs["State"]
-        nets = container.attrs["NetworkSettings"].get("Networks") or {}
-        address = (nets.get(network) or {}).get("IPAddress") or None
-        pid = state.get("Pid") or None
-        return SliverStatus(container.id, container.status, pid, address)
-
-    def update(self, container: Container, resources: dict[str, Any]) -> None:
+    def update(self, name: str, resources: dict[str, Any]) -> None:
+        """Change a container's CPU, memory and pid limits live (the engine's update
+        endpoint by its own field names: docker-py's ``update_container`` has no pids)."""
+        c = self._require(name)
         body = {_UPDATE_FIELDS[k]: v for k, v in resources.items()}
+        api = self.client.api
+        url = f"{api.base_url}/v{api.api_version}/containers/{c.id}/update"
         try:
-            self.client.api._post_json(
-                self.client.api._url("/containers/{0}/update", container.id), data=body
-            ).raise_for_status()
+            api.post(url, json=body).raise_for_status()
         except Exception as e:
-            raise EngineError(f"container {container.name}: could not change its resources: "
-                              f"{e}") from e
+            raise EngineError(f"container {name}: could not change its resources: {e}") from e
 
-    def read_back(self, container: Container, resources: dict[str, Any]) -> dict[str, int]:
+    def read_back(self, name: str, resources: dict[str, Any]) -> dict[str, int]:
         """Read the cgroup files the kernel holds for the sliver; raise on a mismatch.
 
         Returns the values read (cgroup v1 file names as keys).
         """
-        parent = container.attrs["HostConfig"].get("CgroupParent") or "/docker"
-        rel = Path(parent.lstrip("/")) / container.id
+        c = self._require(name)
+        parent = c.attrs["HostConfig"].get("CgroupParent") or "/docker"
+        rel = Path(parent.lstrip("/")) / str(c.id)
         expect = {
             ("cpu", "cpu.shares"): resources["cpu_shares"],
             ("memory", "memory.limit_in_bytes"): resources["mem_limit"],
@@ -200,9 +216,9 @@ class SliverEngine:
             try:
                 got = int(path.read_text().strip())
             except (OSError, ValueError) as e:
-                raise EngineError(f"sliver {container.name}: cannot read back {path}: {e}") from e
+                raise EngineError(f"sliver {name}: cannot read back {path}: {e}") from e
             if got != want:
-                raise EngineError(f"sliver {container.name}: {fname} expected {want}, "
+                raise EngineError(f"sliver {name}: {fname} expected {want}, "
                                   f"found {got} in the kernel")
             found[fname] = got
         return found

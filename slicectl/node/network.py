@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,19 +30,13 @@ from slicectl.core.netplan import (
 )
 from slicectl.core.rspec import RSpec
 from slicectl.node import firewall, tc
+from slicectl.node.nm.boundary import NetIdentity
 from slicectl.node.store import Store
 
 log = logging.getLogger("slicectl.node.network")
 
 DEFAULT_CAP_KBIT = 100_000
 BUDGET_THRESHOLD = 0.8
-
-
-@dataclass(frozen=True)
-class NetIdentity:
-    slice: str
-    xid: int
-    rspec: RSpec
 
 
 def utc_day(now: float) -> str:

@@ -44,7 +44,7 @@ from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SHIM, daemon_logging, serve_daemon
-from slicectl.node.nm.manager import container_of_pid
+from slicectl.node.procfs import container_of_pid
 from slicectl.node.ring import (
     ETH_P_ALL,
     ETH_P_IP,

@@ -48,7 +48,7 @@ from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SNIFFER, daemon_logging, serve_daemon
 from slicectl.node.engine import SliverEngine, engine_client
-from slicectl.node.nm.manager import container_of_pid
+from slicectl.node.procfs import container_of_pid
 from slicectl.node.ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
 
 log = logging.getLogger("slicectl.node.sniffer")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slicectl.core.errors import NotFoundError, StateError
+from slicectl.core.errors import AdmissionError, NotFoundError, StateError
 from slicectl.core.rspec import RSpec, parse_rspec
 
 SCHEMA = """
@@ -71,7 +71,6 @@ CREATE TABLE IF NOT EXISTS settings (
 
 #: Sliver states. ``creating``: recorded, container maybe not yet made or started.
 CREATING, RUNNING, STOPPED = "creating", "running", "stopped"
-MAX_XID = 65000
 
 
 @dataclass(frozen=True)
@@ -213,11 +212,16 @@ class Store:
         return [self._sliver(r) for r in rows]
 
     def begin_bind(
-        self, slice_name: str, rcap: str, created_by: str, attrs: dict[str, Any]
+        self, slice_name: str, rcap: str, created_by: str, attrs: dict[str, Any], max_xid: int
     ) -> tuple[SliverRow, bool]:
-        """Bind ``rcap`` to ``slice_name``, creating the sliver row if needed.
+        """Bind ``rcap`` to ``slice_name``, creating the sliver row (with the lowest free
+        xid up to ``max_xid``) if needed.
 
-        Returns the row and whether it is new. Raises StateError if the rcap is bound.
+        Returns the row and whether it is new.
+
+        Raises:
+            StateError: the rcap is bound already.
+            AdmissionError: every xid is in use (the node is full).
         """
         with self.tx() as db:
             row = db.execute("SELECT slice FROM rcaps WHERE rcap = ?", (rcap,)).fetchone()
@@ -231,9 +235,10 @@ class Store:
             if existing is not None:
                 return existing, False
             used = {r[0] for r in db.execute("SELECT xid FROM slivers")}
-            xid = next((x for x in range(1, MAX_XID + 1) if x not in used), None)
+            xid = next((x for x in range(1, max_xid + 1) if x not in used), None)
             if xid is None:
-                raise StateError(f"xid: expected a free security context, found all {MAX_XID} used")
+                raise AdmissionError(f"node full: expected a free security context (xid 1 to "
+                                     f"{max_xid}), found all in use; destroy a sliver first")
             db.execute(
                 "INSERT INTO slivers(slice, xid, state, desired, created_by, created, description,"
                 " contacts, keys, initscript) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -250,7 +255,8 @@ class Store:
                    "initscript"}
         bad = set(values) - allowed
         if bad:
-            raise ValueError(f"update_sliver: unknown columns {sorted(bad)}")
+            raise StateError(f"update_sliver: expected columns among {sorted(allowed)}, "
+                             f"found {sorted(bad)}")
         for key in ("contacts", "keys"):
             if key in values:
                 values[key] = json.dumps(values[key])
@@ -342,3 +348,8 @@ class Store:
             db.execute("DELETE FROM port_claims WHERE slice = ?", (slice_name,))
             db.execute("DELETE FROM rcaps WHERE slice = ?", (slice_name,))
             db.execute("DELETE FROM slivers WHERE slice = ?", (slice_name,))
+
+    def unbind_rcap(self, rcap: str) -> None:
+        """Make a bound rcap unbound again (an undone bind)."""
+        with self.tx() as db:
+            db.execute("UPDATE rcaps SET slice = NULL WHERE rcap = ?", (rcap,))

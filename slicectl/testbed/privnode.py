@@ -18,6 +18,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from slicectl.core.errors import EngineError
 from slicectl.core.labels import LABEL_NODE
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig
@@ -42,7 +43,8 @@ def free_subnet(engine: docker.DockerClient, skip: frozenset[str] = frozenset())
         net = f"172.31.{i * 4}.0/22"
         if net not in used:
             return net
-    raise RuntimeError("no free /22 left in 172.31.0.0/16 for a private node")
+    raise EngineError("private node subnet: expected a free /22 in 172.31.0.0/16, found all "
+                      "64 in use; remove leftover networks with `docker network ls`")
 
 
 def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
@@ -89,7 +91,8 @@ def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8)
                 raise
             tried.add(cfg.subnet)
             cfg = cfg.with_(subnet=free_subnet(engine, frozenset(tried)))
-    raise RuntimeError(f"network {cfg.network}: every subnet tried overlaps ({sorted(tried)})")
+    raise EngineError(f"network {cfg.network}: expected a subnet no other network holds, found "
+                      f"every one tried overlapping ({sorted(tried)})")
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from slicectl.core.errors import ValidationError
 from slicectl.core.netplan import (
     ICMP_KBIT,
     OPTS_KBIT,
@@ -37,7 +38,7 @@ def test_sliver_address(subnet: str, xid: int, address: str) -> None:
 @pytest.mark.parametrize(("subnet", "xid"), [("172.31.4.0/22", 511), ("172.30.0.0/16", 0),
                                              ("172.30.0.0/16", 0x4000)])
 def test_sliver_address_out_of_room(subnet: str, xid: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="^xid: expected a security context from 1 to"):
         sliver_address(subnet, xid)
 
 

@@ -13,7 +13,7 @@ from slicectl.core.netplan import chain_names, input_rules, jump_rules, node_gat
 from slicectl.core.rspec import parse_rspec
 from slicectl.node.config import NodeConfig
 from slicectl.node.nm.api import SERVICE_METHODS, NodeManagerAPI
-from slicectl.node.nm.manager import Caller
+from slicectl.node.nm.callers import Caller
 from slicectl.node.services import (
     AUDITD,
     IN_CGROUP,

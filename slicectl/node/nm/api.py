@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from slicectl.core.errors import NotFoundError, PermissionDenied
+from slicectl.core.errors import NotFoundError, PermissionDenied, UsageError
 from slicectl.node.nm.manager import NodeManager
 
 log = logging.getLogger("slicectl.node.nm.api")
@@ -55,4 +57,22 @@ class NodeManagerAPI:
             raise PermissionDenied(f"caller {caller.name}: may call only "
                                    f"{', '.join(sorted(SERVICE_METHODS))}, not {method}")
         log.debug("%s%r by %s", method, params, caller.name)
-        return getattr(self.nm, target)(caller, *params)
+        fn = getattr(self.nm, target)
+        check_arguments(method, fn, params)
+        return fn(caller, *params)
+
+
+def check_arguments(method: str, fn: Callable[..., Any], params: tuple[Any, ...]) -> None:
+    """Refuse a call whose argument count does not fit ``fn`` (the caller first), before
+    it runs: a TypeError inside a method is a bug, not the caller's fault.
+
+    Raises:
+        UsageError: naming the method and the arguments it takes.
+    """
+    sig = inspect.signature(fn)
+    try:
+        sig.bind(None, *params)
+    except TypeError:
+        names = [p for p in sig.parameters if p != "caller"]
+        raise UsageError(f"{method}: expected arguments ({', '.join(names)}), found "
+                         f"{len(params)} argument(s)") from None

@@ -8,11 +8,12 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from slicectl.core.admission import NodeCapacity
-from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SLICE, REFERENCE_REPO
+from slicectl.core.labels import REFERENCE_REPO
 from slicectl.ipc.rpc import UnixXMLRPCServer
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig, default_config
@@ -42,10 +43,21 @@ def node_capacity(data_root: str) -> NodeCapacity:
     )
 
 
-def build_node_manager(cfg: NodeConfig) -> NodeManager:
-    """Wire a NodeManager to the real engine, database and host accounts."""
+@dataclass
+class NodeParts:
+    """The node manager and the real collaborators it was built on."""
+
+    nm: NodeManager
+    engine: SliverEngine
+    accounts: HostAccounts
+    net: NodeNetwork
+    store: Store
+
+
+def build_node_manager(cfg: NodeConfig) -> NodeParts:
+    """Wire a NodeManager to the real engine, database, network and host accounts."""
     client = engine_client(cfg.engine_url)
-    engine = SliverEngine(client, cfg.node_id)
+    engine = SliverEngine(client, cfg.node_id, cfg.network)
     root = client.info()["DockerRootDir"]
     facts = engine.facts(
         image=cfg.image or f"{REFERENCE_REPO}:latest", network=cfg.network,
@@ -57,7 +69,9 @@ def build_node_manager(cfg: NodeConfig) -> NodeManager:
     store = Store(cfg.db_path)
     net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
                       ifb=cfg.ifb)
-    return NodeManager(cfg, store, engine, HostAccounts(), facts, capacity, net)
+    accounts = HostAccounts()
+    nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net)
+    return NodeParts(nm, engine, accounts, net, store)
 
 
 def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
@@ -72,9 +86,10 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     for d in (cfg.shim_dir, cfg.sniffer_dir):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
-    nm = build_node_manager(cfg)
-    nm.accounts.ensure_group()
-    nm.net.setup()
+    parts = build_node_manager(cfg)
+    nm = parts.nm
+    parts.accounts.ensure_group()
+    parts.net.setup()
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm))
     os.chmod(cfg.nm_sock_dir, 0o700)
@@ -95,14 +110,10 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     def engine_events() -> None:
         # Slivers the engine restarts on its own (restart policy, engine restart) lose
         # their veth; give them their network again.
-        filters = {"label": [f"{LABEL_NODE}={cfg.node_id}", f"{LABEL_KIND}=sliver"],
-                   "event": "start", "type": "container"}
         while not stop.is_set():
             try:
-                for ev in nm.engine.client.events(filters=filters, decode=True):
-                    name = ev.get("Actor", {}).get("Attributes", {}).get(LABEL_SLICE)
-                    if name:
-                        nm.sliver_started(name)
+                for name in parts.engine.sliver_starts():
+                    nm.sliver_started(name)
             except Exception:
                 log.exception("engine event stream failed; reconnecting")
                 stop.wait(1)
@@ -122,7 +133,7 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     finally:
         server.server_close()
         remove_pidfile(cfg.nm_pidfile)
-        nm.store.close()
+        parts.store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
