@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -98,7 +99,15 @@ def daemon_running(cfg: NodeConfig, d: HostDaemon) -> tuple[int, str] | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
         return None
-    return (pid, code) if d.module.encode() in cmdline else None
+    return (pid, code) if runs_our_module(cmdline) else None
+
+
+def runs_our_module(cmdline: list[bytes]) -> bool:
+    """Whether a command line is ``python -m slicectl...``: the pidfile's process is then
+    one of our daemons, also one started under an older module name (it runs stale code
+    and is restarted), and a reused pid of another program is not mistaken for it."""
+    return any(a == b"-m" and b.split(b".")[0] == b"slicectl"
+               for a, b in itertools.pairwise(cmdline))
 
 
 def serve_daemon(pidfile: Path, stop: threading.Event, run: Callable[[], None],

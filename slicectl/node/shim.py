@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError
+from slicectl.core.wire import NetEntry, from_struct
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SHIM, daemon_logging, serve_daemon
@@ -212,7 +213,7 @@ class Shim:
         self.nm = nm
         self.sel = selectors.DefaultSelector()
         self.sessions: dict[int, Session] = {}
-        self.slivers: dict[str, dict[str, Any]] = {}
+        self.slivers: dict[str, NetEntry] = {}
         self.refused: Counter[tuple[str, str]] = Counter()
         self.totals: Counter[str] = Counter()
         self.stop = threading.Event()
@@ -226,10 +227,10 @@ class Shim:
     # who is calling -------------------------------------------------------------------
 
     def refresh(self) -> None:
-        self.slivers = {str(r["container_id"]): r for r in self.nm("net_map")
-                        if r.get("container_id")}
+        entries = (from_struct(NetEntry, r) for r in self.nm("net_map"))
+        self.slivers = {e.container_id: e for e in entries if e.container_id}
 
-    def sliver_of(self, pid: int) -> dict[str, Any]:
+    def sliver_of(self, pid: int) -> NetEntry:
         cid = container_of_pid(pid)
         if cid is None:
             raise ShimError("EPERM", "safe raw sockets are for slivers; the caller is no "
@@ -245,8 +246,8 @@ class Shim:
 
     def open(self, s: Session, req: dict[str, Any]) -> dict[str, Any]:
         row = self.sliver_of(s.pid)
-        s.slice = str(row["slice"])
-        if not row.get("raw_sockets"):
+        s.slice = row.slice
+        if not row.raw_sockets:
             raise ShimError("EPERM", f"slice {s.slice}: expected the raw_sockets right, found "
                                      "none in its rspec")
         op, proto = req.get("op"), req.get("proto")
@@ -255,7 +256,7 @@ class Shim:
                                       f"found {op!r}/{proto!r}")
         s.kind, s.proto_name = ("raw" if op == "open" else "sniff"), str(proto)
         pnum = PROTOS[s.proto_name]
-        address = str(row["address"])
+        address = row.address
         if pnum == ICMP:
             if s.kind == "sniff":
                 raise ShimError("EINVAL", "sniff: expected tcp or udp, found icmp")

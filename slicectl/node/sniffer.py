@@ -44,6 +44,7 @@ from slicectl.core.sniffrecord import (
     frame,
     json_frame,
 )
+from slicectl.core.wire import NetEntry, from_struct
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SNIFFER, daemon_logging, serve_daemon
@@ -118,7 +119,7 @@ class Consumer:
     sent_drops: tuple[int, int, int] = (-1, -1, -1)
 
 
-def peer_allowed(pid: int, uid: int, cid: str | None, slivers: dict[str, dict[str, Any]],
+def peer_allowed(pid: int, uid: int, cid: str | None, slivers: dict[str, NetEntry],
                  service_of: Callable[[str], str | None]) -> str | None:
     """Who the peer (``pid``, ``uid``, in container ``cid`` or on the host) is if it may
     read records: host root, one of this node's service containers, or a sliver granted
@@ -127,7 +128,7 @@ def peer_allowed(pid: int, uid: int, cid: str | None, slivers: dict[str, dict[st
         return f"pid {pid}" if uid == 0 else None
     sliver = slivers.get(cid)
     if sliver is not None:
-        return f"slice {sliver['slice']}" if sliver.get("admin_sniffer") else None
+        return f"slice {sliver.slice}" if sliver.admin_sniffer else None
     service = service_of(cid)
     return f"service {service}" if service else None
 
@@ -145,7 +146,7 @@ class Sniffer:
         self.consumer_buffer = consumer_buffer
         self.xid_base, self.xid_max = sliver_xid_range(cfg.subnet)
         self.names: dict[int, str] = {}
-        self.by_container: dict[str, dict[str, Any]] = {}
+        self.by_container: dict[str, NetEntry] = {}
         self.consumers: dict[int, Consumer] = {}
         self.rings: list[tuple[PacketRing, int]] = []
         self.sel = selectors.DefaultSelector()
@@ -177,10 +178,12 @@ class Sniffer:
         return self.apply_map(rows)
 
     def apply_map(self, rows: list[dict[str, Any]]) -> bool:
-        names = {int(r["xid"]): str(r["slice"]) for r in rows}
+        """Take the NM's ``net_map`` structs as this node's slice map; True if it changed."""
+        entries = [from_struct(NetEntry, r) for r in rows]
+        names = {e.xid: e.slice for e in entries}
         changed = names != self.names
         self.names = names
-        self.by_container = {str(r["container_id"]): r for r in rows if r.get("container_id")}
+        self.by_container = {e.container_id: e for e in entries if e.container_id}
         if changed:
             self.broadcast(json_frame(SLICES, {str(k): v for k, v in names.items()}), 0)
         return changed

@@ -102,7 +102,7 @@ def test_bind_onto_an_existing_sliver_adds_resources(node: FakeNode) -> None:
                                                       "xampleKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxxx"]})
     assert [c for c in node.engine.calls if c[0] == "create"] == [("create", "sliver-pl_a")]
     assert node.engine.containers["sliver-pl_a"].resources["cpu_shares"] == 7 * 256
-    assert info["rspec"]["cpu_share"] == 7 and len(info["rcaps"]) == 2
+    assert info.rspec["cpu_share"] == 7 and len(info.rcaps) == 2
     assert node.accounts.keys["pl_a"][0].startswith("ssh-ed25519 ")
 
 
@@ -129,7 +129,7 @@ def test_a_privileged_slice_manages_only_what_it_created(node: FakeNode) -> None
     agent = privileged("pl_agent")
     bound(node, "pl_mine", by=agent)
     bound(node, "pl_theirs")
-    assert [s["name"] for s in node.nm.list_slivers(agent)] == ["pl_mine"]
+    assert [s.name for s in node.nm.list_slivers(agent)] == ["pl_mine"]
     with pytest.raises(PermissionDenied, match="did not create it"):
         node.nm.destroy(agent, "pl_theirs")
     rcap = node.nm.acquire(agent, {"end": END})
@@ -152,9 +152,9 @@ def test_destroy_records_its_intent_before_removing(node: FakeNode) -> None:
 
 def test_stop_and_start(node: FakeNode) -> None:
     bound(node, "pl_a")
-    assert node.nm.stop(ROOT, "pl_a")["state"] == "exited"
+    assert node.nm.stop(ROOT, "pl_a").state == "exited"
     assert node.store.get_sliver("pl_a").desired == STOPPED
-    assert node.nm.start(ROOT, "pl_a")["state"] == "running"
+    assert node.nm.start(ROOT, "pl_a").state == "running"
 
 
 # reconcile ------------------------------------------------------------------------------

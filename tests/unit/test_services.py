@@ -171,3 +171,18 @@ def test_a_service_caller_is_not_root() -> None:
     c = Caller(uid=0, pid=1, service="sensors")
     assert not c.is_root and c.reads_all and c.name == "service:sensors"
     assert Caller(uid=0, pid=1).reads_all and not Caller(uid=0, pid=1, slice="pl_a").reads_all
+
+
+@pytest.mark.parametrize(("cmdline", "ours"), [
+    ([b"/v/bin/python3", b"-m", b"slicectl.node.nm.daemon", b""], True),
+    ([b"/v/bin/python3", b"-m", b"slicectl.daemon", b""], True),  # before the layout change
+    ([b"/v/bin/python3", b"-m", b"slicectlx.daemon", b""], False),
+    ([b"/usr/bin/python3", b"/srv/app.py", b"slicectl.daemon", b""], False),
+    ([b"sleep", b"100", b""], False),
+    ([b""], False),
+])
+def test_a_pidfile_process_is_ours_only_if_it_runs_a_slicectl_module(
+        cmdline: list[bytes], ours: bool) -> None:
+    from slicectl.node.daemons import runs_our_module
+
+    assert runs_our_module(cmdline) is ours

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from slicectl.core.errors import NotFoundError, PermissionDenied, UsageError
+from slicectl.core.wire import to_struct
 from slicectl.node.nm.manager import NodeManager
 
 log = logging.getLogger("slicectl.node.nm.api")
@@ -59,7 +60,7 @@ class NodeManagerAPI:
         log.debug("%s%r by %s", method, params, caller.name)
         fn = getattr(self.nm, target)
         check_arguments(method, fn, params)
-        return fn(caller, *params)
+        return to_struct(fn(caller, *params))
 
 
 def check_arguments(method: str, fn: Callable[..., Any], params: tuple[Any, ...]) -> None:

@@ -27,6 +27,7 @@ from slicectl.core.containerplan import NodeFacts
 from slicectl.core.errors import PermissionDenied, ValidationError
 from slicectl.core.netplan import sliver_xid_range
 from slicectl.core.rspec import validate_slice_name
+from slicectl.core.wire import NetEntry, RcapInfo, SliverView
 from slicectl.node.accounts import validate_keys
 from slicectl.node.config import NodeConfig
 from slicectl.node.network import utc_day
@@ -97,23 +98,23 @@ class NodeManager:
             self.slivers.release_bound(row)
         return True
 
-    def rcap_info(self, caller: Caller, rcap: object) -> dict[str, Any]:
+    def rcap_info(self, caller: Caller, rcap: object) -> RcapInfo:
         return self.rcaps.info(caller, rcap)
 
-    def list_rcaps(self, caller: Caller) -> list[dict[str, Any]]:
+    def list_rcaps(self, caller: Caller) -> list[RcapInfo]:
         return self.rcaps.listing(caller)
 
     def get_rspec(self, caller: Caller, name: object) -> dict[str, Any]:
         """The rspec of an rcap, or the effective rspec of a slice's sliver."""
         if isinstance(name, str) and RCAP.match(name):
-            return dict(self.rcaps.info(caller, name)["rspec"])
+            return dict(self.rcaps.info(caller, name).rspec)
         sliver = self.slivers.managed(caller, name)
         return self.rcaps.effective(sliver.slice).to_wire()
 
     # slivers --------------------------------------------------------------------------
 
     def bind(self, caller: Caller, slice_name: object, rcap: object,
-             attrs: object = None) -> dict[str, Any]:
+             attrs: object = None) -> SliverView:
         """Bind ``rcap`` to a slice: create and start its sliver, or add to an existing one.
 
         ``attrs`` may carry keys, contacts, description and initscript for a new sliver
@@ -130,13 +131,13 @@ class NodeManager:
         log.info("destroy %s by %s", name, caller.name)
         return True
 
-    def start(self, caller: Caller, slice_name: object) -> dict[str, Any]:
+    def start(self, caller: Caller, slice_name: object) -> SliverView:
         return self._set_desired(caller, slice_name, RUNNING)
 
-    def stop(self, caller: Caller, slice_name: object) -> dict[str, Any]:
+    def stop(self, caller: Caller, slice_name: object) -> SliverView:
         return self._set_desired(caller, slice_name, STOPPED)
 
-    def _set_desired(self, caller: Caller, slice_name: object, desired: str) -> dict[str, Any]:
+    def _set_desired(self, caller: Caller, slice_name: object, desired: str) -> SliverView:
         name = validate_slice_name(slice_name)
         with self.slivers.locked(name):
             self.slivers.managed(caller, name)
@@ -161,13 +162,13 @@ class NodeManager:
 
     # views ------------------------------------------------------------------------------
 
-    def describe(self, name: str) -> dict[str, Any]:
+    def describe(self, name: str) -> SliverView:
         return self.views.describe(name)
 
-    def get_sliver(self, caller: Caller, slice_name: object) -> dict[str, Any]:
+    def get_sliver(self, caller: Caller, slice_name: object) -> SliverView:
         return self.views.get_sliver(caller, validate_slice_name(slice_name))
 
-    def list_slivers(self, caller: Caller) -> list[dict[str, Any]]:
+    def list_slivers(self, caller: Caller) -> list[SliverView]:
         return self.views.list_slivers(caller)
 
     def status(self, caller: Caller) -> dict[str, Any]:
@@ -175,7 +176,7 @@ class NodeManager:
 
     # node services: the raw-socket shim and the admin sniffer -----------------------
 
-    def net_map(self, caller: Caller) -> list[dict[str, Any]]:
+    def net_map(self, caller: Caller) -> list[NetEntry]:
         """Every sliver's network identity and socket rights, from the database alone
         (no engine call): what the shim and the admin sniffer need to tag and check."""
         require_root(caller, "net_map")

@@ -9,6 +9,7 @@ from typing import Any
 from slicectl.core.admission import NODE_SERVICE_PORTS
 from slicectl.core.errors import AdmissionError, PermissionDenied, ValidationError
 from slicectl.core.rspec import RSpec, combine, parse_rspec, validate_slice_name
+from slicectl.core.wire import NetEntry
 from slicectl.node.nm.boundary import NetIdentity, Network
 from slicectl.node.nm.rcaps import RcapBook
 from slicectl.node.store import RUNNING, STOPPED, Store
@@ -51,14 +52,14 @@ class PortBook:
         """Make the port manager's chains match the reserved ports of all slivers."""
         self.net.apply_ports(self.identities())
 
-    def net_map(self) -> list[dict[str, Any]]:
+    def net_map(self) -> list[NetEntry]:
         """Every sliver's network identity and socket rights, from the database alone."""
         by_container = {s.slice: s.container_id for s in self.store.slivers()}
         return [
-            {"slice": i.slice, "xid": i.xid, "address": self.net.address(i.xid),
-             "container_id": by_container.get(i.slice) or "",
-             "raw_sockets": i.rspec.raw_sockets, "admin_sniffer": i.rspec.admin_sniffer,
-             "tcp_ports": list(i.rspec.tcp_ports), "udp_ports": list(i.rspec.udp_ports)}
+            NetEntry(slice=i.slice, xid=i.xid, address=self.net.address(i.xid),
+                     container_id=by_container.get(i.slice) or "",
+                     raw_sockets=i.rspec.raw_sockets, admin_sniffer=i.rspec.admin_sniffer,
+                     tcp_ports=list(i.rspec.tcp_ports), udp_ports=list(i.rspec.udp_ports))
             for i in self.identities()
         ]
 

@@ -8,13 +8,13 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from slicectl.core import admission
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.errors import PermissionDenied, StateError, ValidationError
 from slicectl.core.rspec import RSpec, combine, parse_rspec, split
 from slicectl.core.units import iso
+from slicectl.core.wire import RcapInfo
 from slicectl.node.nm.callers import Caller, require_privileged
 from slicectl.node.store import RcapRow, Store
 
@@ -111,13 +111,13 @@ class RcapBook:
         log.info("split %s -> %s by %s", row.rcap, child, caller.name)
         return child
 
-    def info(self, caller: Caller, rcap: object) -> dict[str, Any]:
+    def info(self, caller: Caller, rcap: object) -> RcapInfo:
         row = self.held(caller, rcap)
-        return {"rcap": row.rcap, "state": rcap_state(row, self.clock()), "slice": row.slice,
-                "owner": row.owner, "parent": row.parent, "rspec": row.rspec.to_wire(),
-                "created": iso(row.created)}
+        return RcapInfo(rcap=row.rcap, state=rcap_state(row, self.clock()), slice=row.slice,
+                        owner=row.owner, parent=row.parent, rspec=row.rspec.to_wire(),
+                        created=iso(row.created))
 
-    def listing(self, caller: Caller) -> list[dict[str, Any]]:
+    def listing(self, caller: Caller) -> list[RcapInfo]:
         require_privileged(caller)
         return [self.info(caller, r.rcap) for r in self.store.rcaps()
                 if caller.is_root or r.owner == caller.name]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.containerplan import NodeFacts, container_name
 from slicectl.core.units import iso
+from slicectl.core.wire import SliverView
 from slicectl.node.nm.boundary import Engine, Network
 from slicectl.node.nm.callers import Caller, may_see, require_privileged, require_read
 from slicectl.node.nm.rcaps import RcapBook
@@ -31,40 +33,37 @@ class Views:
         self.clock = clock
         self.started = clock()
 
-    def describe(self, name: str, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    def describe(self, name: str, summary: dict[str, Any] | None = None) -> SliverView:
         """The sliver as ``slicectl show`` prints it. With ``summary`` (from the engine's
         list) no further engine call is made and ``pid`` is left out."""
         sliver = self.store.get_sliver(name)
         rows = self.store.rcaps(name)
         spec = self.rcaps.effective(name, rows)
-        info: dict[str, Any] = {
-            "name": name, "state": sliver.state, "desired": sliver.desired,
-            "container": container_name(name), "container_id": sliver.container_id,
-            "pid": None, "address": None, "xid": sliver.xid, "uid": sliver.uid,
-            "rspec": spec.to_wire(), "expires": iso(spec.end),
-            "created": iso(sliver.created), "created_by": sliver.created_by,
-            "contacts": sliver.contacts, "description": sliver.description,
-            "keys": len(sliver.keys), "rcaps": [r.rcap for r in rows],
-            "net": {"address": self.net.address(sliver.xid), **self.net.counters(name)},
-        }
+        info = SliverView(
+            name=name, state=sliver.state, desired=sliver.desired,
+            container=container_name(name), container_id=sliver.container_id,
+            pid=None, address=None, xid=sliver.xid, uid=sliver.uid,
+            rspec=spec.to_wire(), expires=iso(spec.end),
+            created=iso(sliver.created), created_by=sliver.created_by,
+            contacts=sliver.contacts, description=sliver.description,
+            keys=len(sliver.keys), rcaps=[r.rcap for r in rows],
+            net={"address": self.net.address(sliver.xid), **self.net.counters(name)},
+        )
         if summary is not None:
-            info["state"] = summary.get("State", sliver.state)
             nets = (summary.get("NetworkSettings") or {}).get("Networks") or {}
-            info["address"] = (nets.get(self.facts.network) or {}).get("IPAddress") or None
-            return info
+            return replace(info, state=summary.get("State", sliver.state),
+                           address=(nets.get(self.facts.network) or {}).get("IPAddress") or None)
         st = self.engine.state(container_name(name))
         if st is None:
-            info["state"] = sliver.state if sliver.state == CREATING else "missing"
-            return info
-        info.update(state=st.status, pid=st.pid, address=st.address,
-                    container_id=st.container_id)
-        return info
+            return replace(info, state=sliver.state if sliver.state == CREATING else "missing")
+        return replace(info, state=st.status, pid=st.pid, address=st.address,
+                       container_id=st.container_id)
 
-    def get_sliver(self, caller: Caller, name: str) -> dict[str, Any]:
+    def get_sliver(self, caller: Caller, name: str) -> SliverView:
         require_read(caller, self.store.get_sliver(name))
         return self.describe(name)
 
-    def list_slivers(self, caller: Caller) -> list[dict[str, Any]]:
+    def list_slivers(self, caller: Caller) -> list[SliverView]:
         if not caller.reads_all:
             require_privileged(caller)
         summaries = self.engine.summaries()
