@@ -14,16 +14,6 @@ from pathlib import Path
 
 from slicectl.core.errors import ValidationError
 
-LABEL_PREFIX = "org.slicectl"
-LABEL_SLICE = f"{LABEL_PREFIX}.slice"
-LABEL_NODE = f"{LABEL_PREFIX}.node"
-LABEL_XID = f"{LABEL_PREFIX}.xid"
-LABEL_KIND = f"{LABEL_PREFIX}.kind"
-LABEL_SERVICE = f"{LABEL_PREFIX}.service"
-SLIVER_PREFIX = "sliver-"
-SLICE_GROUP = "slicectl-slices"
-REFERENCE_REPO = "slicectl/reference"
-
 
 @dataclass(frozen=True)
 class NodeConfig:
