@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -45,11 +46,12 @@ from slicectl.core.sniffrecord import (
     json_frame,
 )
 from slicectl.core.wire import NetEntry, from_struct
+from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SNIFFER, daemon_logging, serve_daemon
 from slicectl.node.engine import SliverEngine, engine_client
-from slicectl.node.procfs import container_of_pid
+from slicectl.node.procfs import PinnedPeer, pin
 from slicectl.node.ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
 
 log = logging.getLogger("slicectl.node.sniffer")
@@ -60,7 +62,6 @@ CONSUMER_BUFFER = 8 << 20
 HOLD_MAX = 32 << 20
 IP_HDR = struct.Struct("!BBHHHBBH4s4s")
 PORTS = struct.Struct("!HH")
-SO_PEERCRED = 17
 
 
 def parse_block(m: mmap.mmap, base: int, num: int, first: int, out: bytearray,
@@ -114,23 +115,31 @@ def parse_block(m: mmap.mmap, base: int, num: int, first: int, out: bytearray,
 class Consumer:
     sock: socket.socket
     peer: str
+    pinned: PinnedPeer | None = None
     out: bytearray = field(default_factory=bytearray)
     dropped: int = 0
     sent_drops: tuple[int, int, int] = (-1, -1, -1)
 
 
-def peer_allowed(pid: int, uid: int, cid: str | None, slivers: dict[str, NetEntry],
+def peer_allowed(peer: PinnedPeer, slivers: dict[str, NetEntry],
                  service_of: Callable[[str], str | None]) -> str | None:
-    """Who the peer (``pid``, ``uid``, in container ``cid`` or on the host) is if it may
-    read records: host root, one of this node's service containers, or a sliver granted
-    ``admin_sniffer``; None otherwise."""
-    if cid is None:
-        return f"pid {pid}" if uid == 0 else None
-    sliver = slivers.get(cid)
-    if sliver is not None:
-        return f"slice {sliver.slice}" if sliver.admin_sniffer else None
-    service = service_of(cid)
-    return f"service {service}" if service else None
+    """Who the pinned peer is if it may read records: host root, one of this node's
+    service containers, or a sliver granted ``admin_sniffer``; None otherwise (also when
+    its process is gone or it is no sliver or service of this node)."""
+    def slice_of(cid: str) -> str | None:
+        entry = slivers.get(cid)
+        return entry.slice if entry else None
+
+    try:
+        who = peer.who(slice_of, service_of)
+    except SlicectlError:
+        return None
+    if who.kind == "root":
+        return f"pid {peer.pid}"
+    if who.kind == "slice":
+        entry = slivers[peer.container_id or ""]
+        return f"slice {who.name}" if entry.admin_sniffer else None
+    return f"service {who.name}"
 
 
 class Sniffer:
@@ -140,6 +149,8 @@ class Sniffer:
                  inbound: bool = False, consumer_buffer: int = CONSUMER_BUFFER,
                  service_of: Callable[[str], str | None] = lambda cid: None) -> None:
         self.cfg = cfg
+        self.policy = cfg.policy()
+        self.refusals = Refusals(log)
         self.net_map = net_map
         self.service_of = service_of
         self.inbound = inbound
@@ -161,6 +172,7 @@ class Sniffer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self.listener: socket.socket | None = None
+        self.accept_paused_until = 0.0
 
     @property
     def sock_path(self) -> Path:
@@ -219,18 +231,37 @@ class Sniffer:
     # consumers ----------------------------------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
-        sock, _ = listener.accept()
-        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
-        cid = container_of_pid(pid)
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("accept: %s; pausing accepts for 0.1 s", e.strerror)
+                self.sel.unregister(listener)
+                self.accept_paused_until = time.monotonic() + 0.1
+            return
+        try:
+            pinned = pin(sock)
+        except SlicectlError as e:
+            self.refusals.count("unidentified", "consumer not pinned", str(e))
+            sock.close()
+            return
+        cid = pinned.container_id
         if cid is not None and cid not in self.by_container:
             self.refresh()  # a sliver made since the last fetch (connections are rare)
-        peer = peer_allowed(pid, uid, cid, self.by_container, self.service_of)
-        if peer is None:
-            log.warning("refused a consumer without the admin_sniffer right")
+        peer = peer_allowed(pinned, self.by_container, self.service_of)
+        owner = pinned.owner
+        held = sum(1 for c in self.consumers.values()
+                   if c.pinned is not None and c.pinned.owner == owner)
+        if peer is None or (cid is not None and held >= self.policy.sniffer_consumers_per_owner):
+            self.refusals.count(owner[:12], "no admin_sniffer right" if peer is None else
+                                f"{held} consumers open already (node policy)")
+            pinned.close()
             sock.close()
             return
         sock.setblocking(False)
-        c = Consumer(sock, peer)
+        c = Consumer(sock, peer, pinned=pinned)
         self.consumers[sock.fileno()] = c
         self.sel.register(sock, selectors.EVENT_READ, ("consumer", c))
         hello = {"version": VERSION, "node": self.cfg.node_id, "record": RECORD.format,
@@ -247,6 +278,8 @@ class Sniffer:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(c.sock)
         c.sock.close()
+        if c.pinned is not None:
+            c.pinned.close()
         log.info("consumer %s left (lost %d records)", c.peer, c.dropped)
 
     def flush(self, c: Consumer) -> None:
@@ -324,9 +357,16 @@ class Sniffer:
         for ring, _ in self.rings:
             self.kernel_drops += ring.stats().drops
         for c in list(self.consumers.values()):
+            if c.pinned is not None and not c.pinned.peer.alive():
+                self.drop_consumer(c)  # the reader is gone: a connection is not passed on
+                continue
             self.send_drops(c)
             if c.out:
                 self.flush(c)
+        if self.accept_paused_until and time.monotonic() >= self.accept_paused_until \
+                and self.listener is not None:
+            self.accept_paused_until = 0.0
+            self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
 
     # the loop -----------------------------------------------------------------------
 
@@ -344,6 +384,27 @@ class Sniffer:
         self.listener = listener
         return listener
 
+    def handle(self, kind: str, obj: Any, mask: int) -> None:
+        if kind == "ring":
+            self.drain(*obj)
+        elif kind == "wake":
+            self.refreshed()
+        elif kind == "listen":
+            self.accept(obj)
+        elif kind == "consumer":
+            if mask & selectors.EVENT_READ:
+                try:
+                    if not obj.sock.recv(4096):  # consumers have nothing to say
+                        self.drop_consumer(obj)
+                        return
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.drop_consumer(obj)
+                    return
+            if mask & selectors.EVENT_WRITE:
+                self.flush(obj)
+
     def run(self, map_every_s: float = 2.0) -> None:
         self.refresh()
         self.open_rings()
@@ -353,25 +414,13 @@ class Sniffer:
         while not self.stop.is_set():
             for key, mask in self.sel.select(timeout=0.2):
                 kind, obj = key.data
-                if kind == "ring":
-                    self.drain(*obj)
-                elif kind == "wake":
-                    self.refreshed()
-                elif kind == "listen":
-                    self.accept(obj)
-                elif kind == "consumer":
-                    if mask & selectors.EVENT_READ:
-                        try:
-                            if not obj.sock.recv(4096):
-                                self.drop_consumer(obj)
-                                continue
-                        except BlockingIOError:
-                            pass
-                        except OSError:
+                try:
+                    self.handle(kind, obj, mask)
+                except Exception:  # a bad consumer ends, never the sniffer
+                    log.exception("%s event failed", kind)
+                    if isinstance(obj, Consumer):
+                        with contextlib.suppress(Exception):
                             self.drop_consumer(obj)
-                            continue
-                    if mask & selectors.EVENT_WRITE:
-                        self.flush(obj)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0

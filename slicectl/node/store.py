@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS port_claims (
     created  REAL NOT NULL,
     PRIMARY KEY (proto, port, slice, kind)
 );
+CREATE INDEX IF NOT EXISTS slivers_by_container ON slivers (container_id);
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -198,6 +199,13 @@ class Store:
     def find_sliver(self, slice_name: str) -> SliverRow | None:
         with self.tx() as db:
             row = db.execute("SELECT * FROM slivers WHERE slice = ?", (slice_name,)).fetchone()
+        return None if row is None else self._sliver(row)
+
+    def sliver_in(self, container_id: str) -> SliverRow | None:
+        """The sliver whose container has this id, or None."""
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM slivers WHERE container_id = ?",
+                             (container_id,)).fetchone()
         return None if row is None else self._sliver(row)
 
     def get_sliver(self, slice_name: str) -> SliverRow:

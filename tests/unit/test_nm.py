@@ -28,7 +28,7 @@ from slicectl.node.nm.reconcile import (
     reconcile_step,
 )
 from slicectl.node.store import CREATING, RUNNING, STOPPED, SliverRow
-from tests.unit.nm_fakes import ROOT, SERVICE, FakeNode, fake_node, plain, privileged
+from tests.unit.nm_fakes import ROOT, SERVICE, FakeNode, fake_node, pinned, plain, privileged
 
 END = "2040-01-01T00:00:00Z"
 
@@ -241,30 +241,33 @@ def test_who_may_call_what(node: FakeNode, who: str, method: str, allowed: bool)
 
 
 def test_service_callers_get_reads_only(node: FakeNode) -> None:
-    node.pids[77] = "e" * 64
     node.engine.services["e" * 64] = "sensors"
     api = NodeManagerAPI(node.nm)
-    assert api("status", (), 0, 77)["caller"] == "service:sensors"
+    assert api("status", (), pinned(0, "e" * 64))["caller"] == "service:sensors"
     with pytest.raises(PermissionDenied, match="may call only"):
-        api("acquire", ({},), 0, 77)
+        api("acquire", ({},), pinned(0, "e" * 64))
 
 
-@pytest.mark.parametrize(("uid", "container", "expect"), [
-    (0, None, "root"),
-    (1000, None, PermissionDenied),
-    (0, "a" * 64, "slice:pl_a"),
-    (0, "b" * 64, "service:auditd"),
-    (0, "c" * 64, PermissionDenied),
+@pytest.mark.parametrize(("uid", "container", "alive", "same_ns", "expect"), [
+    (0, None, True, True, "root"),
+    (1000, None, True, True, "expected root, found another user"),
+    (0, None, False, True, "found it exited"),          # connected, then exited
+    (0, None, True, False, "another pid namespace"),    # a host process we cannot place
+    (0, "a" * 64, True, True, "slice:pl_a"),
+    (0, "a" * 64, False, True, "found it exited"),      # fork, connect, exit: not the parent
+    (0, "b" * 64, True, True, "service:auditd"),
+    (0, "c" * 64, True, True, "no sliver or service of this node"),
 ])
-def test_identify_callers(uid: int, container: str | None, expect: object) -> None:
-    slivers = [replace(row(RUNNING, RUNNING), container_id="a" * 64)]
-    callers = Callers(lambda: slivers, lambda s: False, {"b" * 64: "auditd"}.get,
-                      lambda pid: container)
-    if isinstance(expect, str):
-        assert callers.identify(uid, 99).name == expect
+def test_identify_callers(uid: int, container: str | None, alive: bool, same_ns: bool,
+                          expect: str) -> None:
+    sliver = replace(row(RUNNING, RUNNING), container_id="a" * 64)
+    callers = Callers({"a" * 64: sliver}.get, lambda s: False, {"b" * 64: "auditd"}.get)
+    peer = pinned(uid, container, alive, same_ns)
+    if ":" in expect or expect == "root":
+        assert callers.identify(peer).name == expect
     else:
-        with pytest.raises(PermissionDenied):
-            callers.identify(uid, 99)
+        with pytest.raises(PermissionDenied, match=expect):
+            callers.identify(peer)
 
 
 # the RPC face -----------------------------------------------------------------------
@@ -277,11 +280,10 @@ def test_wrong_argument_count_is_the_callers_fault(node: FakeNode) -> None:
 
 def test_a_type_error_inside_a_method_is_not_called_the_callers(node: FakeNode) -> None:
     api = NodeManagerAPI(node.nm)
-    node.pids[5] = None
 
     def broken(caller: Caller) -> None:
         raise TypeError("a bug")
 
     node.nm.status = broken  # type: ignore[method-assign]
     with pytest.raises(TypeError, match="a bug"):
-        api("status", (), 0, 5)
+        api("status", (), pinned())

@@ -23,6 +23,7 @@ from slicectl.node.engine import SliverEngine, engine_client
 from slicectl.node.network import NodeNetwork
 from slicectl.node.nm.api import NodeManagerAPI
 from slicectl.node.nm.manager import NodeManager
+from slicectl.node.procfs import pin
 from slicectl.node.store import Store
 
 log = logging.getLogger("slicectl.node.nm.daemon")
@@ -91,7 +92,8 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     parts.accounts.ensure_group()
     parts.net.setup()
     nm.reconcile()
-    server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm))
+    server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm), identify=pin,
+                              max_per_owner=cfg.policy().nm_connections_per_owner)
     os.chmod(cfg.nm_sock_dir, 0o700)
     write_pidfile(cfg.nm_pidfile)
     stop = threading.Event()

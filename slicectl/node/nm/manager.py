@@ -39,7 +39,7 @@ from slicectl.node.nm.rcaps import RCAP, RcapBook
 from slicectl.node.nm.reconcile import Reconciler
 from slicectl.node.nm.slicestate import SliceState, validate_initscript
 from slicectl.node.nm.views import Views
-from slicectl.node.procfs import container_of_pid
+from slicectl.node.procfs import PinnedPeer
 from slicectl.node.store import RUNNING, STOPPED, Store
 
 log = logging.getLogger("slicectl.node.nm")
@@ -59,13 +59,11 @@ class NodeManager:
         capacity: the node's limits for admission control.
         net: the node's sliver network (bandwidth classes, ports, counters).
         clock: returns the current time (tests pass their own).
-        container_of: the container id in a pid's cgroup (tests pass their own).
     """
 
     def __init__(self, cfg: NodeConfig, store: Store, engine: Engine, accounts: Accounts,
                  facts: NodeFacts, capacity: NodeCapacity, net: Network,
-                 clock: Callable[[], float] = time.time,
-                 container_of: Callable[[int], str | None] = container_of_pid) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.net = net
         self.clock = clock
@@ -77,8 +75,8 @@ class NodeManager:
         self.reconciler = Reconciler(store, self.slivers, clock)
         self.views = Views(store, engine, net, self.rcaps, facts, capacity, cfg.node_id,
                            code_hash(), clock)
-        self.callers = Callers(store.slivers, lambda s: self.rcaps.effective(s).nm_privileged,
-                               engine.service_of, container_of)
+        self.callers = Callers(store.sliver_in, lambda s: self.rcaps.effective(s).nm_privileged,
+                               engine.service_of)
 
     # rcaps ----------------------------------------------------------------------------
 
@@ -231,7 +229,7 @@ class NodeManager:
     def expire(self) -> list[str]:
         return self.reconciler.expire()
 
-    def caller_for(self, uid: int, pid: int) -> Caller:
-        """Identify a peer: host root, the slice whose container holds ``pid``, or a
-        node service."""
-        return self.callers.identify(uid, pid)
+    def caller_for(self, peer: PinnedPeer) -> Caller:
+        """Identify a peer pinned at connect time: host root, a sliver of this node, or
+        a node service."""
+        return self.callers.identify(peer)
