@@ -102,6 +102,7 @@ class Peer:
             with open(f"/proc/{self.pid}/{relative}", "rb") as f:
                 data = f.read(limit)
         except OSError as e:
+            self.check()  # gone meanwhile: say so
             raise PeerRefused(f"peer pid {self.pid}: expected /proc/{self.pid}/{relative} "
                               f"readable, found {e.strerror}") from e
         self.check()  # still alive after the read: the pid named the peer throughout

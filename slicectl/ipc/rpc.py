@@ -11,6 +11,7 @@ import errno
 import http.client
 import logging
 import os
+import select
 import socket
 import socketserver
 import threading
@@ -50,6 +51,27 @@ class _Handler(SimpleXMLRPCRequestHandler):
     disable_nagle_algorithm = False  # unix sockets have no TCP_NODELAY
     timeout = IDLE_TIMEOUT_S
     server: UnixXMLRPCServer
+
+    def handle_one_request(self) -> None:
+        """Wait for the next request or the peer's exit, whichever comes first: a
+        connection whose process is gone frees its place at once."""
+        who: Any = self.client_address  # what the server pinned at accept
+        pidfd = getattr(who, "pidfd", -1)
+        if pidfd >= 0:
+            p = select.poll()
+            p.register(self.connection, select.POLLIN)
+            p.register(pidfd, select.POLLIN)
+            ready = dict(p.poll(IDLE_TIMEOUT_S * 1000))
+            if not ready:
+                self.close_connection = True
+                return
+            if pidfd in ready and self.connection.fileno() not in ready:
+                answer_refusal(self.connection, 403, f"peer pid {who.pid}: "
+                               "expected the process that connected, found it exited "
+                               "(a connection is not passed on)")
+                self.close_connection = True
+                return
+        super().handle_one_request()
 
     def do_POST(self) -> None:
         length = self.headers.get("content-length", "")
@@ -167,9 +189,9 @@ class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
                     exc_info=True)
 
 
-def refuse(sock: socket.socket, status: int, reason: str) -> None:
-    """Answer a connection that will not be served with one HTTP error line, without
-    blocking, and close it."""
+def answer_refusal(sock: socket.socket, status: int, reason: str) -> None:
+    """Write one HTTP error naming ``reason`` (in the body and a header), without
+    blocking; a peer that does not read loses it."""
     text = reason.replace("\r", " ").replace("\n", " ")[:300]
     body = f"{text}\n".encode()
     head = (f"HTTP/1.0 {status} {http.client.responses.get(status, 'Refused')}\r\n"
@@ -178,6 +200,11 @@ def refuse(sock: socket.socket, status: int, reason: str) -> None:
             "Connection: close\r\n\r\n").encode()
     with contextlib.suppress(OSError):
         sock.send(head + body, socket.MSG_DONTWAIT)
+
+
+def refuse(sock: socket.socket, status: int, reason: str) -> None:
+    """Answer a connection that will not be served (:func:`answer_refusal`) and close it."""
+    answer_refusal(sock, status, reason)
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()

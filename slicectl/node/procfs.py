@@ -85,6 +85,11 @@ class PinnedPeer:
         return self.peer.uid
 
     @property
+    def pidfd(self) -> int:
+        """A pidfd of the peer's process (readable once it exits)."""
+        return self.peer.pidfd
+
+    @property
     def owner(self) -> str:
         """What the peer's connections count against: its container, or the host."""
         return self.container_id or "host"
@@ -149,6 +154,7 @@ def pin(sock: socket.socket) -> PinnedPeer:
         try:
             ns = os.readlink(f"/proc/{peer.pid}/ns/pid")
         except OSError as e:
+            peer.check()
             raise PeerRefused(f"peer pid {peer.pid}: expected its pid namespace readable, "
                               f"found {e.strerror}") from e
         peer.check()

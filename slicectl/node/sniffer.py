@@ -60,6 +60,8 @@ SNAPLEN = 96
 CONSUMER_BUFFER = 8 << 20
 #: At most this many bytes of frames wait for a slice map fetch; past it they go out.
 HOLD_MAX = 32 << 20
+#: How long a new consumer's peer must live past its connect before it is sent anything.
+ACTIVATE_AFTER_S = 0.05
 IP_HDR = struct.Struct("!BBHHHBBH4s4s")
 PORTS = struct.Struct("!HH")
 
@@ -119,6 +121,8 @@ class Consumer:
     out: bytearray = field(default_factory=bytearray)
     dropped: int = 0
     sent_drops: tuple[int, int, int] = (-1, -1, -1)
+    #: nothing is sent before this time (monotonic); then only if the peer still lives
+    ready_at: float = 0.0
 
 
 def peer_allowed(peer: PinnedPeer, slivers: dict[str, NetEntry],
@@ -173,6 +177,7 @@ class Sniffer:
         self._wake_r.setblocking(False)
         self.listener: socket.socket | None = None
         self.accept_paused_until = 0.0
+        self.pending: list[Consumer] = []
 
     @property
     def sock_path(self) -> Path:
@@ -261,7 +266,9 @@ class Sniffer:
             sock.close()
             return
         sock.setblocking(False)
-        c = Consumer(sock, peer, pinned=pinned)
+        # Nothing is sent until the peer has lived a moment past its connect: a child that
+        # connects and exits hands its parent nothing (issue 11; see activate()).
+        c = Consumer(sock, peer, pinned=pinned, ready_at=time.monotonic() + ACTIVATE_AFTER_S)
         self.consumers[sock.fileno()] = c
         self.sel.register(sock, selectors.EVENT_READ, ("consumer", c))
         hello = {"version": VERSION, "node": self.cfg.node_id, "record": RECORD.format,
@@ -269,8 +276,21 @@ class Sniffer:
         c.out += json_frame(HELLO, hello)
         c.out += json_frame(SLICES, {str(k): v for k, v in self.names.items()})
         self.send_drops(c)
-        self.flush(c)
-        log.info("consumer %s connected (%d now)", peer, len(self.consumers))
+        self.pending.append(c)
+
+    def activate(self) -> None:
+        """Start sending to pending consumers whose wait is over and whose peer lives."""
+        now = time.monotonic()
+        while self.pending and self.pending[0].ready_at <= now:
+            c = self.pending.pop(0)
+            if c.sock.fileno() < 0:
+                continue  # dropped meanwhile
+            if c.pinned is not None and not c.pinned.alive():
+                self.refusals.count(c.peer, "consumer gone after connect")
+                self.drop_consumer(c)
+                continue
+            log.info("consumer %s connected (%d now)", c.peer, len(self.consumers))
+            self.flush(c)
 
     def drop_consumer(self, c: Consumer) -> None:
         fd = c.sock.fileno()
@@ -283,6 +303,8 @@ class Sniffer:
         log.info("consumer %s left (lost %d records)", c.peer, c.dropped)
 
     def flush(self, c: Consumer) -> None:
+        if c.ready_at > time.monotonic():
+            return  # not yet active (see activate)
         try:
             while c.out:
                 n = c.sock.send(c.out)
@@ -412,7 +434,9 @@ class Sniffer:
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         next_tick = next_map = time.monotonic()
         while not self.stop.is_set():
-            for key, mask in self.sel.select(timeout=0.2):
+            wait = 0.2 if not self.pending else \
+                max(0.0, min(0.2, self.pending[0].ready_at - time.monotonic()))
+            for key, mask in self.sel.select(timeout=wait):
                 kind, obj = key.data
                 try:
                     self.handle(kind, obj, mask)
@@ -421,6 +445,7 @@ class Sniffer:
                     if isinstance(obj, Consumer):
                         with contextlib.suppress(Exception):
                             self.drop_consumer(obj)
+            self.activate()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0
