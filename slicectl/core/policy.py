@@ -24,6 +24,9 @@ class NodePolicy:
     #: Admission overcommit of memory and sliver disk (sum of reservations over capacity).
     mem_overcommit: float = 2.0
     disk_overcommit: float = 2.0
+    #: ... and of processes and open files (1: the kernel's own limits).
+    nproc_overcommit: float = 1.0
+    nofile_overcommit: float = 1.0
     #: May slivers reach 169.254.0.0/16 (link-local, cloud metadata)?
     allow_link_local: bool = False
 

@@ -15,12 +15,14 @@ container is never root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from slicectl.core.errors import PermissionDenied
@@ -165,3 +167,36 @@ def pin(sock: socket.socket) -> PinnedPeer:
     except BaseException:
         peer.close()
         raise
+
+
+#: /proc/net/tcp state of a listening socket.
+_TCP_LISTEN = "0A"
+
+
+def parse_net_table(text: str, tcp: bool) -> set[int]:
+    """Local ports in a /proc/net/{tcp,tcp6,udp,udp6} table: listening TCP sockets, or
+    any bound UDP socket."""
+    ports: set[int] = set()
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 4 or ":" not in cols[1]:
+            continue
+        if tcp and cols[3] != _TCP_LISTEN:
+            continue
+        with contextlib.suppress(ValueError):
+            ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    ports.discard(0)
+    return ports
+
+
+def host_listeners(net: Path = Path("/proc/net")) -> frozenset[tuple[str, int]]:
+    """(proto, port) of every socket listening in this process's network namespace (the
+    host's, for the node manager)."""
+    out: set[tuple[str, int]] = set()
+    for name, proto in (("tcp", "tcp"), ("tcp6", "tcp"), ("udp", "udp"), ("udp6", "udp")):
+        try:
+            text = (net / name).read_text()
+        except OSError:
+            continue
+        out |= {(proto, p) for p in parse_net_table(text, proto == "tcp")}
+    return frozenset(out)

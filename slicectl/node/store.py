@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS port_claims (
     PRIMARY KEY (proto, port, slice, kind)
 );
 CREATE INDEX IF NOT EXISTS slivers_by_container ON slivers (container_id);
+CREATE TABLE IF NOT EXISTS slice_names (
+    slice    TEXT PRIMARY KEY,
+    owner    TEXT NOT NULL,
+    since    REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -207,6 +212,25 @@ class Store:
             row = db.execute("SELECT * FROM slivers WHERE container_id = ?",
                              (container_id,)).fetchone()
         return None if row is None else self._sliver(row)
+
+    def name_owner(self, slice_name: str) -> str | None:
+        """The creator that first bound this slice name here (it keeps the name after
+        destroying the sliver, until it or root releases it)."""
+        with self.tx() as db:
+            row = db.execute("SELECT owner FROM slice_names WHERE slice = ?",
+                             (slice_name,)).fetchone()
+        return None if row is None else str(row["owner"])
+
+    def claim_name(self, slice_name: str, owner: str) -> bool:
+        """Record ``owner`` as the name's owner unless it has one; True if it was new."""
+        with self.tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO slice_names VALUES (?, ?, ?)",
+                             (slice_name, owner, time.time()))
+            return cur.rowcount == 1
+
+    def release_name(self, slice_name: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM slice_names WHERE slice = ?", (slice_name,))
 
     def get_sliver(self, slice_name: str) -> SliverRow:
         row = self.find_sliver(slice_name)

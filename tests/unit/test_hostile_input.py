@@ -132,3 +132,15 @@ def test_parse_policy(data: object, expect: object) -> None:
     else:
         with pytest.raises(ValidationError, match=f"^{expect}"):
             parse_policy(data)
+
+
+def test_host_listeners_from_proc_net() -> None:
+    from slicectl.node.procfs import parse_net_table
+
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue\n"
+           "   0: 00000000:0016 00000000:0000 0A 00000000:00000000\n"     # :22 listening
+           "   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000\n"     # :8080 established
+           "   2: 00000000:0000 00000000:0000 0A 00000000:00000000\n"     # port 0
+           "   garbage\n")
+    assert parse_net_table(tcp, tcp=True) == {22}
+    assert parse_net_table(tcp, tcp=False) == {22, 8080}

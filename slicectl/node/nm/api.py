@@ -28,6 +28,7 @@ METHODS: dict[str, str] = {
     "start": "start",
     "stop": "stop",
     "destroy": "destroy",
+    "release_name": "release_name",
     "get_keys": "get_keys",
     "set_keys": "set_keys",
     "set_initscript": "set_initscript",

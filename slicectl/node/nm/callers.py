@@ -62,6 +62,15 @@ def require_manage(caller: Caller, sliver: SliverRow) -> None:
                            "may not manage it")
 
 
+def require_name(caller: Caller, name: str, owner: str | None) -> None:
+    """Root, or the creator that owns the slice name (or anyone, for a name nobody owns):
+    a privileged slice cannot squat another creator's slice name."""
+    if caller.is_root or owner is None or owner == caller.name:
+        return
+    raise PermissionDenied(f"slice {name}: the name belongs to {owner} on this node, not "
+                           f"{caller.name}; only it or root may bind it")
+
+
 def require_read(caller: Caller, sliver: SliverRow) -> None:
     """Root, a node service, the sliver itself, or its creator."""
     if not (caller.reads_all or caller.slice == sliver.slice):

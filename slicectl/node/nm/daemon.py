@@ -14,6 +14,7 @@ from types import FrameType
 
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.labels import REFERENCE_REPO
+from slicectl.core.policy import NodePolicy
 from slicectl.ipc.rpc import UnixXMLRPCServer
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig, default_config
@@ -23,14 +24,15 @@ from slicectl.node.engine import SliverEngine, engine_client
 from slicectl.node.network import NodeNetwork
 from slicectl.node.nm.api import NodeManagerAPI
 from slicectl.node.nm.manager import NodeManager
-from slicectl.node.procfs import pin
+from slicectl.node.procfs import host_listeners, pin
 from slicectl.node.store import Store
 
 log = logging.getLogger("slicectl.node.nm.daemon")
 
 
-def node_capacity(data_root: str) -> NodeCapacity:
-    """Read the node's limits from the kernel: memory, sliver disk pool, fd and pid maxima."""
+def node_capacity(data_root: str, policy: NodePolicy) -> NodeCapacity:
+    """Read the node's limits from the kernel (memory, sliver disk pool, fd and pid
+    maxima) and the overcommit factors from the node policy."""
     mem_kb = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -41,6 +43,11 @@ def node_capacity(data_root: str) -> NodeCapacity:
         disk_mb=st.f_blocks * st.f_frsize // (1 << 20),
         max_nofile=int(Path("/proc/sys/fs/nr_open").read_text()),
         max_nproc=int(Path("/proc/sys/kernel/pid_max").read_text()),
+        total_nofile=int(Path("/proc/sys/fs/file-max").read_text()),
+        mem_overcommit=policy.mem_overcommit,
+        disk_overcommit=policy.disk_overcommit,
+        nproc_overcommit=policy.nproc_overcommit,
+        nofile_overcommit=policy.nofile_overcommit,
     )
 
 
@@ -66,12 +73,13 @@ def build_node_manager(cfg: NodeConfig) -> NodeParts:
         subnet=cfg.subnet, quota_counts_image=quota_mode(Path(root)) == "qgroup",
         shim_dir=cfg.shim_dir, sniffer_dir=cfg.sniffer_dir,
     )
-    capacity = node_capacity(root)
+    capacity = node_capacity(root, cfg.policy())
     store = Store(cfg.db_path)
     net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
                       ifb=cfg.ifb)
     accounts = HostAccounts()
-    nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net)
+    nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net,
+                     host_ports=host_listeners)
     return NodeParts(nm, engine, accounts, net, store)
 
 
