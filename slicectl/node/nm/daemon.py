@@ -19,7 +19,7 @@ from slicectl.ipc.rpc import UnixXMLRPCServer
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import daemon_logging, remove_pidfile, write_pidfile
-from slicectl.node.dockerd import quota_mode
+from slicectl.node.dockerd import open_to_sliver_root, quota_mode
 from slicectl.node.engine import SliverEngine, engine_client
 from slicectl.node.network import NodeNetwork
 from slicectl.node.nm.api import NodeManagerAPI
@@ -102,7 +102,8 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm), identify=pin,
                               max_per_owner=cfg.policy().nm_connections_per_owner)
-    os.chmod(cfg.nm_sock_dir, 0o700)
+    os.chmod(cfg.nm_sock_dir, 0o711)  # traversable: the socket's owner decides who connects
+    open_to_sliver_root(cfg.nm_sock)
     write_pidfile(cfg.nm_pidfile)
     stop = threading.Event()
 
