@@ -21,6 +21,7 @@ import docker
 import docker.errors
 import requests
 
+from slicectl.core.containerplan import SLIVER_IDS
 from slicectl.core.errors import EngineError
 from slicectl.core.labels import LABEL_KIND, LABEL_PREFIX
 from slicectl.node.config import NodeConfig
@@ -34,7 +35,7 @@ DEFAULT_DISK_GB = 40
 REMAP_USER = "slicectl-remap"
 #: Far above what useradd hands out (SUB_UID_MIN..SUB_UID_MAX, 100000..600100000).
 REMAP_BASE = 700_000_000
-REMAP_COUNT = 65536
+REMAP_COUNT = SLIVER_IDS
 SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
 
 
@@ -84,10 +85,11 @@ def remap_root() -> int:
 
 
 def open_to_sliver_root(path: Path) -> None:
-    """Let root in a sliver (the remapped uid) connect to the socket at ``path``; nobody
-    else but host root can. Which slivers see the socket at all is their mounts' business."""
-    os.chown(path, remap_root(), -1)
-    os.chmod(path, 0o600)
+    """Let root in a sliver (the remapped uid, as owner) and the node's services (host
+    root without capabilities, by group 0) connect to the socket at ``path``; nobody else
+    but host root can. Which slivers see the socket at all is their mounts' business."""
+    os.chown(path, remap_root(), 0)
+    os.chmod(path, 0o660)
 
 
 def engine_remaps(cfg: NodeConfig) -> bool:
