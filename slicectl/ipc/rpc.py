@@ -200,6 +200,25 @@ def answer_refusal(sock: socket.socket, status: int, reason: str) -> None:
             "Connection: close\r\n\r\n").encode()
     with contextlib.suppress(OSError):
         sock.send(head + body, socket.MSG_DONTWAIT)
+    drain(sock)
+
+
+def drain(sock: socket.socket, limit: int = 1 << 16) -> None:
+    """Read what the peer has sent so far (without blocking): a unix socket closed with
+    unread data resets the peer, which then never reads the answer."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # a socket with a timeout would wait for data despite DONTWAIT
+    try:
+        while limit > 0:
+            data = sock.recv(min(limit, 65536))
+            if not data:
+                return
+            limit -= len(data)
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
 
 
 def refuse(sock: socket.socket, status: int, reason: str) -> None:
