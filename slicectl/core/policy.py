@@ -14,7 +14,10 @@ from slicectl.core.errors import ValidationError
 @dataclass(frozen=True)
 class NodePolicy:
     #: Open safe raw / sniffer sockets one sliver may hold at the shim.
-    shim_sessions_per_sliver: int = 256
+    shim_sessions_per_sliver: int = 64
+    #: Socket buffers (MiB, as set; the kernel holds up to twice) one sliver's sessions
+    #: may make the shim hold.
+    shim_buffer_mib_per_sliver: int = 256
     #: (proto, port) claims one sliver's shim sockets may hold.
     shim_claims_per_sliver: int = 64
     #: Connections one container (or the host) may hold open at the node manager.

@@ -242,6 +242,18 @@ def combine(specs: list[RSpec]) -> RSpec:
     )
 
 
+def part_defaults(parent: RSpec) -> dict[str, Any]:
+    """What a part split off ``parent`` has where the request is silent: the least of
+    every quantity, the parent's window, ceilings and flags, no ports and (if the parent
+    has a daily budget) none given, so the request must say how much of it moves."""
+    out: dict[str, Any] = {name: INT_FIELDS[name].lo for name in ADDITIVE}
+    out |= {"start": iso(parent.start), "end": iso(parent.end),
+            "net_max_kbit": parent.net_max_kbit, "cpu_capped": parent.cpu_capped}
+    out |= {flag: getattr(parent, flag)
+            for flag in ("create_vm", "nm_privileged", "raw_sockets", "admin_sniffer")}
+    return out
+
+
 def split(parent: RSpec, part: RSpec) -> RSpec:
     """Carve ``part`` off ``parent``; return what remains of the parent.
 

@@ -83,6 +83,10 @@ log = logging.getLogger("slicectl.node.shim")
 SNIFF_SNAPLEN = 65535
 TS = struct.Struct("<d")
 DROP_COMMENT = "slicectl-raw"
+#: Socket buffer sizes of a session (the kernel may hold up to twice each): toward the
+#: sliver, capture from its network, sending into it. They count against the sliver's
+#: node-policy budget (NodePolicy.shim_buffer_mib_per_sliver).
+CLIENT_BUFFER = CAPTURE_BUFFER = SEND_BUFFER = 1 << 21
 PROC_NET = {"tcp": ("tcp", "tcp6"), "udp": ("udp", "udp6")}
 RECV_BURST = 64
 #: How long the loop keeps polling after traffic before it sleeps (see Shim.run).
@@ -206,6 +210,8 @@ class Session:
     tx: socket.socket | None = None
     claimed: bool = False
     rule: bool = False
+    #: kernel buffer space this session may make the host hold (what its sockets were set to)
+    buffers: int = 0
 
     @property
     def pid(self) -> int:
@@ -271,12 +277,7 @@ class Shim:
         if not row.raw_sockets:
             raise ShimError("EPERM", f"slice {s.slice}: expected the raw_sockets right, found "
                                      "none in its rspec")
-        mine = [o for o in self.sessions.values() if o is not s and o.slice == s.slice]
-        if len(mine) >= self.policy.shim_sessions_per_sliver:
-            self.refusals.count(s.slice, "session-cap")
-            raise ShimError("EMFILE", f"slice {s.slice}: expected at most "
-                                      f"{self.policy.shim_sessions_per_sliver} open raw sockets "
-                                      "(node policy), found that many open")
+        self.reserve_buffers(s, CAPTURE_BUFFER + (SEND_BUFFER if checked.op == "open" else 0))
         op, proto = checked.op, checked.proto
         s.kind, s.proto_name = ("raw" if op == "open" else "sniff"), str(proto)
         pnum = PROTOS[s.proto_name]
@@ -333,11 +334,11 @@ class Shim:
             try:
                 attach_filter(cap, prog)
                 cap.bind(("eth0", ethertype))
-                cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+                cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CAPTURE_BUFFER)
                 tx = None
                 if s.kind == "raw":
                     tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-                    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+                    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             except OSError as e:
                 cap.close()
                 raise ShimError("EIO", f"capture in slice {s.slice}'s network: {e}") from e
@@ -508,10 +509,41 @@ class Shim:
                             socket.MSG_DONTWAIT)
             client.close()
             return
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
-        s = Session(client=client, peer=peer)
+        mine = [o for o in self.sessions.values() if o.peer.owner == peer.owner]
+        refusal = None
+        if peer.container_id is not None and len(mine) >= self.policy.shim_sessions_per_sliver:
+            refusal = ("EMFILE", "session-cap",
+                       f"expected at most {self.policy.shim_sessions_per_sliver} sessions "
+                       "open at the shim (node policy), found that many")
+        elif peer.container_id is not None and sum(o.buffers for o in mine) + CLIENT_BUFFER \
+                > self.policy.shim_buffer_mib_per_sliver << 20:
+            refusal = ("ENOBUFS", "buffer-cap",
+                       f"expected at most {self.policy.shim_buffer_mib_per_sliver} MiB of socket "
+                       "buffers at the shim (node policy), found them taken")
+        if refusal is not None:
+            self.refusals.count(peer.owner[:12], refusal[1])
+            with contextlib.suppress(OSError):
+                client.send(json.dumps({"ok": False, "errno": refusal[0],
+                                        "error": f"container {peer.owner[:12]}: {refusal[2]}"}
+                                       ).encode(), socket.MSG_DONTWAIT)
+            client.close()
+            peer.close()
+            return
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_BUFFER)
+        s = Session(client=client, peer=peer, buffers=CLIENT_BUFFER)
         self.sessions[client.fileno()] = s
         self.sel.register(client, selectors.EVENT_READ, ("client", s))
+
+    def reserve_buffers(self, s: Session, more: int) -> None:
+        """Count ``more`` bytes of kernel buffers against the session's sliver, or refuse."""
+        held = sum(o.buffers for o in self.sessions.values() if o.peer.owner == s.peer.owner)
+        if held + more > self.policy.shim_buffer_mib_per_sliver << 20:
+            self.refusals.count(s.slice, "buffer-cap")
+            raise ShimError("ENOBUFS", f"slice {s.slice}: expected at most "
+                                       f"{self.policy.shim_buffer_mib_per_sliver} MiB of socket "
+                                       "buffers at the shim (node policy), found "
+                                       f"{held >> 20} MiB held")
+        s.buffers += more
 
     def resume_accepts(self) -> None:
         if self.accept_paused_until and time.monotonic() >= self.accept_paused_until \

@@ -50,6 +50,7 @@ from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SNIFFER, daemon_logging, serve_daemon
+from slicectl.node.dockerd import open_to_sliver_root
 from slicectl.node.engine import SliverEngine, engine_client
 from slicectl.node.procfs import PinnedPeer, pin
 from slicectl.node.ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
@@ -398,7 +399,7 @@ class Sniffer:
         tmp.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(tmp))
-        os.chmod(tmp, 0o600)
+        open_to_sliver_root(tmp)  # admin_sniffer slivers' root; the rights are checked per peer
         listener.listen(64)
         os.replace(tmp, self.sock_path)
         listener.setblocking(False)

@@ -51,6 +51,9 @@ class FakeEngine:
             raise EngineError(f"container {name}: could not start: fake failure")
         self.containers[name].status = "running"
 
+    def confine(self, name: str, pid: int) -> None:
+        self.calls.append(("confine", name))
+
     def stop(self, name: str) -> None:
         self.calls.append(("stop", name))
         self.containers[name].status = "exited"

@@ -14,12 +14,14 @@ from types import FrameType
 
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.labels import REFERENCE_REPO
+from slicectl.core.netplan import MAX_NET_XID
 from slicectl.core.policy import NodePolicy
+from slicectl.core.userns import host_limits, raised
 from slicectl.ipc.rpc import UnixXMLRPCServer
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import daemon_logging, remove_pidfile, write_pidfile
-from slicectl.node.dockerd import quota_mode
+from slicectl.node.dockerd import open_to_sliver_root, quota_mode
 from slicectl.node.engine import SliverEngine, engine_client
 from slicectl.node.network import NodeNetwork
 from slicectl.node.nm.api import NodeManagerAPI
@@ -28,6 +30,17 @@ from slicectl.node.procfs import host_listeners, pin
 from slicectl.node.store import Store
 
 log = logging.getLogger("slicectl.node.nm.daemon")
+
+
+def raise_host_limits(proc_sys: Path = Path("/proc/sys")) -> None:
+    """Raise the host's per-user limits that slivers' namespaces are charged to (see
+    :mod:`slicectl.core.userns`) far above what all slivers together may take."""
+    wanted = host_limits(MAX_NET_XID)
+    current = {k: int((proc_sys / k).read_text()) for k in wanted}
+    for key, value in raised(current, wanted).items():
+        (proc_sys / key).write_text(f"{value}\n")
+        log.info("raised %s from %d to %d (slivers' user namespaces are charged to root)",
+                 key.replace("/", "."), current[key], value)
 
 
 def node_capacity(data_root: str, policy: NodePolicy) -> NodeCapacity:
@@ -100,10 +113,12 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     nm = parts.nm
     parts.accounts.ensure_group()
     parts.net.setup()
+    raise_host_limits()
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm), identify=pin,
                               max_per_owner=cfg.policy().nm_connections_per_owner)
-    os.chmod(cfg.nm_sock_dir, 0o700)
+    os.chmod(cfg.nm_sock_dir, 0o711)  # traversable: the socket's owner decides who connects
+    open_to_sliver_root(cfg.nm_sock)
     write_pidfile(cfg.nm_pidfile)
     stop = threading.Event()
 

@@ -89,9 +89,11 @@ class Slivers:
         return NetIdentity(sliver.slice, sliver.xid, spec)
 
     def attach(self, sliver: SliverRow, spec: RSpec | None = None) -> None:
-        """Give a running sliver its bandwidth classes."""
-        st = self.engine.state(container_name(sliver.slice))
+        """Give a running sliver its user-namespace limits and bandwidth classes."""
+        name = container_name(sliver.slice)
+        st = self.engine.state(name)
         if st is not None and st.status == "running" and st.pid:
+            self.engine.confine(name, int(st.pid))
             self.net.attach(self.ident(sliver, spec), int(st.pid))
 
     # bind ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import replace
 from slicectl.core import admission
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.errors import AdmissionError, PermissionDenied, StateError, ValidationError
-from slicectl.core.rspec import RSpec, combine, parse_rspec, split
+from slicectl.core.rspec import RSpec, combine, parse_rspec, part_defaults, split
 from slicectl.core.units import iso
 from slicectl.core.wire import RcapInfo
 from slicectl.node.nm.callers import Caller, require_privileged
@@ -121,10 +121,7 @@ class RcapBook:
             if row.slice is not None:
                 raise StateError(f"rcap {row.rcap}: expected an unbound rcap, found it bound to "
                                  f"slice {row.slice}")
-            fields = dict(data) if isinstance(data, dict) else data
-            if isinstance(fields, dict):
-                fields.setdefault("start", iso(row.rspec.start))
-                fields.setdefault("end", iso(row.rspec.end))
+            fields = {**part_defaults(row.rspec), **data} if isinstance(data, dict) else data
             part = parse_rspec(fields, self.clock())
             remaining = split(row.rspec, part)
             child = secrets.token_hex(16)
