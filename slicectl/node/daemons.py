@@ -44,6 +44,8 @@ def config_env(cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_SSH_PORT": str(cfg.ssh_port),
         "SLICECTL_HOSTNAME": cfg.hostname,
         "SLICECTL_OPERATOR": cfg.operator,
+        "SLICECTL_SENSORS_PORT": str(cfg.sensors_port),
+        "SLICECTL_OFFERS_DNS": "1" if cfg.offers_dns else "0",
     }
 
 

@@ -11,15 +11,17 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import docker.errors
+import yaml
 
 from slicectl.core.errors import EngineError
 from slicectl.core.labels import LABEL_NODE
+from slicectl.core.policy import parse_policy
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig
 from slicectl.node.daemons import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
@@ -110,16 +112,24 @@ def service_ports() -> dict[str, int]:
 @contextmanager
 def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
                  say: Say | None = None, daemons: bool = False,
-                 services: dict[str, int] | None = None) -> Iterator[NodeConfig]:
+                 services: dict[str, int] | None = None,
+                 policy: Mapping[str, object] | None = None) -> Iterator[NodeConfig]:
     """Start a private node manager (with ``daemons``, also its admin sniffer and
     raw-socket shim; given ``services``, its service sidecars on those ports, see
-    :func:`service_ports`); stop them and remove all they made on exit (the sidecars carry
-    the node id's label, so cleanup finds them)."""
+    :func:`service_ports`; given ``policy``, with that node policy file); stop them and
+    remove all they made on exit (the sidecars carry the node id's label, so cleanup
+    finds them)."""
     cfg = private_config(base, engine, kind)
+    if services is not None and "sensors" in services:
+        cfg = cfg.with_(sensors_port=services["sensors"])
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
     say = say or Say(quiet=True)
     try:
+        if policy is not None:
+            parse_policy(dict(policy))  # refuse a bad policy before anything is made
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            cfg.policy_path.write_text(yaml.safe_dump(dict(policy)))
         cfg = create_network(cfg, engine)
         if daemons:
             start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name))

@@ -139,12 +139,14 @@ class Outside:
                               text=True, timeout=timeout, check=False)
 
 
-@pytest.fixture
-def outside() -> Iterator[Outside]:
+@contextlib.contextmanager
+def veth_namespace(kind: str, prefix: str) -> Iterator[Outside]:
+    """A namespace behind a veth from the host: the host holds ``<prefix>.1/30``, the
+    namespace ``<prefix>.2/30`` (``prefix``: three octets) and routes through the host.
+    Removed on exit."""
     tag = secrets.token_hex(3)
-    ns, host_if, ns_if = f"slicectl-out-{tag}", f"slco{tag}", f"slci{tag}"
-    third = int(tag[:2], 16)
-    node_addr, out_addr = f"198.18.{third}.1", f"198.18.{third}.2"
+    ns, host_if, ns_if = f"slicectl-{kind}-{tag}", f"slc{kind[0]}h{tag}", f"slc{kind[0]}n{tag}"
+    node_addr, out_addr = f"{prefix}.1", f"{prefix}.2"
     cmds = [
         f"ip netns add {ns}",
         f"ip link add {host_if} type veth peer name {ns_if}",
@@ -163,6 +165,12 @@ def outside() -> Iterator[Outside]:
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    with veth_namespace("out", f"198.18.{secrets.randbelow(256)}") as o:
+        yield o
 
 
 def make_sliver(nm: NMHandle, name: str, **rspec: Any) -> dict[str, Any]:

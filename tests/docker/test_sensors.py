@@ -83,20 +83,22 @@ def test_nm_lets_services_read_only(snm: tuple[NMHandle, int], engine: docker.Do
 
 
 def test_a_cpu_loop_and_an_iperf3_stream_show(snm: tuple[NMHandle, int],
-                                              engine: docker.DockerClient) -> None:
+                                              engine: docker.DockerClient,
+                                              outside: Outside) -> None:
     nm, port = snm
     cpu = make_sliver(nm, "cpu", cpu_share=20)
     net = make_sliver(nm, "net", net_max_kbit=4000)
     sliver_exec(engine, cpu["container"], ["sh", "-c", "timeout 30 sh -c 'while :; do :; done' "
                                            ">/dev/null 2>&1 &"])
-    gw, iperf_port = node_gateway(nm.cfg.subnet), free_port()
-    server = subprocess.Popen(["iperf3", "-s", "-1", "-B", gw, "-p", str(iperf_port)],
+    # The server is beyond the node: slivers cannot reach listeners on the host.
+    iperf_port = free_port()
+    server = subprocess.Popen(["ip", "netns", "exec", outside.ns, "iperf3", "-s", "-1", "-B",
+                               outside.address, "-p", str(iperf_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: subprocess.run(["ss", "-ltnH", f"sport = :{iperf_port}"],
-                                        capture_output=True, text=True).stdout.strip() != "",
-                 what="iperf3 server listening")
-        kbit = iperf(engine, net, gw, iperf_port, seconds=4)
+        wait_for(lambda: outside.run("ss", "-ltnH", f"sport = :{iperf_port}").stdout.strip()
+                 != "", what="iperf3 server listening")
+        kbit = iperf(engine, net, outside.address, iperf_port, seconds=4)
     finally:
         server.kill()
         server.wait()
