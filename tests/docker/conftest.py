@@ -26,7 +26,7 @@ import pytest
 from slicectl.core.netplan import node_gateway
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import nm_pid, prepare, start_nm, stop_nm
+from slicectl.node.daemons import NM, daemon_state, prepare, start_nm, stop_nm
 from slicectl.node.dockerd import Say
 from slicectl.testbed.privnode import free_port as free_port  # re-exported for the tests
 from slicectl.testbed.privnode import log_path, private_node
@@ -76,7 +76,8 @@ class NMHandle:
 
     @property
     def pid(self) -> int | None:
-        return nm_pid(self.cfg)
+        """The node manager's pid as its supervisor reports it."""
+        return daemon_state(self.cfg, NM).pid
 
     def start(self) -> int:
         return start_nm(self.cfg, Say(quiet=True), log_path=self.log_path)
