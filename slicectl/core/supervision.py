@@ -142,10 +142,12 @@ class SupervisordPaths:
 
 
 def supervisord_main(paths: SupervisordPaths, policy: RestartPolicy,
-                     listener_argv: Sequence[str], listener_cwd: str) -> str:
+                     listener_argv: Sequence[str], listener_cwd: str,
+                     listener_env: Sequence[tuple[str, str]] = ()) -> str:
     """Our supervisord instance's own configuration: a root-only socket of its own (never
     a system supervisord's), its log rotated by size, the node files included, and the
     event listener that counts restarts (supervisord itself keeps no count)."""
+    env = [f"environment={_sv_env(listener_env)}"] if listener_env else []
     return "\n".join([
         "; slicectl: our own supervisord instance, written by `slicectl node up`",
         "[unix_http_server]",
@@ -178,6 +180,7 @@ def supervisord_main(paths: SupervisordPaths, policy: RestartPolicy,
         f"stderr_logfile={_sv_escape(paths.logfile)}.listener",
         f"stderr_logfile_maxbytes={policy.log_max_bytes}",
         f"stderr_logfile_backups={policy.log_backups}",
+        *env,
         "",
         "[include]",
         f"files={_sv_escape(paths.include_dir)}/*.conf",

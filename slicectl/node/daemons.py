@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -30,6 +31,8 @@ from slicectl.node.supervisor import Supervisord, Systemd, kill_unsupervised, no
 LOG_DIR = Path("/var/log/slicectl")
 #: How the supervisor treats every host daemon (restart at once, logs rotate at 10 MiB).
 POLICY = RestartPolicy()
+#: Supervisor states that, after we started a daemon, say it died.
+DOWN = ("FATAL", "BACKOFF", "STOPPED", "EXITED")
 #: Longest log record a daemon writes, its traceback included (bytes of UTF-8).
 MAX_LOG_RECORD = 4096
 
@@ -213,10 +216,13 @@ def program(cfg: NodeConfig, d: HostDaemon, log_path: Path) -> Program:
                    after=() if d == NM else (program_name(cfg, NM),))
 
 
+@functools.cache
 def supervisor() -> Supervisord | Systemd:
-    """The node's supervisor (systemd when PID 1, else our supervisord)."""
-    return node_supervisor(POLICY, (sys.executable, "-m", "slicectl.node.restarts"),
-                           str(source_root()))
+    """The node's supervisor (systemd when PID 1, else our supervisord); one per process,
+    as its code is."""
+    src = str(source_root())
+    return node_supervisor(POLICY, (sys.executable, "-m", "slicectl.node.restarts"), src,
+                           (("PYTHONPATH", src), ("SLICECTL_CODE", code_hash())))
 
 
 def install_programs(cfg: NodeConfig, log_for: Callable[[HostDaemon], Path | None],
@@ -265,15 +271,20 @@ def start_daemon(cfg: NodeConfig, d: HostDaemon, ready: Callable[[NodeConfig], b
         sup.stop(name)
     elif st.state in ("RUNNING", "STARTING") and st.pid and ready(cfg):
         return st.pid
-    sup.start(name)
+    # One the supervisor is bringing back (it died young: BACKOFF) is waited for; one we
+    # start and that dies is reported.
+    ours = False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         st = sup.state(name)
-        if st.state in ("FATAL", "BACKOFF", "EXITED", "STOPPED"):
+        if not ours and st.state in ("STOPPED", "EXITED", "FATAL"):
+            sup.start(name)
+            ours = True
+        elif st.state == "ABSENT" or (ours and st.state in DOWN):
             raise EngineError(f"{d.name}: expected it running, found {st.state} under "
                               f"{sup.kind} ({st.detail or 'no detail'}): "
                               f"{sup.log_tail(str(log_path))} (log: {log_path})")
-        if st.pid and daemon_pid(cfg, d) == st.pid and ready(cfg):
+        elif st.pid and daemon_pid(cfg, d) == st.pid and ready(cfg):
             say(f"{d.name} {cfg.node_id} running under {sup.kind} (pid {st.pid})")
             return st.pid
         time.sleep(0.05)

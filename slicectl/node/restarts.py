@@ -7,19 +7,39 @@ brought it back after it died (:func:`slicectl.core.supervision.count_start`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 from slicectl.core.supervision import count_start, parse_event_header
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """The listener and :func:`forget` change the counts one at a time."""
+    with open(path.with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def save(path: Path, counts: dict[str, int]) -> None:
     tmp = path.with_suffix(".new")
     tmp.write_text(json.dumps(counts, sort_keys=True))
     os.replace(tmp, path)
+
+
+def forget(path: Path, names: Iterable[str]) -> None:
+    """Drop the counts of programs that are gone (a private node removed)."""
+    gone = set(names)
+    with locked(path):
+        counts = load(path)
+        if gone & set(counts):
+            save(path, {k: v for k, v in counts.items() if k not in gone})
 
 
 def load(path: Path) -> dict[str, int]:
@@ -31,7 +51,6 @@ def load(path: Path) -> dict[str, int]:
 
 
 def listen(path: Path, stdin: TextIO, stdout: TextIO) -> None:
-    counts = load(path)
     while True:
         stdout.write("READY\n")
         stdout.flush()
@@ -41,8 +60,8 @@ def listen(path: Path, stdin: TextIO, stdout: TextIO) -> None:
         fields = parse_event_header(header)
         payload = stdin.read(int(fields.get("len", "0")))
         if fields.get("eventname") == "PROCESS_STATE_STARTING":
-            counts = count_start(counts, parse_event_header(payload))
-            save(path, counts)
+            with locked(path):
+                save(path, count_start(load(path), parse_event_header(payload)))
         stdout.write("RESULT 2\nOK")
         stdout.flush()
 

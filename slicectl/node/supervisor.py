@@ -36,6 +36,7 @@ from slicectl.core.supervision import (
 )
 from slicectl.ipc.rpc import unix_proxy
 from slicectl.node.hostcmd import run
+from slicectl.node.restarts import forget as forget_counts
 from slicectl.node.restarts import load as load_counts
 
 SUPERVISORD_BIN = "/usr/bin/supervisord"
@@ -86,9 +87,11 @@ class Supervisord:
     kind = SUPERVISORD
 
     def __init__(self, policy: RestartPolicy, listener_argv: Sequence[str], cwd: str,
-                 base: Path = SUP_DIR, log_dir: Path = LOG_DIR) -> None:
+                 listener_env: Sequence[tuple[str, str]] = (), base: Path = SUP_DIR,
+                 log_dir: Path = LOG_DIR) -> None:
         self.policy = policy
         self.listener_argv = tuple(listener_argv)
+        self.listener_env = tuple(listener_env)
         self.cwd = cwd
         self.base = base
         self.paths = SupervisordPaths(
@@ -112,21 +115,27 @@ class Supervisord:
             return False
 
     def ensure_running(self, timeout_s: float = 30) -> None:
-        """Start our supervisord unless it answers (idempotent).
+        """Start our supervisord unless it answers (idempotent); one that answers with an
+        older configuration (the listener's code changed) reloads it.
 
         Raises:
             EngineError: supervisor is not installed, or did not answer in time.
         """
+        text = supervisord_main(self.paths, self.policy, self.listener_argv, self.cwd,
+                                self.listener_env)
         if self.answers():
+            if not self.conf.exists() or self.conf.read_text() != text:
+                with self._lock():
+                    self.conf.write_text(text)
+                    self._update()
             return
         if not Path(SUPERVISORD_BIN).exists():
             raise EngineError(f"{SUPERVISORD_BIN}: not installed; run scripts/install-host.sh")
         Path(self.paths.include_dir).mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o700)
         Path(self.paths.logfile).parent.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(supervisord_main(self.paths, self.policy, self.listener_argv,
-                                              self.cwd))
         with self._lock():
+            self.conf.write_text(text)
             if self.answers():
                 return
             # A clean environment: programs get only what their sections say.
@@ -218,12 +227,15 @@ class Supervisord:
 
     def remove(self, node: str) -> None:
         path = self._file(node)
-        if not path.exists() or not self.answers():
-            path.unlink(missing_ok=True)
+        if not path.exists():
             return
+        names = [ln[9:-1] for ln in path.read_text(errors="replace").splitlines()
+                 if ln.startswith("[program:") and ln.endswith("]")]
         with self._lock():
-            path.unlink(missing_ok=True)
-            self._update()
+            path.unlink()
+            if self.answers():
+                self._update()
+        forget_counts(Path(self.paths.counts), names)
 
     def remove_orphans(self) -> list[str]:
         gone = []
@@ -326,11 +338,11 @@ def pid1() -> str:
         return ""
 
 
-def node_supervisor(policy: RestartPolicy, listener_argv: Sequence[str],
-                    cwd: str) -> Supervisord | Systemd:
+def node_supervisor(policy: RestartPolicy, listener_argv: Sequence[str], cwd: str,
+                    listener_env: Sequence[tuple[str, str]] = ()) -> Supervisord | Systemd:
     """systemd if it is PID 1, else our supervisord (see :func:`pick_backend`)."""
     if pick_backend(pid1()) == SUPERVISORD:
-        return Supervisord(policy, listener_argv, cwd)
+        return Supervisord(policy, listener_argv, cwd, listener_env)
     return Systemd(policy)
 
 

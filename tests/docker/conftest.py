@@ -96,9 +96,10 @@ class NMHandle:
         stop_nm(self.cfg)
 
     def env(self) -> dict[str, str]:
-        from slicectl.node.daemons import config_env
+        """This node's configuration, and this checkout's code first on the path."""
+        from slicectl.node.daemons import config_env, source_root
 
-        return {**os.environ, **config_env(self.cfg)}
+        return {**os.environ, **config_env(self.cfg), "PYTHONPATH": str(source_root())}
 
     def cli(self, *argv: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real ``slicectl`` CLI against this node manager."""

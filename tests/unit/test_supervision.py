@@ -40,7 +40,7 @@ from slicectl.node.daemons import (
     program,
     source_root,
 )
-from slicectl.node.restarts import listen
+from slicectl.node.restarts import forget, listen
 
 pytestmark = pytest.mark.unit
 
@@ -171,6 +171,7 @@ def test_supervisord_itself_reads_our_sections_back(tmp_path: Path) -> None:
     ("eventlistener:slicectl-restarts", "events", "PROCESS_STATE_STARTING"),
     ("eventlistener:slicectl-restarts", "command",
      "/py -m slicectl.node.restarts /run/slicectl/supervisor/restarts.json"),
+    ("eventlistener:slicectl-restarts", "environment", 'SLICECTL_CODE="abc"'),
     ("include", "files", "/run/slicectl/supervisor/conf.d/*.conf"),
 ])
 def test_our_supervisord_has_its_own_socket_and_config(section: str, key: str,
@@ -179,7 +180,8 @@ def test_our_supervisord_has_its_own_socket_and_config(section: str, key: str,
     paths = SupervisordPaths(f"{base}/supervisor.sock", f"{base}/supervisord.pid",
                              "/var/log/slicectl/supervisord.log", f"{base}/conf.d",
                              f"{base}/restarts.json")
-    text = supervisord_main(paths, POLICY, ("/py", "-m", "slicectl.node.restarts"), "/src")
+    text = supervisord_main(paths, POLICY, ("/py", "-m", "slicectl.node.restarts"), "/src",
+                            (("SLICECTL_CODE", "abc"),))
     assert sections(text)[section][key] == value
 
 
@@ -316,3 +318,10 @@ def test_a_traceback_is_cut_with_its_message() -> None:
     out = stream.getvalue()
     assert len(out.encode()) <= 301  # the record and its newline
     assert out.startswith("ERROR bad request mmm") and "bytes cut]" in out
+
+
+def test_a_removed_nodes_counts_are_forgotten(tmp_path: Path) -> None:
+    path = tmp_path / "counts.json"
+    path.write_text(json.dumps({"slicectl-nm-a": 2, "slicectl-shim-a": 1, "slicectl-nm-b": 3}))
+    forget(path, ["slicectl-nm-a", "slicectl-shim-a", "slicectl-sniffer-a"])
+    assert json.loads(path.read_text()) == {"slicectl-nm-b": 3}
