@@ -251,6 +251,14 @@ class _UnixTransport(xmlrpc.client.Transport):
         return _UnixConnection(self._path, self._timeout)
 
 
+def unix_proxy(path: Path, timeout: float) -> xmlrpc.client.ServerProxy:
+    """An XML-RPC proxy for a server on the unix socket ``path`` (at ``/RPC2``); faults and
+    socket errors come back unchanged (see :class:`Client` for our errors)."""
+    return xmlrpc.client.ServerProxy("http://localhost/RPC2",
+                                     transport=_UnixTransport(str(path), timeout),
+                                     allow_none=True)
+
+
 class Client:
     """Calls a slicectl XML-RPC server on a unix socket; faults come back as our errors.
 
@@ -261,10 +269,7 @@ class Client:
 
     def __init__(self, path: Path, timeout: float = 300) -> None:
         self.path = path
-        self._proxy = xmlrpc.client.ServerProxy(
-            "http://localhost/RPC2", transport=_UnixTransport(str(path), timeout),
-            allow_none=True,
-        )
+        self._proxy = unix_proxy(path, timeout)
 
     def call(self, method: str, *args: Any) -> Any:
         try:

@@ -24,7 +24,14 @@ from slicectl.core.labels import LABEL_NODE
 from slicectl.core.policy import parse_policy
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
+from slicectl.node.daemons import (
+    HOST_DAEMONS,
+    install_programs,
+    remove_programs,
+    start_host_daemons,
+    start_nm,
+    supervisor,
+)
 from slicectl.node.dockerd import Say, ensure_network
 from slicectl.node.network import NodeNetwork
 from slicectl.node.services import node_services, start_services
@@ -76,8 +83,9 @@ def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
         accounts.remove(name, cfg.slivers_dir / name)
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    for d, _ in HOST_DAEMONS:
-        log_path(cfg, d.name).unlink(missing_ok=True)
+    for d, _ in HOST_DAEMONS:  # with the supervisor's rotated copies (.1, .2, ...)
+        for p in log_path(cfg, d.name).parent.glob(log_path(cfg, d.name).name + "*"):
+            p.unlink(missing_ok=True)
 
 
 def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8) -> NodeConfig:
@@ -118,7 +126,11 @@ def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "tes
     raw-socket shim; given ``services``, its service sidecars on those ports, see
     :func:`service_ports`; given ``policy``, with that node policy file); stop them and
     remove all they made on exit (the sidecars carry the node id's label, so cleanup
-    finds them)."""
+    finds them).
+
+    Its daemons run under the node's supervisor as programs named with its node id, owned
+    by this process: removed on exit, and, should this process die without exiting, by
+    the next private node's start."""
     cfg = private_config(base, engine, kind)
     if services is not None and "sensors" in services:
         cfg = cfg.with_(sensors_port=services["sensors"])
@@ -126,20 +138,22 @@ def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "tes
     os.chmod(PRIVATE_STATE, 0o755)
     say = say or Say(quiet=True)
     try:
+        supervisor().remove_orphans()
         if policy is not None:
             parse_policy(dict(policy))  # refuse a bad policy before anything is made
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
             cfg.policy_path.write_text(yaml.safe_dump(dict(policy)))
         cfg = create_network(cfg, engine)
         if daemons:
-            start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name))
+            start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name), os.getpid())
         else:
+            install_programs(cfg, lambda d: log_path(cfg, d.name), os.getpid())
             start_nm(cfg, say, log_path=log_path(cfg))
         if services is not None:
             start_services(cfg, engine, os.environ, say, services)
         yield cfg
     finally:
         try:
-            stop_host_daemons(cfg)
+            remove_programs(cfg)
         finally:
             cleanup(cfg, engine)

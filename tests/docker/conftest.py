@@ -26,7 +26,7 @@ import pytest
 from slicectl.core.netplan import node_gateway
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import nm_pid, prepare, start_nm, stop_nm
+from slicectl.node.daemons import NM, daemon_state, prepare, start_nm, stop_nm
 from slicectl.node.dockerd import Say
 from slicectl.testbed.privnode import free_port as free_port  # re-exported for the tests
 from slicectl.testbed.privnode import log_path, private_node
@@ -76,7 +76,8 @@ class NMHandle:
 
     @property
     def pid(self) -> int | None:
-        return nm_pid(self.cfg)
+        """The node manager's pid as its supervisor reports it."""
+        return daemon_state(self.cfg, NM).pid
 
     def start(self) -> int:
         return start_nm(self.cfg, Say(quiet=True), log_path=self.log_path)
@@ -95,9 +96,10 @@ class NMHandle:
         stop_nm(self.cfg)
 
     def env(self) -> dict[str, str]:
-        from slicectl.node.daemons import config_env
+        """This node's configuration, and this checkout's code first on the path."""
+        from slicectl.node.daemons import config_env, source_root
 
-        return {**os.environ, **config_env(self.cfg)}
+        return {**os.environ, **config_env(self.cfg), "PYTHONPATH": str(source_root())}
 
     def cli(self, *argv: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real ``slicectl`` CLI against this node manager."""
