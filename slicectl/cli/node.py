@@ -49,13 +49,17 @@ def _demo_slice(cfg: NodeConfig, say: Say) -> None:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "slicectl-demo",
                         "-f", str(DEMO_KEY)], check=True)
     names = {from_struct(SliverView, s).name for s in nm.call("list")}
+    keys = keys_from_files([f"{DEMO_KEY}.pub"])
     if DEMO_SLICE not in names:
         rcap = nm.call("acquire", {"cpu_share": 10, "mem_mb": 512, "end": "52w"})
         nm.call("bind", DEMO_SLICE, rcap, {
-            "keys": keys_from_files([f"{DEMO_KEY}.pub"]), "contacts": ["root@localhost"],
+            "keys": keys, "contacts": ["root@localhost"],
             "description": "demo slice created by `make up`",
         })
         say(f"created the demo slice {DEMO_SLICE}")
+    elif keys[0] not in nm.call("get_keys", DEMO_SLICE):
+        nm.call("set_keys", DEMO_SLICE, keys)  # the key printed below is the one that works
+        say(f"gave the demo slice {DEMO_SLICE} the key {DEMO_KEY}.pub")
     port = "" if cfg.ssh_port == 22 else f" -p {cfg.ssh_port}"
     say(f"ready. Log into the demo sliver with:\n\n    ssh -i {DEMO_KEY}{port} "
         f"{DEMO_SLICE}@localhost\n")

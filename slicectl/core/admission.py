@@ -22,32 +22,74 @@ NODE_SERVICE_PORTS: frozenset[tuple[str, int]] = frozenset(
 
 @dataclass(frozen=True)
 class NodeCapacity:
-    """What one node can give: used as the upper bound of every single reservation."""
+    """What one node can give: the upper bound of every single reservation, and, times
+    its overcommit factor (node policy), of the sum of those outstanding at any time."""
 
     mem_mb: int
     disk_mb: int
     net_cap_kbit: int = 100_000
+    #: Per-process ceiling of open files (fs.nr_open).
     max_nofile: int = 1 << 20
+    #: Processes the kernel can hold (kernel.pid_max).
     max_nproc: int = 1 << 22
+    #: Open files the kernel can hold (fs.file-max).
+    total_nofile: int = 1 << 40
     cpu_shares: int = TOTAL_CPU_SHARES
     reserved_ports: frozenset[tuple[str, int]] = field(default=NODE_SERVICE_PORTS)
+    mem_overcommit: float = 2.0
+    disk_overcommit: float = 2.0
+    nproc_overcommit: float = 1.0
+    nofile_overcommit: float = 1.0
+
+    def pools(self) -> tuple[tuple[str, int, str], ...]:
+        """(rspec field, what all outstanding reservations may sum to, its name)."""
+        return (
+            ("cpu_share", self.cpu_shares, f"{self.cpu_shares} shares"),
+            ("net_min_kbit", self.net_cap_kbit,
+             f"the node cap of {self.net_cap_kbit} kbit/s (guarantees)"),
+            ("mem_mb", int(self.mem_mb * self.mem_overcommit),
+             f"{self.mem_mb} MB of memory x {self.mem_overcommit:g} overcommit"),
+            ("disk_mb", int(self.disk_mb * self.disk_overcommit),
+             f"{self.disk_mb} MB of sliver disk x {self.disk_overcommit:g} overcommit"),
+            ("nproc", int(self.max_nproc * self.nproc_overcommit),
+             f"{self.max_nproc} processes (kernel.pid_max) x {self.nproc_overcommit:g}"),
+            ("nofile", int(self.total_nofile * self.nofile_overcommit),
+             f"{self.total_nofile} open files (fs.file-max) x {self.nofile_overcommit:g}"),
+        )
+
+
+def peaks(candidate: RSpec, others: Iterable[RSpec],
+          attrs: tuple[str, ...]) -> dict[str, tuple[int, float]]:
+    """For each of ``attrs``, the largest sum over ``others`` at any instant in the
+    candidate's window, and the first instant it is reached (the candidate's start if
+    nothing overlaps). One sweep over the windows' edges: O(n log n)."""
+    events: list[tuple[float, int, RSpec]] = []
+    for o in others:
+        if o.start < candidate.end and candidate.start < o.end:
+            events.append((max(o.start, candidate.start), 1, o))
+            events.append((o.end, 0, o))  # at equal times ends come first: [start, end)
+    events.sort(key=lambda e: (e[0], e[1]))
+    running = dict.fromkeys(attrs, 0)
+    best = {a: (0, candidate.start) for a in attrs}
+    i = 0
+    while i < len(events):
+        t = events[i][0]
+        while i < len(events) and events[i][0] == t:
+            _, kind, o = events[i]
+            for a in attrs:
+                running[a] += getattr(o, a) if kind else -getattr(o, a)
+            i += 1
+        if t < candidate.end:
+            for a in attrs:
+                if running[a] > best[a][0]:
+                    best[a] = (running[a], t)
+    return best
 
 
 def peak_overlap(candidate: RSpec, others: Iterable[RSpec], attr: str) -> tuple[int, float]:
-    """The largest sum of ``attr`` over ``others`` at any instant in candidate's window.
-
-    Returns the peak and the instant it is reached (the candidate's start if nothing
-    overlaps).
-    """
-    overlapping = [o for o in others if o.start < candidate.end and candidate.start < o.end]
-    # The sum only rises at a start, so it peaks at one of these instants.
-    instants = sorted({candidate.start} | {o.start for o in overlapping if o.start > candidate.start})
-    best, when = 0, candidate.start
-    for t in instants:
-        total = sum(getattr(o, attr) for o in overlapping if o.start <= t < o.end)
-        if total > best:
-            best, when = total, t
-    return best, when
+    """The largest sum of ``attr`` over ``others`` at any instant in candidate's window,
+    and the instant it is reached (see :func:`peaks`)."""
+    return peaks(candidate, others, (attr,))[attr]
 
 
 def check(
@@ -81,21 +123,16 @@ def check(
         if asked > limit:
             raise AdmissionError(f"{attr}: asked for {asked}, but the node has {limit} {what}")
 
-    others = list(outstanding.values())
-    peak, when = peak_overlap(candidate, others, "cpu_share")
-    if peak + candidate.cpu_share > capacity.cpu_shares:
-        free = capacity.cpu_shares - peak
-        raise AdmissionError(
-            f"cpu_share: asked for {candidate.cpu_share}, but only {free} of "
-            f"{capacity.cpu_shares} shares are free at {iso(when)}"
-        )
-    peak, when = peak_overlap(candidate, others, "net_min_kbit")
-    if peak + candidate.net_min_kbit > capacity.net_cap_kbit:
-        free = capacity.net_cap_kbit - peak
-        raise AdmissionError(
-            f"net_min_kbit: asked for a guarantee of {candidate.net_min_kbit} kbit/s, but only "
-            f"{free} of the node cap of {capacity.net_cap_kbit} kbit/s are free at {iso(when)}"
-        )
+    pools = capacity.pools()
+    found = peaks(candidate, outstanding.values(), tuple(p[0] for p in pools))
+    for attr, limit, what in pools:
+        peak, when = found[attr]
+        asked = getattr(candidate, attr)
+        if peak + asked > limit:
+            raise AdmissionError(
+                f"{attr}: asked for {asked}, but only {max(0, limit - peak)} of {what} "
+                f"are free at {iso(when)}"
+            )
 
     for proto, port in sorted(candidate.ports()):
         if (proto, port) in capacity.reserved_ports:

@@ -31,6 +31,8 @@ SLIVER_CAPS: tuple[str, ...] = (
 )
 
 SLIVER_ETC = "/etc/slicectl"
+#: User and group ids a sliver's namespace maps (the engine's remap range).
+SLIVER_IDS = 65536
 SLIVER_NM_DIR = "/run/slicectl/nm"
 SLIVER_SHIM_DIR = "/run/slicectl/raw"
 SLIVER_SNIFFER_DIR = "/run/slicectl/sniffer"
@@ -157,6 +159,10 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
         # `node` is the node itself as slivers reach it: the bridge's gateway address.
         "extra_hosts": {"node": node_gateway(node.subnet)},
         "ulimits": [{"Name": "nofile", "Soft": rspec.nofile, "Hard": rspec.nofile}],
+        # ICMP echo sockets for every user of the sliver (ping without NET_RAW); the
+        # engine sets this only without user-namespace remapping, so say it here, in the
+        # sliver's own (remapped) range of group ids
+        "sysctls": {"net.ipv4.ping_group_range": f"0 {SLIVER_IDS - 1}"},
         "storage_opt": {"size": str(disk_quota_bytes(rspec, node))},
         "restart_policy": {"Name": "unless-stopped"},
         "stop_signal": "SIGTERM",

@@ -214,7 +214,8 @@ def combine(specs: list[RSpec]) -> RSpec:
     """The effective rspec of a sliver that holds several rcaps.
 
     Quantities add up (shares capped at the node total), ceilings and flags take the
-    largest, ports unite, and the window spans all of them.
+    largest, ports unite, and the window spans all of them. Daily byte budgets add up
+    over the rcaps that have one: an rcap without a budget adds none and lifts none.
     """
     if not specs:
         raise StateError("combine: expected at least one rspec, found none")
@@ -228,8 +229,8 @@ def combine(specs: list[RSpec]) -> RSpec:
         start=min(s.start for s in specs),
         end=max(s.end for s in specs),
         net_max_kbit=max(max(s.net_max_kbit for s in specs), sums["net_min_kbit"]),
-        net_max_kbyte_day=(0 if any(s.net_max_kbyte_day == 0 for s in specs)
-                           else sum(s.net_max_kbyte_day for s in specs)),
+        # Budgets add up; an rcap without one (0) does not lift another's.
+        net_max_kbyte_day=sum(s.net_max_kbyte_day for s in specs),
         tcp_ports=tuple(sorted({p for s in specs for p in s.tcp_ports})),
         udp_ports=tuple(sorted({p for s in specs for p in s.udp_ports})),
         cpu_capped=all(s.cpu_capped for s in specs),
@@ -241,13 +242,25 @@ def combine(specs: list[RSpec]) -> RSpec:
     )
 
 
+def part_defaults(parent: RSpec) -> dict[str, Any]:
+    """What a part split off ``parent`` has where the request is silent: the least of
+    every quantity, the parent's window, ceilings and flags, no ports and (if the parent
+    has a daily budget) none given, so the request must say how much of it moves."""
+    out: dict[str, Any] = {name: INT_FIELDS[name].lo for name in ADDITIVE}
+    out |= {"start": iso(parent.start), "end": iso(parent.end),
+            "net_max_kbit": parent.net_max_kbit, "cpu_capped": parent.cpu_capped}
+    out |= {flag: getattr(parent, flag)
+            for flag in ("create_vm", "nm_privileged", "raw_sockets", "admin_sniffer")}
+    return out
+
+
 def split(parent: RSpec, part: RSpec) -> RSpec:
     """Carve ``part`` off ``parent``; return what remains of the parent.
 
-    The part must fit inside the parent: no more of any quantity than the parent has while
-    leaving the parent at least each field's minimum, no ceiling or privilege the parent
-    lacks, only ports the parent holds (they move to the part), and a window inside the
-    parent's.
+    The part must fit inside the parent: no more of any quantity (the daily byte budget
+    too) than the parent has while leaving the parent at least each field's minimum, no
+    ceiling or privilege the parent lacks, only ports the parent holds (they move to the
+    part), and a window inside the parent's.
 
     Raises:
         ValidationError: naming the first field of ``part`` that does not fit.
@@ -261,10 +274,13 @@ def split(parent: RSpec, part: RSpec) -> RSpec:
                 name, f"at most {have - lo} (the rcap has {have} and keeps at least {lo})", want
             )
         remaining[name] = have - want
-    if parent.net_max_kbyte_day and not 0 < part.net_max_kbyte_day <= parent.net_max_kbyte_day:
+    budget = parent.net_max_kbyte_day
+    if budget and not 0 < part.net_max_kbyte_day < budget:
         raise ValidationError("net_max_kbyte_day",
-                              f"from 1 to {parent.net_max_kbyte_day} (the rcap's daily budget)",
-                              part.net_max_kbyte_day)
+                              f"from 1 to {budget - 1} (the rcap's daily budget is {budget} "
+                              "and it keeps at least 1)", part.net_max_kbyte_day)
+    if budget:
+        remaining["net_max_kbyte_day"] = budget - part.net_max_kbyte_day
     if part.net_max_kbit > parent.net_max_kbit:
         raise ValidationError("net_max_kbit", f"at most {parent.net_max_kbit}", part.net_max_kbit)
     for flag in ("nm_privileged", "raw_sockets", "admin_sniffer", "create_vm"):

@@ -1,4 +1,4 @@
-"""XML-RPC over a unix socket, with the caller identified by the socket's peer credentials.
+"""XML-RPC over a unix socket, with the caller pinned at connect time (:mod:`slicectl.ipc.peer`).
 
 The node manager is reachable only through this socket: root on the host, and root in
 slivers whose rspec has ``nm_privileged`` (the socket's directory is mounted into them).
@@ -6,42 +6,88 @@ slivers whose rspec has ``nm_privileged`` (the socket's directory is mounted int
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.client
 import logging
 import os
+import select
 import socket
 import socketserver
-import struct
+import threading
+import time
 import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
 
-from slicectl.core.errors import ConnectionFailed, SlicectlError, from_fault
+from slicectl.core.errors import ConnectionFailed, PermissionDenied, SlicectlError, from_fault
+from slicectl.ipc.peer import Peer
+from slicectl.ipc.refusals import Refusals
 
 log = logging.getLogger("slicectl.ipc.rpc")
 
-#: A dispatcher gets (method, params, peer uid, peer pid) and returns the result.
-Dispatch = Callable[[str, tuple[Any, ...], int, int], Any]
+#: Pins the peer of a just accepted connection (default :meth:`Peer.of`); raising a
+#: SlicectlError refuses it. What it returns must have ``check()`` (re-run before every
+#: request) and may have ``close()`` (run when the connection ends) and ``owner`` (what
+#: its connections count against).
+Identify = Callable[[socket.socket], Any]
+#: A dispatcher gets (method, params, the identity pinned at accept) and returns the result.
+Dispatch = Callable[[str, tuple[Any, ...], Any], Any]
 
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a unix socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
+#: Largest request body the server reads (the biggest real call, set_initscript, is 64 KiB).
+MAX_BODY = 4 << 20
+#: Connections one owner (a container, or the host) may hold open at once.
+MAX_CONNECTIONS_PER_OWNER = 64
+#: The header that carries why a connection was refused (clients show it).
+REFUSED_HEADER = "X-Slicectl-Refused"
+#: A connection idle this long is dropped.
+IDLE_TIMEOUT_S = 30.0
 
 
 class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/", "/RPC2")
     disable_nagle_algorithm = False  # unix sockets have no TCP_NODELAY
+    timeout = IDLE_TIMEOUT_S
     server: UnixXMLRPCServer
 
+    def handle_one_request(self) -> None:
+        """Wait for the next request or the peer's exit, whichever comes first: a
+        connection whose process is gone frees its place at once."""
+        who: Any = self.client_address  # what the server pinned at accept
+        pidfd = getattr(who, "pidfd", -1)
+        if pidfd >= 0:
+            p = select.poll()
+            p.register(self.connection, select.POLLIN)
+            p.register(pidfd, select.POLLIN)
+            ready = dict(p.poll(IDLE_TIMEOUT_S * 1000))
+            if not ready:
+                self.close_connection = True
+                return
+            if pidfd in ready and self.connection.fileno() not in ready:
+                answer_refusal(self.connection, 403, f"peer pid {who.pid}: "
+                               "expected the process that connected, found it exited "
+                               "(a connection is not passed on)")
+                self.close_connection = True
+                return
+        super().handle_one_request()
+
+    def do_POST(self) -> None:
+        length = self.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > self.server.max_body:
+            self.close_connection = True
+            self.send_error(413 if length.isdigit() else 411,
+                            f"content-length: expected at most {self.server.max_body} bytes, "
+                            f"found {length[:20]!r}")
+            return
+        super().do_POST()
+
     def _dispatch(self, method: str, params: tuple[Any, ...]) -> Any:
-        pid, uid, _gid = peer_credentials(self.request)
+        who: Any = self.client_address  # what the server pinned at accept (see get_request)
         try:
-            return self.server.dispatch(method, params, uid, pid)
+            who.check()
+            return self.server.dispatch(method, params, who)
         except SlicectlError as e:
             raise xmlrpc.client.Fault(e.fault_code, str(e)) from e
         except Exception as e:  # a bug inside the method: the server's, not the caller's
@@ -54,15 +100,28 @@ class _Handler(SimpleXMLRPCRequestHandler):
 
 class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer,
                        SimpleXMLRPCDispatcher):
-    """A threaded XML-RPC server on a unix socket that only the owner (root) may open."""
+    """A threaded XML-RPC server on a unix socket that only the owner (root) may open.
+
+    Each connection's peer is pinned when it is accepted (``identify``) and checked
+    again before each request on it; a peer that cannot be pinned is answered with
+    the reason (HTTP 403) and dropped.
+    """
 
     daemon_threads = True
     block_on_close = False
     logRequests = False
 
-    def __init__(self, path: Path, dispatch: Dispatch) -> None:
+    def __init__(self, path: Path, dispatch: Dispatch, identify: Identify = Peer.of,
+                 max_body: int = MAX_BODY,
+                 max_per_owner: int = MAX_CONNECTIONS_PER_OWNER) -> None:
         SimpleXMLRPCDispatcher.__init__(self, allow_none=True, encoding="utf-8")
         self.dispatch = dispatch
+        self.identify = identify
+        self.max_body = max_body
+        self.max_per_owner = max_per_owner
+        self._open: dict[str, int] = {}
+        self._open_lock = threading.Lock()
+        self.refusals = Refusals(log)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
@@ -70,6 +129,85 @@ class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)  # atomic: clients never see a missing socket on restart
         self.path = path
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection and pin its peer. A peer that cannot be pinned (its
+        process is gone, it has no credentials) is answered at once and dropped: it
+        holds no thread and counts against no one."""
+        try:
+            sock, _ = self.socket.accept()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("accept: %s; backing off", e.strerror)
+                time.sleep(0.1)  # the listener stays readable: do not spin
+            raise
+        try:
+            return sock, self.identify(sock)
+        except SlicectlError as e:
+            self.refusals.count("unidentified", "peer not pinned", str(e))
+            refuse(sock, 403, str(e))
+        except Exception as e:  # an identify bug must refuse, never serve
+            log.exception("identify failed")
+            refuse(sock, 403, f"peer: expected to identify it, failed ({e})")
+        raise ConnectionRefusedError("peer refused")  # socketserver skips this request
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        owner = getattr(client_address, "owner", None)
+        if owner is None:
+            return True
+        with self._open_lock:
+            if self._open.get(owner, 0) < self.max_per_owner:
+                self._open[owner] = self._open.get(owner, 0) + 1
+                return True
+            self._release(client_address, count=False)
+        self.refusals.count(str(owner), "connections")
+        refuse(request, 503, f"connections of {owner[:12]}: expected at most "
+                             f"{self.max_per_owner} open at once, found that many")
+        return False
+
+    def _release(self, who: Any, count: bool = True) -> None:
+        close = getattr(who, "close", None)
+        if close is not None:
+            close()
+        owner = getattr(who, "owner", None)
+        if count and owner is not None:
+            left = self._open.get(owner, 1) - 1
+            if left > 0:
+                self._open[owner] = left
+            else:
+                self._open.pop(owner, None)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._release(client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("connection of %s ended with an error", getattr(client_address, "owner", "?"),
+                    exc_info=True)
+
+
+def answer_refusal(sock: socket.socket, status: int, reason: str) -> None:
+    """Write one HTTP error naming ``reason`` (in the body and a header), without
+    blocking; a peer that does not read loses it."""
+    text = reason.replace("\r", " ").replace("\n", " ")[:300]
+    body = f"{text}\n".encode()
+    head = (f"HTTP/1.0 {status} {http.client.responses.get(status, 'Refused')}\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"{REFUSED_HEADER}: {text}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with contextlib.suppress(OSError):
+        sock.send(head + body, socket.MSG_DONTWAIT)
+
+
+def refuse(sock: socket.socket, status: int, reason: str) -> None:
+    """Answer a connection that will not be served (:func:`answer_refusal`) and close it."""
+    answer_refusal(sock, status, reason)
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -114,6 +252,12 @@ class Client:
             return getattr(self._proxy, method)(*args)
         except xmlrpc.client.Fault as f:
             raise from_fault(f.faultCode, f.faultString) from None
+        except xmlrpc.client.ProtocolError as e:
+            reason = (e.headers.get(REFUSED_HEADER) if e.headers else None) or e.errmsg
+            if e.errcode == 403:
+                raise PermissionDenied(reason) from None
+            raise ConnectionFailed(f"node manager at {self.path}: refused {method} "
+                                   f"({e.errcode}: {reason})") from None
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise ConnectionFailed(
                 f"node manager at {self.path}: expected it to answer, found no one listening "

@@ -94,7 +94,10 @@ class HostAccounts:
         run(
             ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", str(self.shell),
              "--gid", self.group, "--comment", ACCOUNT_GECOS, "--no-user-group",
-             "-K", f"UID_MIN={UID_MIN}", "-K", f"UID_MAX={UID_MAX}", "--password", "*", name],
+             "-K", f"UID_MIN={UID_MIN}", "-K", f"UID_MAX={UID_MAX}",
+             # a slice account maps no subordinate ids: slivers' user namespaces are the
+             # engine's (dockerd.REMAP_USER), never a slice's
+             "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", "--password", "*", name],
             what=f"host account for slice {name}",
         )
         return pwd.getpwnam(name).pw_uid

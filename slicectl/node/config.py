@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
+
 from slicectl.core.errors import ValidationError
+from slicectl.core.policy import NodePolicy, parse_policy
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,28 @@ class NodeConfig:
     @property
     def nm_pidfile(self) -> Path:
         return self.run_dir / "nm.pid"
+
+    @property
+    def policy_path(self) -> Path:
+        """The local administrator's node policy (YAML; see :mod:`slicectl.core.policy`)."""
+        return self.state_dir / "policy.yaml"
+
+    def policy(self) -> NodePolicy:
+        """The node policy from :attr:`policy_path`; the defaults if there is none.
+
+        Raises:
+            ValidationError: the file is not a valid policy (naming the setting).
+        """
+        try:
+            text = self.policy_path.read_text()
+        except FileNotFoundError:
+            return NodePolicy()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValidationError(str(self.policy_path), "a YAML mapping of settings",
+                                  f"invalid YAML ({str(e).splitlines()[0]})", as_text=True) from e
+        return parse_policy(data)
 
     @property
     def slivers_dir(self) -> Path:

@@ -7,8 +7,11 @@ root-only and never mounted into slivers, and the host's own engine (if any) is 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import pwd
+import signal
 import struct
 import subprocess
 import time
@@ -18,6 +21,7 @@ import docker
 import docker.errors
 import requests
 
+from slicectl.core.containerplan import SLIVER_IDS
 from slicectl.core.errors import EngineError
 from slicectl.core.labels import LABEL_KIND, LABEL_PREFIX
 from slicectl.node.config import NodeConfig
@@ -25,6 +29,101 @@ from slicectl.node.hostcmd import run
 
 DOCKERD = "/usr/sbin/dockerd"
 DEFAULT_DISK_GB = 40
+
+#: The account whose subordinate ids slivers' user namespaces map to (engine-wide
+#: ``userns-remap``): root in a sliver is host uid REMAP_BASE, never host root.
+REMAP_USER = "slicectl-remap"
+#: Far above what useradd hands out (SUB_UID_MIN..SUB_UID_MAX, 100000..600100000).
+REMAP_BASE = 700_000_000
+REMAP_COUNT = SLIVER_IDS
+SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
+
+
+def subid_entry(text: str, user: str) -> tuple[int, int] | None:
+    """(first id, count) of ``user``'s line in an /etc/subuid-style text, or None."""
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] == user and fields[1].isdigit() and fields[2].isdigit():
+            return int(fields[1]), int(fields[2])
+    return None
+
+
+def ensure_remap_user() -> int:
+    """Make the remap account and its subordinate ids (idempotent); return the host uid
+    that root in a sliver is."""
+    try:
+        pwd.getpwnam(REMAP_USER)
+    except KeyError:
+        run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", "--comment", "slicectl sliver user namespaces",
+             REMAP_USER], what=f"account {REMAP_USER}")
+    base = REMAP_BASE
+    for path in SUBID_FILES:
+        text = path.read_text() if path.exists() else ""
+        entry = subid_entry(text, REMAP_USER)
+        if entry is None:
+            with path.open("a") as f:
+                f.write(f"{'' if not text or text.endswith(chr(10)) else chr(10)}"
+                        f"{REMAP_USER}:{REMAP_BASE}:{REMAP_COUNT}\n")
+        elif path.name == "subuid":
+            base = entry[0]
+    return base
+
+
+def remap_root() -> int:
+    """The host uid of root in a sliver (from /etc/subuid).
+
+    Raises:
+        EngineError: the remap account has no subordinate ids (run ``slicectl node up``).
+    """
+    text = SUBID_FILES[0].read_text() if SUBID_FILES[0].exists() else ""
+    entry = subid_entry(text, REMAP_USER)
+    if entry is None:
+        raise EngineError(f"{SUBID_FILES[0]}: expected a line for {REMAP_USER}, found none; "
+                          "run `slicectl node up`")
+    return entry[0]
+
+
+def open_to_sliver_root(path: Path) -> None:
+    """Let root in a sliver (the remapped uid, as owner) and the node's services (host
+    root without capabilities, by group 0) connect to the socket at ``path``; nobody else
+    but host root can. Which slivers see the socket at all is their mounts' business."""
+    os.chown(path, remap_root(), 0)
+    os.chmod(path, 0o660)
+
+
+def engine_remaps(cfg: NodeConfig) -> bool:
+    """Whether the running engine maps containers' users (``userns-remap``)."""
+    client = docker.DockerClient(base_url=cfg.engine_url, timeout=10)
+    try:
+        return any("name=userns" in o for o in client.info().get("SecurityOptions") or [])
+    finally:
+        client.close()
+
+
+def restart_for_remap(cfg: NodeConfig, say: Say, timeout_s: float = 60) -> None:
+    """Stop an engine of ours that runs without user-namespace remapping, after removing
+    its containers (slivers and services are made again on the remapping engine: the
+    node manager recreates slivers from its database)."""
+    say("the node's engine runs without user-namespace remapping; restarting it with "
+        "remapping (sliver containers are recreated)")
+    client = docker.DockerClient(base_url=cfg.engine_url, timeout=120)
+    try:
+        for c in client.containers.list(all=True):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
+        client.images.prune(filters={"dangling": False})
+    finally:
+        client.close()
+    pidfile = cfg.run_dir / "dockerd.pid"
+    pid = int(pidfile.read_text().split()[0])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{pid}").exists():
+        raise EngineError(f"Docker engine pid {pid}: did not stop within {timeout_s:.0f}s of "
+                          "SIGTERM; stop it and run `slicectl node up` again")
 
 
 class Say:
@@ -66,8 +165,12 @@ _QUOTA_CTL_ENABLE_SIMPLE = 4
 
 def quota_mode(path: Path) -> str:
     """``squota`` (simple quotas), ``qgroup`` (full accounting) or ``none`` for the btrfs
-    filesystem holding ``path``."""
-    shown = run(["btrfs", "filesystem", "show", str(path)], what="btrfs filesystem show")
+    filesystem holding ``path`` (the engine's root is a subdirectory of it when it remaps
+    user namespaces)."""
+    mount = path.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    shown = run(["btrfs", "filesystem", "show", str(mount)], what="btrfs filesystem show")
     uuid = next((ln.split("uuid:")[1].strip() for ln in shown.stdout.splitlines()
                  if "uuid:" in ln), "")
     mode = Path(f"/sys/fs/btrfs/{uuid}/qgroups/mode")
@@ -124,9 +227,13 @@ def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
 
 def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,
                  timeout_s: float = 60) -> bool:
-    """Start the node's engine unless it answers already. Returns True if it was started."""
+    """Start the node's engine unless it answers already (with user-namespace remapping;
+    an engine of ours without it is restarted). Returns True if it was started."""
+    ensure_remap_user()
     if engine_answers(cfg):
-        return False
+        if engine_remaps(cfg):
+            return False
+        restart_for_remap(cfg, say)
     if not Path(DOCKERD).exists():
         raise EngineError(f"{DOCKERD}: not installed; run scripts/install-host.sh")
     root = ensure_btrfs(cfg, disk_gb, say)
@@ -145,6 +252,7 @@ def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,
         "--bridge", "none",
         "--live-restore",
         "--userland-proxy=false",
+        "--userns-remap", REMAP_USER,
         "--log-driver", "json-file", "--log-opt", "max-size=1m",
     ]
     say(f"starting the node's Docker engine (log: {log_path})")

@@ -15,6 +15,8 @@ from docker.models.containers import Container
 from slicectl.core.containerplan import ContainerPlan, NodeFacts
 from slicectl.core.errors import EngineError, StateError
 from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, LABEL_SLICE
+from slicectl.core.userns import SLIVER_LIMITS
+from slicectl.node.hostcmd import run
 from slicectl.node.nm.boundary import SliverStatus
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -121,6 +123,14 @@ class SliverEngine:
             self._require(name).start()
         except docker.errors.APIError as e:
             raise EngineError(f"container {name}: could not start: {e.explanation}") from e
+
+    def confine(self, name: str, pid: int) -> None:
+        """Give the user namespace of sliver ``name`` (its init is ``pid``) its own limits
+        (:data:`slicectl.core.userns.SLIVER_LIMITS`), so what its root takes of per-user
+        counts stops there and does not reach host root, the namespace's creator."""
+        writes = " && ".join(f"echo {v} > /proc/sys/user/{k}" for k, v in SLIVER_LIMITS.items())
+        run(["nsenter", "--target", str(pid), "--user", "--", "sh", "-c", writes],
+            what=f"user namespace limits of {name}")
 
     def stop(self, name: str, timeout: int = 5) -> None:
         self._require(name).stop(timeout=timeout)

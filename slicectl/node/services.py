@@ -197,6 +197,9 @@ def service_plan(spec: ServiceSpec, cfg: NodeConfig, image: str) -> ServicePlan:
         },
         "environment": service_env(spec, cfg),
         "network_mode": "host",
+        # the node's own services read the host's cgroups and sockets: the host's user
+        # namespace (slivers get the engine's remapped one)
+        "userns_mode": "host",
         "cap_drop": ["ALL"],
         "cap_add": ["NET_BIND_SERVICE"] if spec.port < 1024 else [],
         "security_opt": ["no-new-privileges"],

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -41,11 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError
+from slicectl.core.policy import NodePolicy
+from slicectl.core.requests import loads_bounded, shim_request
 from slicectl.core.wire import NetEntry, from_struct
+from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SHIM, daemon_logging, serve_daemon
-from slicectl.node.procfs import container_of_pid
+from slicectl.node.procfs import PinnedPeer, pin
 from slicectl.node.ring import (
     ETH_P_ALL,
     ETH_P_IP,
@@ -76,10 +80,13 @@ from slicectl.saferaw.packet import (
 
 log = logging.getLogger("slicectl.node.shim")
 
-SO_PEERCRED = 17
 SNIFF_SNAPLEN = 65535
 TS = struct.Struct("<d")
 DROP_COMMENT = "slicectl-raw"
+#: Socket buffer sizes of a session (the kernel may hold up to twice each): toward the
+#: sliver, capture from its network, sending into it. They count against the sliver's
+#: node-policy budget (NodePolicy.shim_buffer_mib_per_sliver).
+CLIENT_BUFFER = CAPTURE_BUFFER = SEND_BUFFER = 1 << 21
 PROC_NET = {"tcp": ("tcp", "tcp6"), "udp": ("udp", "udp6")}
 RECV_BURST = 64
 #: How long the loop keeps polling after traffic before it sleeps (see Shim.run).
@@ -194,7 +201,7 @@ class ShimError(SlicectlError):
 @dataclass
 class Session:
     client: socket.socket
-    pid: int
+    peer: PinnedPeer
     slice: str = ""
     kind: str = ""
     binding: Binding | None = None
@@ -203,18 +210,27 @@ class Session:
     tx: socket.socket | None = None
     claimed: bool = False
     rule: bool = False
+    #: kernel buffer space this session may make the host hold (what its sockets were set to)
+    buffers: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.peer.pid
 
 
 class Shim:
     """All sessions of a node, driven by one selector loop."""
 
-    def __init__(self, cfg: NodeConfig, nm: Callable[..., Any]) -> None:
+    def __init__(self, cfg: NodeConfig, nm: Callable[..., Any],
+                 policy: NodePolicy | None = None) -> None:
         self.cfg = cfg
         self.nm = nm
+        self.policy = policy or NodePolicy()
+        self.accept_paused_until = 0.0
         self.sel = selectors.DefaultSelector()
         self.sessions: dict[int, Session] = {}
         self.slivers: dict[str, NetEntry] = {}
-        self.refused: Counter[tuple[str, str]] = Counter()
+        self.refusals = Refusals(log)
         self.totals: Counter[str] = Counter()
         self.stop = threading.Event()
         self.listener: socket.socket | None = None
@@ -230,39 +246,46 @@ class Shim:
         entries = (from_struct(NetEntry, r) for r in self.nm("net_map"))
         self.slivers = {e.container_id: e for e in entries if e.container_id}
 
-    def sliver_of(self, pid: int) -> NetEntry:
-        cid = container_of_pid(pid)
-        if cid is None:
+    def sliver_of(self, peer: PinnedPeer) -> NetEntry:
+        """The net_map entry of the sliver the (pinned, still living) peer is in."""
+        def slice_of(cid: str) -> str | None:
+            if cid not in self.slivers:
+                self.refresh()
+            entry = self.slivers.get(cid)
+            return entry.slice if entry else None
+
+        try:
+            who = peer.who(slice_of)
+        except PermissionDenied as e:
+            raise ShimError("EPERM", str(e)) from e
+        if who.kind != "slice" or peer.container_id is None:
             raise ShimError("EPERM", "safe raw sockets are for slivers; the caller is no "
                                      "container")
-        if cid not in self.slivers:
-            self.refresh()
-        row = self.slivers.get(cid)
-        if row is None:
-            raise ShimError("EPERM", f"container {cid[:12]} is no sliver of this node")
-        return row
+        return self.slivers[peer.container_id]
 
     # opening --------------------------------------------------------------------------
 
     def open(self, s: Session, req: dict[str, Any]) -> dict[str, Any]:
-        row = self.sliver_of(s.pid)
+        try:
+            checked = shim_request(req)
+        except SlicectlError as e:
+            raise ShimError("EINVAL", str(e)) from e
+        if checked.op == "stats":
+            raise ShimError("EINVAL", "op: expected open or sniff here, found stats")
+        row = self.sliver_of(s.peer)
         s.slice = row.slice
         if not row.raw_sockets:
             raise ShimError("EPERM", f"slice {s.slice}: expected the raw_sockets right, found "
                                      "none in its rspec")
-        op, proto = req.get("op"), req.get("proto")
-        if op not in ("open", "sniff") or proto not in PROTOS:
-            raise ShimError("EINVAL", f"request: expected op open|sniff and proto tcp|udp|icmp, "
-                                      f"found {op!r}/{proto!r}")
+        self.reserve_buffers(s, CAPTURE_BUFFER + (SEND_BUFFER if checked.op == "open" else 0))
+        op, proto = checked.op, checked.proto
         s.kind, s.proto_name = ("raw" if op == "open" else "sniff"), str(proto)
         pnum = PROTOS[s.proto_name]
         address = row.address
         if pnum == ICMP:
             if s.kind == "sniff":
                 raise ShimError("EINVAL", "sniff: expected tcp or udp, found icmp")
-            ident = req.get("icmp_id")
-            if not isinstance(ident, int) or not 0 <= ident <= 0xFFFF:
-                raise ShimError("EINVAL", f"icmp_id: expected 0..65535, found {ident!r}")
+            ident = checked.icmp_id
             for o in self.sessions.values():
                 if o is not s and o.slice == s.slice and o.binding is not None and \
                         o.binding.proto == ICMP and o.binding.icmp_id == ident:
@@ -270,9 +293,7 @@ class Shim:
                                                   "raw socket of this sliver")
             s.binding = Binding(address, ICMP, icmp_id=ident)
         else:
-            port = req.get("port")
-            if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-                raise ShimError("EINVAL", f"port: expected 1..65535, found {port!r}")
+            port = checked.port
             in_use = port in ports_in_use(s.pid, s.proto_name)
             if s.kind == "raw" and in_use:
                 raise ShimError("EADDRINUSE", f"{proto} port {port}: expected a free port, found "
@@ -284,6 +305,13 @@ class Shim:
         return {"ok": True, "address": address, "slice": s.slice}
 
     def claim(self, s: Session, port: int) -> None:
+        held = {(o.proto_name, o.binding.port) for o in self.sessions.values()
+                if o is not s and o.claimed and o.slice == s.slice and o.binding is not None}
+        if (s.proto_name, port) not in held and len(held) >= self.policy.shim_claims_per_sliver:
+            self.refusals.count(s.slice, "claim-cap")
+            raise ShimError("EADDRINUSE", f"slice {s.slice}: expected at most "
+                                          f"{self.policy.shim_claims_per_sliver} ports held by "
+                                          "raw sockets (node policy), found that many")
         try:
             self.nm("claim_port", s.slice, s.proto_name, port, s.kind)
         except AdmissionError as e:
@@ -297,22 +325,22 @@ class Shim:
         assert b is not None
         prog = bpf_binding(b.proto, b.port, b.icmp_id, incoming_only=s.kind == "raw",
                            sniff=s.kind == "sniff")
-        before = container_of_pid(s.pid)
+        s.peer.check()
         with in_netns(s.pid):
             ethertype = ETH_P_ALL if s.kind == "sniff" else ETH_P_IP
             cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ethertype))
             try:
                 attach_filter(cap, prog)
                 cap.bind(("eth0", ethertype))
-                cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+                cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CAPTURE_BUFFER)
                 tx = None
                 if s.kind == "raw":
                     tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-                    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+                    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             except OSError as e:
                 cap.close()
                 raise ShimError("EIO", f"capture in slice {s.slice}'s network: {e}") from e
-        if container_of_pid(s.pid) != before:
+        if not s.peer.peer.alive():  # the pid named the peer's namespace throughout
             cap.close()
             if tx is not None:
                 tx.close()
@@ -324,11 +352,13 @@ class Shim:
                 cap.recv(65535)
         s.cap, s.tx = cap, tx
         if s.kind == "raw" and b.proto != ICMP:
+            s.peer.check()
             res = in_sliver_iptables(s.pid, "-I", *drop_rule(s.proto_name, b.port))
+            s.rule = res.returncode == 0
+            s.peer.check()
             if res.returncode != 0:
                 raise ShimError("EIO", f"keeping {s.proto_name} port {b.port} from slice "
                                        f"{s.slice}'s own stack: {res.stderr.strip()}")
-            s.rule = True
         self.sel.register(cap, selectors.EVENT_READ, ("cap", s))
 
     def close(self, s: Session) -> None:
@@ -352,6 +382,7 @@ class Shim:
         for sock in (s.client, s.cap, s.tx):
             if sock is not None:
                 sock.close()
+        s.peer.close()
 
     # traffic --------------------------------------------------------------------------
 
@@ -401,27 +432,24 @@ class Shim:
                                             "error": f"send: {e.strerror}"}).encode())
 
     def refuse(self, s: Session, reason: str, message: str) -> None:
-        self.refused[(s.slice, reason)] += 1
+        self.refusals.count(s.slice, reason, message)
         self.reply(s, b"E", json.dumps({"ok": False, "errno": "EPERM", "reason": reason,
                                         "error": message}).encode())
 
     def handle_request(self, s: Session, data: bytes) -> None:
+        req: dict[str, Any] | None = None
         try:
-            req = json.loads(data)
-            if not isinstance(req, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            req = None
-        if req is not None and req.get("op") == "stats":
-            self.reply_stats(s)
-            return
-        try:
-            if req is None:
-                raise ShimError("EINVAL", "request: expected a JSON object")
+            try:
+                req = loads_bounded(data)
+            except SlicectlError as e:
+                raise ShimError("EINVAL", str(e)) from e
+            if req.get("op") == "stats":
+                self.reply_stats(s)
+                return
             answer = self.open(s, req)
         except SlicectlError as e:
             err = e.errno_name if isinstance(e, ShimError) else "EPERM"
-            log.info("refused %s for pid %d (%s): %s", req, s.pid, s.slice or "?", e)
+            self.refusals.count(s.slice or f"pid {s.pid}", "request", str(e))
             self.reply(s, b"", json.dumps({"ok": False, "errno": err, "error": str(e)}).encode())
             self.close(s)
             return
@@ -429,13 +457,14 @@ class Shim:
         self.reply(s, b"", json.dumps(answer).encode())
 
     def reply_stats(self, s: Session) -> None:
-        if container_of_pid(s.pid) is not None:
-            self.reply(s, b"", json.dumps({"ok": False, "errno": "EPERM",
-                                           "error": "stats: for the node's root only"}).encode())
-            return
+        if not (s.peer.alive() and s.peer.host_root):
+            raise ShimError("EPERM", f"stats: expected the node's root, found pid {s.pid} "
+                                     + ("gone" if not s.peer.alive() else
+                                        f"in container {(s.peer.container_id or '')[:12]}"
+                                        if s.peer.container_id else f"uid {s.peer.uid}"))
         stats = {"ok": True, "sessions": len(self.sessions) - 1, **self.totals,
-                 "refused": [{"slice": sl, "reason": r, "count": n}
-                             for (sl, r), n in sorted(self.refused.items())]}
+                 "refused": [{"slice": r["caller"], "reason": r["reason"], "count": r["count"]}
+                             for r in self.refusals.summary()]}
         self.reply(s, b"", json.dumps(stats).encode())
 
     def to_sliver(self, s: Session) -> None:
@@ -458,12 +487,67 @@ class Shim:
     # the loop -------------------------------------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
-        client, _ = listener.accept()
-        pid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))[0]
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
-        s = Session(client=client, pid=pid)
+        """Take a connection and pin its peer. Out of file descriptors, stop accepting
+        for a moment (the listener would stay readable and the loop spin)."""
+        try:
+            client, _ = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("accept: %s; pausing accepts for 0.1 s", e.strerror)
+                self.sel.unregister(listener)
+                self.accept_paused_until = time.monotonic() + 0.1
+            return
+        try:
+            peer = pin(client)
+        except SlicectlError as e:
+            with contextlib.suppress(OSError):
+                client.send(json.dumps({"ok": False, "errno": "EPERM", "error": str(e)}).encode(),
+                            socket.MSG_DONTWAIT)
+            client.close()
+            return
+        mine = [o for o in self.sessions.values() if o.peer.owner == peer.owner]
+        refusal = None
+        if peer.container_id is not None and len(mine) >= self.policy.shim_sessions_per_sliver:
+            refusal = ("EMFILE", "session-cap",
+                       f"expected at most {self.policy.shim_sessions_per_sliver} sessions "
+                       "open at the shim (node policy), found that many")
+        elif peer.container_id is not None and sum(o.buffers for o in mine) + CLIENT_BUFFER \
+                > self.policy.shim_buffer_mib_per_sliver << 20:
+            refusal = ("ENOBUFS", "buffer-cap",
+                       f"expected at most {self.policy.shim_buffer_mib_per_sliver} MiB of socket "
+                       "buffers at the shim (node policy), found them taken")
+        if refusal is not None:
+            self.refusals.count(peer.owner[:12], refusal[1])
+            with contextlib.suppress(OSError):
+                client.send(json.dumps({"ok": False, "errno": refusal[0],
+                                        "error": f"container {peer.owner[:12]}: {refusal[2]}"}
+                                       ).encode(), socket.MSG_DONTWAIT)
+            client.close()
+            peer.close()
+            return
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_BUFFER)
+        s = Session(client=client, peer=peer, buffers=CLIENT_BUFFER)
         self.sessions[client.fileno()] = s
         self.sel.register(client, selectors.EVENT_READ, ("client", s))
+
+    def reserve_buffers(self, s: Session, more: int) -> None:
+        """Count ``more`` bytes of kernel buffers against the session's sliver, or refuse."""
+        held = sum(o.buffers for o in self.sessions.values() if o.peer.owner == s.peer.owner)
+        if held + more > self.policy.shim_buffer_mib_per_sliver << 20:
+            self.refusals.count(s.slice, "buffer-cap")
+            raise ShimError("ENOBUFS", f"slice {s.slice}: expected at most "
+                                       f"{self.policy.shim_buffer_mib_per_sliver} MiB of socket "
+                                       "buffers at the shim (node policy), found "
+                                       f"{held >> 20} MiB held")
+        s.buffers += more
+
+    def resume_accepts(self) -> None:
+        if self.accept_paused_until and time.monotonic() >= self.accept_paused_until \
+                and self.listener is not None:
+            self.accept_paused_until = 0.0
+            self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
 
     def listen(self) -> None:
         self.cfg.shim_dir.mkdir(parents=True, exist_ok=True)
@@ -513,14 +597,33 @@ class Shim:
                 budget -= time.monotonic() - now
             if events:
                 busy_until = time.monotonic() + BUSY_POLL_S
+            self.resume_accepts()
             for key, _mask in events:
                 kind, obj = key.data
-                if kind == "cap":
-                    self.to_sliver(obj)
-                elif kind == "client":
-                    self.from_sliver(obj)
-                elif kind == "listen":
-                    self.accept(obj)
+                try:
+                    if kind == "cap":
+                        self.to_sliver(obj)
+                    elif kind == "client":
+                        self.from_sliver(obj)
+                    elif kind == "listen":
+                        self.accept(obj)
+                except Exception:  # a bad session ends, never the shim
+                    log.exception("%s event failed; closing its session", kind)
+                    if isinstance(obj, Session):
+                        self.drop(obj)
+
+    def drop(self, s: Session) -> None:
+        try:
+            self.close(s)
+        except Exception:
+            log.exception("closing a session of %s failed", s.slice or "?")
+            for sock in (s.client, s.cap, s.tx):
+                if sock is not None:
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        self.sel.unregister(sock)
+                    sock.close()
+            self.sessions = {k: v for k, v in self.sessions.items() if v is not s}
+            s.peer.close()
 
     def shutdown(self) -> None:
         for s in list(self.sessions.values()):
@@ -535,7 +638,7 @@ def serve(cfg: NodeConfig) -> None:
     def nm(method: str, *args: Any) -> Any:
         return client.call(method, *args)
 
-    shim = Shim(cfg, nm)
+    shim = Shim(cfg, nm, cfg.policy())
     log.info("raw-socket shim %s serving at %s", cfg.node_id, shim.sock_path)
     serve_daemon(SHIM.pidfile(cfg), shim.stop, shim.run, shim.shutdown)
 

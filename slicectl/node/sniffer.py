@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -45,11 +46,13 @@ from slicectl.core.sniffrecord import (
     json_frame,
 )
 from slicectl.core.wire import NetEntry, from_struct
+from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import SNIFFER, daemon_logging, serve_daemon
+from slicectl.node.dockerd import open_to_sliver_root
 from slicectl.node.engine import SliverEngine, engine_client
-from slicectl.node.procfs import container_of_pid
+from slicectl.node.procfs import PinnedPeer, pin
 from slicectl.node.ring import PACKET_OUTGOING, PKT_HDR, PacketRing, bpf_ip
 
 log = logging.getLogger("slicectl.node.sniffer")
@@ -58,9 +61,10 @@ SNAPLEN = 96
 CONSUMER_BUFFER = 8 << 20
 #: At most this many bytes of frames wait for a slice map fetch; past it they go out.
 HOLD_MAX = 32 << 20
+#: How long a new consumer's peer must live past its connect before it is sent anything.
+ACTIVATE_AFTER_S = 0.05
 IP_HDR = struct.Struct("!BBHHHBBH4s4s")
 PORTS = struct.Struct("!HH")
-SO_PEERCRED = 17
 
 
 def parse_block(m: mmap.mmap, base: int, num: int, first: int, out: bytearray,
@@ -114,23 +118,33 @@ def parse_block(m: mmap.mmap, base: int, num: int, first: int, out: bytearray,
 class Consumer:
     sock: socket.socket
     peer: str
+    pinned: PinnedPeer | None = None
     out: bytearray = field(default_factory=bytearray)
     dropped: int = 0
     sent_drops: tuple[int, int, int] = (-1, -1, -1)
+    #: nothing is sent before this time (monotonic); then only if the peer still lives
+    ready_at: float = 0.0
 
 
-def peer_allowed(pid: int, uid: int, cid: str | None, slivers: dict[str, NetEntry],
+def peer_allowed(peer: PinnedPeer, slivers: dict[str, NetEntry],
                  service_of: Callable[[str], str | None]) -> str | None:
-    """Who the peer (``pid``, ``uid``, in container ``cid`` or on the host) is if it may
-    read records: host root, one of this node's service containers, or a sliver granted
-    ``admin_sniffer``; None otherwise."""
-    if cid is None:
-        return f"pid {pid}" if uid == 0 else None
-    sliver = slivers.get(cid)
-    if sliver is not None:
-        return f"slice {sliver.slice}" if sliver.admin_sniffer else None
-    service = service_of(cid)
-    return f"service {service}" if service else None
+    """Who the pinned peer is if it may read records: host root, one of this node's
+    service containers, or a sliver granted ``admin_sniffer``; None otherwise (also when
+    its process is gone or it is no sliver or service of this node)."""
+    def slice_of(cid: str) -> str | None:
+        entry = slivers.get(cid)
+        return entry.slice if entry else None
+
+    try:
+        who = peer.who(slice_of, service_of)
+    except SlicectlError:
+        return None
+    if who.kind == "root":
+        return f"pid {peer.pid}"
+    if who.kind == "slice":
+        entry = slivers[peer.container_id or ""]
+        return f"slice {who.name}" if entry.admin_sniffer else None
+    return f"service {who.name}"
 
 
 class Sniffer:
@@ -140,6 +154,8 @@ class Sniffer:
                  inbound: bool = False, consumer_buffer: int = CONSUMER_BUFFER,
                  service_of: Callable[[str], str | None] = lambda cid: None) -> None:
         self.cfg = cfg
+        self.policy = cfg.policy()
+        self.refusals = Refusals(log)
         self.net_map = net_map
         self.service_of = service_of
         self.inbound = inbound
@@ -161,6 +177,8 @@ class Sniffer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self.listener: socket.socket | None = None
+        self.accept_paused_until = 0.0
+        self.pending: list[Consumer] = []
 
     @property
     def sock_path(self) -> Path:
@@ -219,18 +237,39 @@ class Sniffer:
     # consumers ----------------------------------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
-        sock, _ = listener.accept()
-        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
-        cid = container_of_pid(pid)
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("accept: %s; pausing accepts for 0.1 s", e.strerror)
+                self.sel.unregister(listener)
+                self.accept_paused_until = time.monotonic() + 0.1
+            return
+        try:
+            pinned = pin(sock)
+        except SlicectlError as e:
+            self.refusals.count("unidentified", "consumer not pinned", str(e))
+            sock.close()
+            return
+        cid = pinned.container_id
         if cid is not None and cid not in self.by_container:
             self.refresh()  # a sliver made since the last fetch (connections are rare)
-        peer = peer_allowed(pid, uid, cid, self.by_container, self.service_of)
-        if peer is None:
-            log.warning("refused a consumer without the admin_sniffer right")
+        peer = peer_allowed(pinned, self.by_container, self.service_of)
+        owner = pinned.owner
+        held = sum(1 for c in self.consumers.values()
+                   if c.pinned is not None and c.pinned.owner == owner)
+        if peer is None or (cid is not None and held >= self.policy.sniffer_consumers_per_owner):
+            self.refusals.count(owner[:12], "no admin_sniffer right" if peer is None else
+                                f"{held} consumers open already (node policy)")
+            pinned.close()
             sock.close()
             return
         sock.setblocking(False)
-        c = Consumer(sock, peer)
+        # Nothing is sent until the peer has lived a moment past its connect: a child that
+        # connects and exits hands its parent nothing (issue 11; see activate()).
+        c = Consumer(sock, peer, pinned=pinned, ready_at=time.monotonic() + ACTIVATE_AFTER_S)
         self.consumers[sock.fileno()] = c
         self.sel.register(sock, selectors.EVENT_READ, ("consumer", c))
         hello = {"version": VERSION, "node": self.cfg.node_id, "record": RECORD.format,
@@ -238,8 +277,21 @@ class Sniffer:
         c.out += json_frame(HELLO, hello)
         c.out += json_frame(SLICES, {str(k): v for k, v in self.names.items()})
         self.send_drops(c)
-        self.flush(c)
-        log.info("consumer %s connected (%d now)", peer, len(self.consumers))
+        self.pending.append(c)
+
+    def activate(self) -> None:
+        """Start sending to pending consumers whose wait is over and whose peer lives."""
+        now = time.monotonic()
+        while self.pending and self.pending[0].ready_at <= now:
+            c = self.pending.pop(0)
+            if c.sock.fileno() < 0:
+                continue  # dropped meanwhile
+            if c.pinned is not None and not c.pinned.alive():
+                self.refusals.count(c.peer, "consumer gone after connect")
+                self.drop_consumer(c)
+                continue
+            log.info("consumer %s connected (%d now)", c.peer, len(self.consumers))
+            self.flush(c)
 
     def drop_consumer(self, c: Consumer) -> None:
         fd = c.sock.fileno()
@@ -247,9 +299,13 @@ class Sniffer:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(c.sock)
         c.sock.close()
+        if c.pinned is not None:
+            c.pinned.close()
         log.info("consumer %s left (lost %d records)", c.peer, c.dropped)
 
     def flush(self, c: Consumer) -> None:
+        if c.ready_at > time.monotonic():
+            return  # not yet active (see activate)
         try:
             while c.out:
                 n = c.sock.send(c.out)
@@ -324,9 +380,16 @@ class Sniffer:
         for ring, _ in self.rings:
             self.kernel_drops += ring.stats().drops
         for c in list(self.consumers.values()):
+            if c.pinned is not None and not c.pinned.peer.alive():
+                self.drop_consumer(c)  # the reader is gone: a connection is not passed on
+                continue
             self.send_drops(c)
             if c.out:
                 self.flush(c)
+        if self.accept_paused_until and time.monotonic() >= self.accept_paused_until \
+                and self.listener is not None:
+            self.accept_paused_until = 0.0
+            self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
 
     # the loop -----------------------------------------------------------------------
 
@@ -336,13 +399,34 @@ class Sniffer:
         tmp.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(tmp))
-        os.chmod(tmp, 0o600)
+        open_to_sliver_root(tmp)  # admin_sniffer slivers' root; the rights are checked per peer
         listener.listen(64)
         os.replace(tmp, self.sock_path)
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
         self.listener = listener
         return listener
+
+    def handle(self, kind: str, obj: Any, mask: int) -> None:
+        if kind == "ring":
+            self.drain(*obj)
+        elif kind == "wake":
+            self.refreshed()
+        elif kind == "listen":
+            self.accept(obj)
+        elif kind == "consumer":
+            if mask & selectors.EVENT_READ:
+                try:
+                    if not obj.sock.recv(4096):  # consumers have nothing to say
+                        self.drop_consumer(obj)
+                        return
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.drop_consumer(obj)
+                    return
+            if mask & selectors.EVENT_WRITE:
+                self.flush(obj)
 
     def run(self, map_every_s: float = 2.0) -> None:
         self.refresh()
@@ -351,27 +435,18 @@ class Sniffer:
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         next_tick = next_map = time.monotonic()
         while not self.stop.is_set():
-            for key, mask in self.sel.select(timeout=0.2):
+            wait = 0.2 if not self.pending else \
+                max(0.0, min(0.2, self.pending[0].ready_at - time.monotonic()))
+            for key, mask in self.sel.select(timeout=wait):
                 kind, obj = key.data
-                if kind == "ring":
-                    self.drain(*obj)
-                elif kind == "wake":
-                    self.refreshed()
-                elif kind == "listen":
-                    self.accept(obj)
-                elif kind == "consumer":
-                    if mask & selectors.EVENT_READ:
-                        try:
-                            if not obj.sock.recv(4096):
-                                self.drop_consumer(obj)
-                                continue
-                        except BlockingIOError:
-                            pass
-                        except OSError:
+                try:
+                    self.handle(kind, obj, mask)
+                except Exception:  # a bad consumer ends, never the sniffer
+                    log.exception("%s event failed", kind)
+                    if isinstance(obj, Consumer):
+                        with contextlib.suppress(Exception):
                             self.drop_consumer(obj)
-                            continue
-                    if mask & selectors.EVENT_WRITE:
-                        self.flush(obj)
+            self.activate()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0

@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS port_claims (
     created  REAL NOT NULL,
     PRIMARY KEY (proto, port, slice, kind)
 );
+CREATE INDEX IF NOT EXISTS slivers_by_container ON slivers (container_id);
+CREATE TABLE IF NOT EXISTS xid_freed (
+    xid      INTEGER PRIMARY KEY,
+    freed    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS slice_names (
+    slice    TEXT PRIMARY KEY,
+    owner    TEXT NOT NULL,
+    since    REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -105,6 +115,32 @@ def _rspec_from_json(text: str) -> RSpec:
     # RSpec is frozen, so one parse per distinct stored text serves every later read
     # (admission reads all outstanding rspecs at each acquire).
     return parse_rspec(json.loads(text), now=0.0)
+
+
+#: An xid freed this recently is never given to another sliver: the admin sniffer and
+#: the auditor learn of a new xid-to-slice map within seconds, so no record of the old
+#: sliver can be taken for the new one's.
+XID_QUARANTINE_S = 600.0
+
+
+def pick_xid(max_xid: int, used: set[int], freed: dict[int, float], now: float,
+             quarantine_s: float = XID_QUARANTINE_S) -> int:
+    """The xid for a new sliver: the lowest never used, else the one freed longest ago
+    and not within ``quarantine_s``.
+
+    Raises:
+        AdmissionError: every xid is in use or in quarantine (the node is full).
+    """
+    fresh = next((x for x in range(1, max_xid + 1) if x not in used and x not in freed), None)
+    if fresh is not None:
+        return fresh
+    old = sorted((t, x) for x, t in freed.items() if x not in used and x <= max_xid)
+    if old and old[0][0] <= now - quarantine_s:
+        return old[0][1]
+    waiting = f"; {len(old)} freed lately, the next free at +{old[0][0] + quarantine_s - now:.0f} s" \
+        if old else ""
+    raise AdmissionError(f"node full: expected a free security context (xid 1 to {max_xid}), "
+                         f"found all in use{waiting}; destroy a sliver first")
 
 
 class Store:
@@ -200,6 +236,32 @@ class Store:
             row = db.execute("SELECT * FROM slivers WHERE slice = ?", (slice_name,)).fetchone()
         return None if row is None else self._sliver(row)
 
+    def sliver_in(self, container_id: str) -> SliverRow | None:
+        """The sliver whose container has this id, or None."""
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM slivers WHERE container_id = ?",
+                             (container_id,)).fetchone()
+        return None if row is None else self._sliver(row)
+
+    def name_owner(self, slice_name: str) -> str | None:
+        """The creator that first bound this slice name here (it keeps the name after
+        destroying the sliver, until it or root releases it)."""
+        with self.tx() as db:
+            row = db.execute("SELECT owner FROM slice_names WHERE slice = ?",
+                             (slice_name,)).fetchone()
+        return None if row is None else str(row["owner"])
+
+    def claim_name(self, slice_name: str, owner: str) -> bool:
+        """Record ``owner`` as the name's owner unless it has one; True if it was new."""
+        with self.tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO slice_names VALUES (?, ?, ?)",
+                             (slice_name, owner, time.time()))
+            return cur.rowcount == 1
+
+    def release_name(self, slice_name: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM slice_names WHERE slice = ?", (slice_name,))
+
     def get_sliver(self, slice_name: str) -> SliverRow:
         row = self.find_sliver(slice_name)
         if row is None:
@@ -235,10 +297,8 @@ class Store:
             if existing is not None:
                 return existing, False
             used = {r[0] for r in db.execute("SELECT xid FROM slivers")}
-            xid = next((x for x in range(1, max_xid + 1) if x not in used), None)
-            if xid is None:
-                raise AdmissionError(f"node full: expected a free security context (xid 1 to "
-                                     f"{max_xid}), found all in use; destroy a sliver first")
+            freed = {int(r[0]): float(r[1]) for r in db.execute("SELECT xid, freed FROM xid_freed")}
+            xid = pick_xid(max_xid, used, freed, time.time())
             db.execute(
                 "INSERT INTO slivers(slice, xid, state, desired, created_by, created, description,"
                 " contacts, keys, initscript) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -343,8 +403,11 @@ class Store:
             return db.execute(sql, [v for _, v in where]).rowcount
 
     def delete_sliver(self, slice_name: str) -> None:
-        """Forget a sliver, every rcap bound to it and the ports its sockets held."""
+        """Forget a sliver, every rcap bound to it and the ports its sockets held; its xid
+        goes into quarantine (see :func:`pick_xid`)."""
         with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO xid_freed SELECT xid, ? FROM slivers WHERE slice = ?",
+                       (time.time(), slice_name))
             db.execute("DELETE FROM port_claims WHERE slice = ?", (slice_name,))
             db.execute("DELETE FROM rcaps WHERE slice = ?", (slice_name,))
             db.execute("DELETE FROM slivers WHERE slice = ?", (slice_name,))

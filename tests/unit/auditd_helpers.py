@@ -78,7 +78,7 @@ def fake_nm(path: Path, slivers: dict[str, dict[str, Any]],
     """A real XML-RPC unix server answering ``status`` and ``get_sliver``; yields the calls."""
     calls: list[str] = []
 
-    def dispatch(method: str, params: tuple[Any, ...], _uid: int, _pid: int) -> Any:
+    def dispatch(method: str, params: tuple[Any, ...], _peer: object) -> Any:
         calls.append(method)
         if method == "status":
             return status or {"node_id": "node-x", "hostname": "node-x.example.org",

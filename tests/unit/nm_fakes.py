@@ -3,6 +3,8 @@ node manager built on them with a real SQLite store: the NM's decisions run unch
 
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,12 @@ from typing import Any
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.containerplan import ContainerPlan, NodeFacts
 from slicectl.core.errors import EngineError
+from slicectl.ipc.peer import Peer
 from slicectl.node.config import NodeConfig
 from slicectl.node.nm.boundary import NetIdentity, SliverStatus
 from slicectl.node.nm.callers import Caller
 from slicectl.node.nm.manager import NodeManager
+from slicectl.node.procfs import PinnedPeer
 from slicectl.node.store import Store
 
 
@@ -46,6 +50,9 @@ class FakeEngine:
         if name in self.fail_start:
             raise EngineError(f"container {name}: could not start: fake failure")
         self.containers[name].status = "running"
+
+    def confine(self, name: str, pid: int) -> None:
+        self.calls.append(("confine", name))
 
     def stop(self, name: str) -> None:
         self.calls.append(("stop", name))
@@ -152,7 +159,6 @@ class FakeNode:
     accounts: FakeAccounts
     net: FakeNetwork
     store: Store
-    pids: dict[int, str | None]
 
 
 def fake_node(tmp: Path, now: float = 1_800_000_000.0) -> FakeNode:
@@ -164,10 +170,9 @@ def fake_node(tmp: Path, now: float = 1_800_000_000.0) -> FakeNode:
                       nm_sock_dir=tmp / "run" / "nm")
     store = Store(cfg.db_path)
     engine, accounts, net = FakeEngine(), FakeAccounts(), FakeNetwork()
-    pids: dict[int, str | None] = {}
     nm = NodeManager(cfg, store, engine, accounts, facts, NodeCapacity(mem_mb=24_000,
-                     disk_mb=100_000), net, clock=lambda: now, container_of=pids.get)
-    return FakeNode(nm, engine, accounts, net, store, pids)
+                     disk_mb=100_000), net, clock=lambda: now)
+    return FakeNode(nm, engine, accounts, net, store)
 
 
 ROOT = Caller(uid=0, pid=1)
@@ -182,3 +187,16 @@ def plain(slice_name: str) -> Caller:
 
 
 SERVICE = Caller(uid=0, pid=4, service="sensors")
+
+
+def pinned(uid: int = 0, container: str | None = None, alive: bool = True,
+           same_pid_ns: bool = True) -> PinnedPeer:
+    """A peer as :func:`slicectl.node.procfs.pin` makes it, with a real pidfd: of this
+    test process (alive), or of a child that has exited (gone)."""
+    if alive:
+        fd = os.pidfd_open(os.getpid())
+    else:
+        child = subprocess.Popen(["true"])
+        fd = os.pidfd_open(child.pid)
+        child.wait()
+    return PinnedPeer(Peer(pid=99, uid=uid, gid=0, pidfd=fd), container, same_pid_ns)

@@ -28,7 +28,7 @@ from slicectl.node.nm.reconcile import (
     reconcile_step,
 )
 from slicectl.node.store import CREATING, RUNNING, STOPPED, SliverRow
-from tests.unit.nm_fakes import ROOT, SERVICE, FakeNode, fake_node, plain, privileged
+from tests.unit.nm_fakes import ROOT, SERVICE, FakeNode, fake_node, pinned, plain, privileged
 
 END = "2040-01-01T00:00:00Z"
 
@@ -52,6 +52,13 @@ def bound(node: FakeNode, name: str, by: Caller = ROOT, **rspec: Any) -> str:
     (SERVICE, {}, PermissionDenied, "nm_privileged"),
     (ROOT, {"tcp_ports": [22]}, AdmissionError, "22"),
     (ROOT, {"net_min_kbit": 200_000}, SlicectlError, "net_min_kbit"),
+    # a privileged slice gets no more than it holds: rights only root grants
+    (privileged("pl_agent"), {"nm_privileged": True}, PermissionDenied,
+     "^nm_privileged: expected false, only the node's root may grant it, found true asked "
+     "by slice:pl_agent"),
+    (privileged("pl_agent"), {"admin_sniffer": True}, PermissionDenied, "^admin_sniffer"),
+    (privileged("pl_agent"), {"tcp_ports": [80]}, AdmissionError, "node service port"),
+    (ROOT, {"mem_mb": 24_001}, AdmissionError, "mem_mb: asked for 24001, but the node has"),
 ])
 def test_acquire_refusals(node: FakeNode, caller: Caller, rspec: dict[str, Any],
                           error: type[Exception], match: str) -> None:
@@ -65,6 +72,47 @@ def test_admission_sums_outstanding_shares(node: FakeNode) -> None:
     with pytest.raises(AdmissionError, match="cpu_share"):
         node.nm.acquire(ROOT, {"end": END, "cpu_share": 500})
     node.nm.acquire(ROOT, {"end": END, "cpu_share": 400})
+
+
+def test_root_grants_rights_a_privileged_slice_may_not(node: FakeNode) -> None:
+    rcap = node.nm.acquire(ROOT, {"end": END, "nm_privileged": True, "admin_sniffer": True})
+    assert node.store.get_rcap(rcap).rspec.nm_privileged
+
+
+def test_admission_sums_memory_with_the_overcommit(node: FakeNode) -> None:
+    node.nm.acquire(ROOT, {"end": END, "mem_mb": 24_000})   # the fake node has 24,000 MB, 2x
+    node.nm.acquire(ROOT, {"end": END, "mem_mb": 23_000, "cpu_share": 1})
+    with pytest.raises(AdmissionError, match="^mem_mb: asked for 1024, but only 1000 of 24000 MB"):
+        node.nm.acquire(ROOT, {"end": END, "mem_mb": 1024})
+
+
+def test_a_port_the_host_listens_on_cannot_be_reserved(node: FakeNode) -> None:
+    node.nm.rcaps.host_ports = lambda: frozenset({("tcp", 8080)})
+    with pytest.raises(AdmissionError, match="^tcp_ports: port 8080 has a listener on the "):
+        node.nm.acquire(ROOT, {"end": END, "tcp_ports": [8080]})
+    node.nm.acquire(ROOT, {"end": END, "udp_ports": [8080]})
+
+
+def test_a_privileged_slice_cannot_squat_another_creators_name(node: FakeNode) -> None:
+    a, b = privileged("pl_agent"), privileged("pl_other")
+    node.nm.bind(a, "pl_x", node.nm.acquire(a, {"end": END}))
+    node.nm.destroy(a, "pl_x")
+    rcap = node.nm.acquire(b, {"end": END})
+    with pytest.raises(PermissionDenied, match="^slice pl_x: the name belongs to slice:pl_agent"):
+        node.nm.bind(b, "pl_x", rcap)
+    assert node.store.find_sliver("pl_x") is None and node.store.get_rcap(rcap).slice is None
+    with pytest.raises(PermissionDenied, match="belongs to slice:pl_agent"):
+        node.nm.release_name(b, "pl_x")
+    node.nm.release_name(a, "pl_x")        # its owner gives it up
+    node.nm.bind(b, "pl_x", rcap)
+    assert node.store.name_owner("pl_x") == "slice:pl_other"
+
+
+def test_a_failed_first_bind_keeps_no_name(node: FakeNode) -> None:
+    node.engine.fail_start.add("sliver-pl_a")
+    with pytest.raises(SlicectlError):
+        bound(node, "pl_a", by=privileged("pl_agent"))
+    assert node.store.name_owner("pl_a") is None
 
 
 # bind ---------------------------------------------------------------------------------
@@ -241,30 +289,33 @@ def test_who_may_call_what(node: FakeNode, who: str, method: str, allowed: bool)
 
 
 def test_service_callers_get_reads_only(node: FakeNode) -> None:
-    node.pids[77] = "e" * 64
     node.engine.services["e" * 64] = "sensors"
     api = NodeManagerAPI(node.nm)
-    assert api("status", (), 0, 77)["caller"] == "service:sensors"
+    assert api("status", (), pinned(0, "e" * 64))["caller"] == "service:sensors"
     with pytest.raises(PermissionDenied, match="may call only"):
-        api("acquire", ({},), 0, 77)
+        api("acquire", ({},), pinned(0, "e" * 64))
 
 
-@pytest.mark.parametrize(("uid", "container", "expect"), [
-    (0, None, "root"),
-    (1000, None, PermissionDenied),
-    (0, "a" * 64, "slice:pl_a"),
-    (0, "b" * 64, "service:auditd"),
-    (0, "c" * 64, PermissionDenied),
+@pytest.mark.parametrize(("uid", "container", "alive", "same_ns", "expect"), [
+    (0, None, True, True, "root"),
+    (1000, None, True, True, "expected root, found another user"),
+    (0, None, False, True, "found it exited"),          # connected, then exited
+    (0, None, True, False, "another pid namespace"),    # a host process we cannot place
+    (0, "a" * 64, True, True, "slice:pl_a"),
+    (0, "a" * 64, False, True, "found it exited"),      # fork, connect, exit: not the parent
+    (0, "b" * 64, True, True, "service:auditd"),
+    (0, "c" * 64, True, True, "no sliver or service of this node"),
 ])
-def test_identify_callers(uid: int, container: str | None, expect: object) -> None:
-    slivers = [replace(row(RUNNING, RUNNING), container_id="a" * 64)]
-    callers = Callers(lambda: slivers, lambda s: False, {"b" * 64: "auditd"}.get,
-                      lambda pid: container)
-    if isinstance(expect, str):
-        assert callers.identify(uid, 99).name == expect
+def test_identify_callers(uid: int, container: str | None, alive: bool, same_ns: bool,
+                          expect: str) -> None:
+    sliver = replace(row(RUNNING, RUNNING), container_id="a" * 64)
+    callers = Callers({"a" * 64: sliver}.get, lambda s: False, {"b" * 64: "auditd"}.get)
+    peer = pinned(uid, container, alive, same_ns)
+    if ":" in expect or expect == "root":
+        assert callers.identify(peer).name == expect
     else:
-        with pytest.raises(PermissionDenied):
-            callers.identify(uid, 99)
+        with pytest.raises(PermissionDenied, match=expect):
+            callers.identify(peer)
 
 
 # the RPC face -----------------------------------------------------------------------
@@ -277,11 +328,10 @@ def test_wrong_argument_count_is_the_callers_fault(node: FakeNode) -> None:
 
 def test_a_type_error_inside_a_method_is_not_called_the_callers(node: FakeNode) -> None:
     api = NodeManagerAPI(node.nm)
-    node.pids[5] = None
 
     def broken(caller: Caller) -> None:
         raise TypeError("a bug")
 
     node.nm.status = broken  # type: ignore[method-assign]
     with pytest.raises(TypeError, match="a bug"):
-        api("status", (), 0, 5)
+        api("status", (), pinned())

@@ -65,7 +65,7 @@ class FakeNM:
     slivers: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
 
-    def dispatch(self, method: str, params: tuple[Any, ...], uid: int, pid: int) -> Any:
+    def dispatch(self, method: str, params: tuple[Any, ...], peer: object) -> Any:
         self.calls += 1
         if method != "list":
             raise PermissionDenied(f"method {method}: not for services")

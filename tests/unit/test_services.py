@@ -146,7 +146,7 @@ class _NM:
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
 
-    def caller_for(self, uid: int, pid: int) -> Caller:
+    def caller_for(self, peer: object) -> Caller:
         return self.caller
 
     def __getattr__(self, name: str) -> Any:
@@ -158,13 +158,13 @@ class _NM:
 def test_service_callers_are_refused_writes(method: str) -> None:
     api = NodeManagerAPI(_NM(Caller(uid=0, pid=1, service="sensors")))  # type: ignore[arg-type]
     with pytest.raises(PermissionDenied, match="service:sensors"):
-        api(method, (), 0, 1)
+        api(method, (), None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", sorted(SERVICE_METHODS))
 def test_service_callers_may_read(method: str) -> None:
     api = NodeManagerAPI(_NM(Caller(uid=0, pid=1, service="sensors")))  # type: ignore[arg-type]
-    assert api(method, (), 0, 1)[1] == "service:sensors"
+    assert api(method, (), None)[1] == "service:sensors"  # type: ignore[arg-type]
 
 
 def test_a_service_caller_is_not_root() -> None:

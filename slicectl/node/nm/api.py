@@ -10,6 +10,7 @@ from typing import Any
 from slicectl.core.errors import NotFoundError, PermissionDenied, UsageError
 from slicectl.core.wire import to_struct
 from slicectl.node.nm.manager import NodeManager
+from slicectl.node.procfs import PinnedPeer
 
 log = logging.getLogger("slicectl.node.nm.api")
 
@@ -27,6 +28,7 @@ METHODS: dict[str, str] = {
     "start": "start",
     "stop": "stop",
     "destroy": "destroy",
+    "release_name": "release_name",
     "get_keys": "get_keys",
     "set_keys": "set_keys",
     "set_initscript": "set_initscript",
@@ -44,16 +46,16 @@ SERVICE_METHODS = frozenset({"status", "list", "get_sliver"})
 
 
 class NodeManagerAPI:
-    """Turns (method, params, peer uid, peer pid) into a NodeManager call."""
+    """Turns (method, params, the peer pinned at accept) into a NodeManager call."""
 
     def __init__(self, nm: NodeManager) -> None:
         self.nm = nm
 
-    def __call__(self, method: str, params: tuple[Any, ...], uid: int, pid: int) -> Any:
+    def __call__(self, method: str, params: tuple[Any, ...], peer: PinnedPeer) -> Any:
         target = METHODS.get(method)
         if target is None:
             raise NotFoundError(f"method {method}: expected one of {', '.join(METHODS)}")
-        caller = self.nm.caller_for(uid, pid)
+        caller = self.nm.caller_for(peer)
         if caller.service is not None and method not in SERVICE_METHODS:
             raise PermissionDenied(f"caller {caller.name}: may call only "
                                    f"{', '.join(sorted(SERVICE_METHODS))}, not {method}")

@@ -1,7 +1,8 @@
 """Who is calling the node manager, and what each kind of caller may do.
 
-Identity comes from the socket's peer (see :mod:`slicectl.ipc.rpc`), never from what the
-caller claims. The rules are pure functions of the caller and the sliver.
+Identity comes from the socket's peer, pinned at connect time (see
+:mod:`slicectl.node.procfs`), never from what the caller claims.
+The rules are pure functions of the caller and the sliver.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from slicectl.core.errors import PermissionDenied
+from slicectl.node.procfs import PinnedPeer
 from slicectl.node.store import SliverRow
 
 
@@ -60,6 +62,15 @@ def require_manage(caller: Caller, sliver: SliverRow) -> None:
                            "may not manage it")
 
 
+def require_name(caller: Caller, name: str, owner: str | None) -> None:
+    """Root, or the creator that owns the slice name (or anyone, for a name nobody owns):
+    a privileged slice cannot squat another creator's slice name."""
+    if caller.is_root or owner is None or owner == caller.name:
+        return
+    raise PermissionDenied(f"slice {name}: the name belongs to {owner} on this node, not "
+                           f"{caller.name}; only it or root may bind it")
+
+
 def require_read(caller: Caller, sliver: SliverRow) -> None:
     """Root, a node service, the sliver itself, or its creator."""
     if not (caller.reads_all or caller.slice == sliver.slice):
@@ -78,39 +89,36 @@ def may_see(caller: Caller, sliver: SliverRow) -> bool:
 
 
 class Callers:
-    """Turns a peer (uid, pid) into a :class:`Caller`.
+    """Turns a peer pinned at connect time into a :class:`Caller`.
 
     Args:
-        slivers: this node's sliver rows (for the container id of each).
+        sliver_in: this node's sliver whose container has a given id, or None.
         privileged: whether a slice's effective rspec has ``nm_privileged``.
         service_of: the node-service name of a container id, or None.
-        container_of: the container id in a pid's cgroup, or None for a host process.
     """
 
-    def __init__(self, slivers: Callable[[], list[SliverRow]], privileged: Callable[[str], bool],
-                 service_of: Callable[[str], str | None],
-                 container_of: Callable[[int], str | None]) -> None:
-        self._slivers = slivers
+    def __init__(self, sliver_in: Callable[[str], SliverRow | None],
+                 privileged: Callable[[str], bool],
+                 service_of: Callable[[str], str | None]) -> None:
+        self._sliver_in = sliver_in
         self._privileged = privileged
         self._service_of = service_of
-        self._container_of = container_of
 
-    def identify(self, uid: int, pid: int) -> Caller:
-        """Host root, the slice whose container holds ``pid``, or a node service.
+    def _slice_in(self, container_id: str) -> str | None:
+        row = self._sliver_in(container_id)
+        return None if row is None else row.slice
+
+    def identify(self, peer: PinnedPeer) -> Caller:
+        """Host root, the slice whose container the peer runs in, or a node service;
+        checked again at every request (a peer whose process is gone is refused).
 
         Raises:
-            PermissionDenied: any other peer.
+            PermissionDenied: any other peer, or one that cannot be positively identified.
         """
-        cid = self._container_of(pid)
-        if cid is None:
-            if uid != 0:
-                raise PermissionDenied(f"caller uid {uid}: expected root, found another user")
-            return Caller(uid=uid, pid=pid)
-        for s in self._slivers():
-            if s.container_id == cid:
-                return Caller(uid=uid, pid=pid, slice=s.slice, privileged=self._privileged(s.slice))
-        service = self._service_of(cid)
-        if service is not None:
-            return Caller(uid=uid, pid=pid, service=service)
-        raise PermissionDenied(f"caller pid {pid}: in container {cid[:12]}, which is no sliver "
-                               "of this node")
+        who = peer.who(self._slice_in, self._service_of)
+        if who.kind == "slice":
+            return Caller(uid=peer.uid, pid=peer.pid, slice=who.name,
+                          privileged=self._privileged(who.name))
+        if who.kind == "service":
+            return Caller(uid=peer.uid, pid=peer.pid, service=who.name)
+        return Caller(uid=peer.uid, pid=peer.pid)

@@ -14,22 +14,38 @@ from types import FrameType
 
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.labels import REFERENCE_REPO
+from slicectl.core.netplan import MAX_NET_XID
+from slicectl.core.policy import NodePolicy
+from slicectl.core.userns import host_limits, raised
 from slicectl.ipc.rpc import UnixXMLRPCServer
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import daemon_logging, remove_pidfile, write_pidfile
-from slicectl.node.dockerd import quota_mode
+from slicectl.node.dockerd import open_to_sliver_root, quota_mode
 from slicectl.node.engine import SliverEngine, engine_client
 from slicectl.node.network import NodeNetwork
 from slicectl.node.nm.api import NodeManagerAPI
 from slicectl.node.nm.manager import NodeManager
+from slicectl.node.procfs import host_listeners, pin
 from slicectl.node.store import Store
 
 log = logging.getLogger("slicectl.node.nm.daemon")
 
 
-def node_capacity(data_root: str) -> NodeCapacity:
-    """Read the node's limits from the kernel: memory, sliver disk pool, fd and pid maxima."""
+def raise_host_limits(proc_sys: Path = Path("/proc/sys")) -> None:
+    """Raise the host's per-user limits that slivers' namespaces are charged to (see
+    :mod:`slicectl.core.userns`) far above what all slivers together may take."""
+    wanted = host_limits(MAX_NET_XID)
+    current = {k: int((proc_sys / k).read_text()) for k in wanted}
+    for key, value in raised(current, wanted).items():
+        (proc_sys / key).write_text(f"{value}\n")
+        log.info("raised %s from %d to %d (slivers' user namespaces are charged to root)",
+                 key.replace("/", "."), current[key], value)
+
+
+def node_capacity(data_root: str, policy: NodePolicy) -> NodeCapacity:
+    """Read the node's limits from the kernel (memory, sliver disk pool, fd and pid
+    maxima) and the overcommit factors from the node policy."""
     mem_kb = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -40,6 +56,11 @@ def node_capacity(data_root: str) -> NodeCapacity:
         disk_mb=st.f_blocks * st.f_frsize // (1 << 20),
         max_nofile=int(Path("/proc/sys/fs/nr_open").read_text()),
         max_nproc=int(Path("/proc/sys/kernel/pid_max").read_text()),
+        total_nofile=int(Path("/proc/sys/fs/file-max").read_text()),
+        mem_overcommit=policy.mem_overcommit,
+        disk_overcommit=policy.disk_overcommit,
+        nproc_overcommit=policy.nproc_overcommit,
+        nofile_overcommit=policy.nofile_overcommit,
     )
 
 
@@ -65,12 +86,13 @@ def build_node_manager(cfg: NodeConfig) -> NodeParts:
         subnet=cfg.subnet, quota_counts_image=quota_mode(Path(root)) == "qgroup",
         shim_dir=cfg.shim_dir, sniffer_dir=cfg.sniffer_dir,
     )
-    capacity = node_capacity(root)
+    capacity = node_capacity(root, cfg.policy())
     store = Store(cfg.db_path)
     net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
                       ifb=cfg.ifb)
     accounts = HostAccounts()
-    nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net)
+    nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net,
+                     host_ports=host_listeners)
     return NodeParts(nm, engine, accounts, net, store)
 
 
@@ -90,9 +112,12 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     nm = parts.nm
     parts.accounts.ensure_group()
     parts.net.setup()
+    raise_host_limits()
     nm.reconcile()
-    server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm))
-    os.chmod(cfg.nm_sock_dir, 0o700)
+    server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm), identify=pin,
+                              max_per_owner=cfg.policy().nm_connections_per_owner)
+    os.chmod(cfg.nm_sock_dir, 0o711)  # traversable: the socket's owner decides who connects
+    open_to_sliver_root(cfg.nm_sock)
     write_pidfile(cfg.nm_pidfile)
     stop = threading.Event()
 

@@ -21,7 +21,7 @@ from slicectl.core.errors import StateError
 from slicectl.core.rspec import RSpec, validate_slice_name
 from slicectl.core.units import iso
 from slicectl.node.nm.boundary import Engine, NetIdentity, Network
-from slicectl.node.nm.callers import Caller, require_manage, require_privileged
+from slicectl.node.nm.callers import Caller, require_manage, require_name, require_privileged
 from slicectl.node.nm.ports import DESTROYED, PortBook, identity_spec
 from slicectl.node.nm.rcaps import RcapBook
 from slicectl.node.nm.slicestate import SliceState, validate_attrs
@@ -89,9 +89,11 @@ class Slivers:
         return NetIdentity(sliver.slice, sliver.xid, spec)
 
     def attach(self, sliver: SliverRow, spec: RSpec | None = None) -> None:
-        """Give a running sliver its bandwidth classes."""
-        st = self.engine.state(container_name(sliver.slice))
+        """Give a running sliver its user-namespace limits and bandwidth classes."""
+        name = container_name(sliver.slice)
+        st = self.engine.state(name)
         if st is not None and st.status == "running" and st.pid:
+            self.engine.confine(name, int(st.pid))
             self.net.attach(self.ident(sliver, spec), int(st.pid))
 
     # bind ---------------------------------------------------------------------------
@@ -110,7 +112,15 @@ class Slivers:
             refusal = bind_refusal(row, name, existing, self.clock())
             if refusal is not None:
                 raise StateError(refusal)
-            sliver, new = self.store.begin_bind(name, row.rcap, caller.name, extra, self.max_xid)
+            require_name(caller, name, self.store.name_owner(name))
+            claimed = self.store.claim_name(name, caller.name)
+            try:
+                sliver, new = self.store.begin_bind(name, row.rcap, caller.name, extra,
+                                                    self.max_xid)
+            except BaseException:
+                if claimed:
+                    self.store.release_name(name)
+                raise
             try:
                 if new:
                     self.materialize(sliver)
@@ -120,6 +130,8 @@ class Slivers:
                     self.apply_resources(self.store.get_sliver(name))
             except BaseException:
                 self._undo_bind(name, row.rcap, new)
+                if claimed:
+                    self.store.release_name(name)
                 raise
         log.info("bind %s to %s by %s (%s)", row.rcap, name, caller.name,
                  "new sliver" if new else "added")

@@ -24,7 +24,7 @@ from typing import Any
 from slicectl import code_hash
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.containerplan import NodeFacts
-from slicectl.core.errors import PermissionDenied, ValidationError
+from slicectl.core.errors import NotFoundError, PermissionDenied, StateError, ValidationError
 from slicectl.core.netplan import sliver_xid_range
 from slicectl.core.rspec import validate_slice_name
 from slicectl.core.wire import NetEntry, RcapInfo, SliverView
@@ -32,14 +32,20 @@ from slicectl.node.accounts import validate_keys
 from slicectl.node.config import NodeConfig
 from slicectl.node.network import utc_day
 from slicectl.node.nm.boundary import Accounts, Engine, Network
-from slicectl.node.nm.callers import Caller, Callers, require_privileged, require_root
+from slicectl.node.nm.callers import (
+    Caller,
+    Callers,
+    require_name,
+    require_privileged,
+    require_root,
+)
 from slicectl.node.nm.lifecycle import Slivers
 from slicectl.node.nm.ports import DESTROYED, LIVE, PortBook
 from slicectl.node.nm.rcaps import RCAP, RcapBook
 from slicectl.node.nm.reconcile import Reconciler
 from slicectl.node.nm.slicestate import SliceState, validate_initscript
 from slicectl.node.nm.views import Views
-from slicectl.node.procfs import container_of_pid
+from slicectl.node.procfs import PinnedPeer
 from slicectl.node.store import RUNNING, STOPPED, Store
 
 log = logging.getLogger("slicectl.node.nm")
@@ -59,17 +65,17 @@ class NodeManager:
         capacity: the node's limits for admission control.
         net: the node's sliver network (bandwidth classes, ports, counters).
         clock: returns the current time (tests pass their own).
-        container_of: the container id in a pid's cgroup (tests pass their own).
+        host_ports: the host's own listening (proto, port)s, which no rcap may reserve.
     """
 
     def __init__(self, cfg: NodeConfig, store: Store, engine: Engine, accounts: Accounts,
                  facts: NodeFacts, capacity: NodeCapacity, net: Network,
                  clock: Callable[[], float] = time.time,
-                 container_of: Callable[[int], str | None] = container_of_pid) -> None:
+                 host_ports: Callable[[], frozenset[tuple[str, int]]] = frozenset) -> None:
         self.store = store
         self.net = net
         self.clock = clock
-        self.rcaps = RcapBook(store, capacity, lambda: net.cap_kbit, clock)
+        self.rcaps = RcapBook(store, capacity, lambda: net.cap_kbit, clock, host_ports)
         self.ports = PortBook(store, net, self.rcaps, clock)
         self.state = SliceState(cfg.slivers_dir, accounts, store, cfg.node_id, cfg.engine_sock)
         self.slivers = Slivers(store, engine, net, self.state, self.rcaps, self.ports, facts,
@@ -77,8 +83,8 @@ class NodeManager:
         self.reconciler = Reconciler(store, self.slivers, clock)
         self.views = Views(store, engine, net, self.rcaps, facts, capacity, cfg.node_id,
                            code_hash(), clock)
-        self.callers = Callers(store.slivers, lambda s: self.rcaps.effective(s).nm_privileged,
-                               engine.service_of, container_of)
+        self.callers = Callers(store.sliver_in, lambda s: self.rcaps.effective(s).nm_privileged,
+                               engine.service_of)
 
     # rcaps ----------------------------------------------------------------------------
 
@@ -129,6 +135,23 @@ class NodeManager:
             self.slivers.managed(caller, name)
             self.slivers.destroy(name)
         log.info("destroy %s by %s", name, caller.name)
+        return True
+
+    def release_name(self, caller: Caller, slice_name: object) -> bool:
+        """Give up the ownership of a slice name that has no sliver here (its owner or
+        root), so another creator may bind it."""
+        require_privileged(caller)
+        name = validate_slice_name(slice_name)
+        with self.slivers.locked(name):
+            owner = self.store.name_owner(name)
+            if owner is None:
+                raise NotFoundError(f"slice {name}: expected an owned name, found none")
+            require_name(caller, name, owner)
+            if self.store.find_sliver(name) is not None:
+                raise StateError(f"slice {name}: expected no sliver, found one; destroy it "
+                                 "first")
+            self.store.release_name(name)
+        log.info("release name %s (of %s) by %s", name, owner, caller.name)
         return True
 
     def start(self, caller: Caller, slice_name: object) -> SliverView:
@@ -231,7 +254,7 @@ class NodeManager:
     def expire(self) -> list[str]:
         return self.reconciler.expire()
 
-    def caller_for(self, uid: int, pid: int) -> Caller:
-        """Identify a peer: host root, the slice whose container holds ``pid``, or a
-        node service."""
-        return self.callers.identify(uid, pid)
+    def caller_for(self, peer: PinnedPeer) -> Caller:
+        """Identify a peer pinned at connect time: host root, a sliver of this node, or
+        a node service."""
+        return self.callers.identify(peer)

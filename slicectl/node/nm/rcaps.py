@@ -11,8 +11,8 @@ from dataclasses import replace
 
 from slicectl.core import admission
 from slicectl.core.admission import NodeCapacity
-from slicectl.core.errors import PermissionDenied, StateError, ValidationError
-from slicectl.core.rspec import RSpec, combine, parse_rspec, split
+from slicectl.core.errors import AdmissionError, PermissionDenied, StateError, ValidationError
+from slicectl.core.rspec import RSpec, combine, parse_rspec, part_defaults, split
 from slicectl.core.units import iso
 from slicectl.core.wire import RcapInfo
 from slicectl.node.nm.callers import Caller, require_privileged
@@ -37,6 +37,20 @@ def rcap_state(row: RcapRow, now: float) -> str:
     return "bound" if row.slice else "pending" if row.rspec.start > now else "usable"
 
 
+#: Rights only the node's root grants: a privileged slice gets no more than it holds.
+ROOT_ONLY_RIGHTS = ("nm_privileged", "admin_sniffer")
+
+
+def root_only_rights(caller: Caller, spec: RSpec) -> None:
+    """Refuse an rspec with a right only root may grant, unless root asks."""
+    if caller.is_root:
+        return
+    for right in ROOT_ONLY_RIGHTS:
+        if getattr(spec, right):
+            raise PermissionDenied(f"{right}: expected false, only the node's root may grant "
+                                   f"it, found true asked by {caller.name}")
+
+
 class RcapBook:
     """The node's table of rcaps and the admission control in front of it.
 
@@ -45,11 +59,14 @@ class RcapBook:
         capacity: the node's limits.
         net_cap_kbit: the node's current outgoing cap (it changes live).
         clock: the current time.
+        host_ports: (proto, port) of the host's own listeners, which no rcap may reserve.
     """
 
     def __init__(self, store: Store, capacity: NodeCapacity, net_cap_kbit: Callable[[], int],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 host_ports: Callable[[], frozenset[tuple[str, int]]] = frozenset) -> None:
         self.store = store
+        self.host_ports = host_ports
         self.capacity = capacity
         self.net_cap_kbit = net_cap_kbit
         self.clock = clock
@@ -68,6 +85,12 @@ class RcapBook:
         """
         require_privileged(caller)
         spec = parse_rspec(data, self.clock())
+        root_only_rights(caller, spec)
+        taken = sorted(spec.ports() & self.host_ports())
+        if taken:
+            proto, port = taken[0]
+            raise AdmissionError(f"{proto}_ports: port {port} has a listener on the node's host "
+                                 "and cannot be reserved")
         with self.lock:
             live = self.live()
             outstanding = {owner_text(r.slice, r.rcap) + f" ({r.rcap[:8]})": r.rspec for r in live}
@@ -98,10 +121,7 @@ class RcapBook:
             if row.slice is not None:
                 raise StateError(f"rcap {row.rcap}: expected an unbound rcap, found it bound to "
                                  f"slice {row.slice}")
-            fields = dict(data) if isinstance(data, dict) else data
-            if isinstance(fields, dict):
-                fields.setdefault("start", iso(row.rspec.start))
-                fields.setdefault("end", iso(row.rspec.end))
+            fields = {**part_defaults(row.rspec), **data} if isinstance(data, dict) else data
             part = parse_rspec(fields, self.clock())
             remaining = split(row.rspec, part)
             child = secrets.token_hex(16)
