@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import os
+import secrets
 import subprocess
 import time
 import urllib.error
@@ -170,3 +172,94 @@ def test_a_connect_shows_in_connects_within_a_second(snm: tuple[NMHandle, int],
     rows = get(port, "/connects")
     assert {"slice": info["name"], "proto": "tcp", "dst": gw, "port": str(target)}.items() \
         <= rows[-1].items()
+
+
+def connect_from(engine: docker.DockerClient, info: dict[str, object], gw: str, port: int) -> None:
+    code, out = sliver_exec(engine, str(info["container"]), [
+        "python3", "-c", "import socket; s = socket.socket(); s.settimeout(2); "
+        f"s.connect_ex(('{gw}', {port}))"])
+    assert code == 0, out
+
+
+def connects_seen_from(engine: docker.DockerClient, info: dict[str, object],
+                       port: int) -> tuple[int, list[dict[str, str]]]:
+    code, out = sliver_exec(engine, str(info["container"]), [
+        "curl", "-sS", "-m", "5", "-w", "\\n%{http_code}", f"http://node:{port}/connects"])
+    assert code == 0, out
+    body, _, status = out.rpartition("\n")
+    return int(status), list(csv.DictReader(io.StringIO(body)))
+
+
+STREAM_ONE = """
+import sys, urllib.request
+s = urllib.request.urlopen(sys.argv[1], timeout=30)
+print(s.readline().decode().strip(), flush=True)
+print(s.readline().decode().strip(), flush=True)
+"""
+
+
+def test_connects_shows_a_sliver_only_its_own_slice(snm: tuple[NMHandle, int],
+                                                    engine: docker.DockerClient) -> None:
+    nm, port = snm
+    a, b = make_sliver(nm, "seea"), make_sliver(nm, "seeb")
+    admin = make_sliver(nm, "seeadm", admin_sniffer=True)
+    gw, target = node_gateway(nm.cfg.subnet), free_port()
+    connect_from(engine, a, gw, target)
+    connect_from(engine, b, gw, target)
+    names = {str(a["name"]), str(b["name"])}
+    wait_for(lambda: names <= {r["slice"] for r in get(port, "/connects")},
+             what="both connects at the node")
+    for info, expected in ((a, {a["name"]}), (b, {b["name"]}), (admin, names)):
+        status, rows = connects_seen_from(engine, info, port)
+        assert status == 200
+        assert {r["slice"] for r in rows} & (names | {admin["name"]}) == expected, info["name"]
+
+    # the stream: a's reader gets its own connect, not b's that came first
+    code, out = sliver_exec(engine, str(a["container"]), [
+        "sh", "-c", f"python3 -c '{STREAM_ONE}' http://node:{port}/connects?stream=1 "
+        ">/tmp/stream.out 2>&1 &"])
+    assert code == 0, out
+
+    def streams() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return int(next(ln for ln in text.splitlines()
+                        if ln.startswith('slicectl_stream_clients{sensor="connects"}')).split()[1])
+
+    wait_for(lambda: streams() >= 1, what="a's stream subscribed")
+    connect_from(engine, b, gw, target)
+    connect_from(engine, a, gw, target)
+
+    def stream_lines() -> list[str]:
+        return sliver_exec(engine, str(a["container"]), ["cat", "/tmp/stream.out"])[1].split()
+
+    wait_for(lambda: len(stream_lines()) >= 2, what="a line on a's stream")
+    header, line = stream_lines()[:2]
+    assert header == "time,slice,proto,dst,port"
+    assert line.split(",")[1] == a["name"], line
+
+
+def test_an_address_on_the_bridge_that_is_no_sliver_gets_403(snm: tuple[NMHandle, int]) -> None:
+    nm, port = snm
+    net = ipaddress.ip_network(nm.cfg.subnet)
+    tag = secrets.token_hex(3)
+    ns, host_if, ns_if = f"slicectl-unk-{tag}", f"slcu{tag}", f"slcv{tag}"
+    stranger = str(net.network_address + 200)  # below the slivers' half: no sliver has it
+    gw = node_gateway(nm.cfg.subnet)
+    cmds = [f"ip netns add {ns}", f"ip link add {host_if} type veth peer name {ns_if}",
+            f"ip link set {ns_if} netns {ns}", f"ip link set {host_if} master {nm.cfg.bridge}",
+            f"ip link set {host_if} up", f"ip -n {ns} addr add {stranger}/{net.prefixlen} dev {ns_if}",
+            f"ip -n {ns} link set {ns_if} up"]
+    try:
+        for c in cmds:
+            subprocess.run(c.split(), check=True, capture_output=True)
+        for uri in ("/connects", "/connects?stream=1", "/load"):
+            res = subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", "-m", "5", "-w",
+                                  "\n%{http_code}", f"http://{gw}:{port}{uri}"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            assert res.returncode == 0, res.stderr
+            assert res.stdout == (f"source {stranger}: expected the node or a sliver of node "
+                                  f"{nm.cfg.node_id}, found neither\n\n403"), res.stdout
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
