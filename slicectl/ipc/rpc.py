@@ -7,7 +7,6 @@ slivers whose rspec has ``nm_privileged`` (the socket's directory is mounted int
 from __future__ import annotations
 
 import contextlib
-import errno
 import http.client
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
 
 from slicectl.core.errors import ConnectionFailed, PermissionDenied, SlicectlError, from_fault
+from slicectl.ipc.accepting import OUT_OF_RESOURCES
 from slicectl.ipc.peer import Peer
 from slicectl.ipc.refusals import Refusals
 
@@ -137,7 +137,7 @@ class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
         try:
             sock, _ = self.socket.accept()
         except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if e.errno in OUT_OF_RESOURCES:
                 log.warning("accept: %s; backing off", e.strerror)
                 time.sleep(0.1)  # the listener stays readable: do not spin
             raise
