@@ -45,6 +45,7 @@ from slicectl.core.policy import NodePolicy
 from slicectl.core.requests import loads_bounded, shim_request
 from slicectl.core.wire import NetEntry, from_struct
 from slicectl.ipc.accepting import Accepts
+from slicectl.ipc.lingering import linger_close
 from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
@@ -223,7 +224,7 @@ def refuse_client(client: socket.socket, errno_name: str, message: str) -> None:
     with contextlib.suppress(OSError):
         client.send(json.dumps({"ok": False, "errno": errno_name, "error": message}).encode(),
                     socket.MSG_DONTWAIT)
-    client.close()
+    linger_close(client)
 
 
 class Shim:
