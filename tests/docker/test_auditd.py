@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,22 @@ def test_a_small_packet_flood_is_recorded_whole(anm: tuple[NMHandle, Auditor],
     assert counted() == n
     assert doc["records_total"] == n
     assert doc["drops"] == {"kernel": 0, "consumer": 0, "unknown": 0, "auditor": 0}
+
+
+HOSTILE_WINDOWS = [("from=nan", "from"), ("from=inf", "from"), ("from=1e20", "from"),
+                   ("from=-1", "from"), ("to=nan", "to"), ("from=0&to=1", "to"),
+                   ("from=2000-01-01T00:00Z", "from")]
+
+
+def test_hostile_windows_are_a_400_and_the_auditor_serves_on(
+        anm: tuple[NMHandle, Auditor]) -> None:
+    _, auditor = anm
+    wait_for(auditor.answers, 30, "the auditor")
+    for query, field in HOSTILE_WINDOWS:
+        for path in ("/", "/dst/198.51.100.7.json", "/slice/some_slice", "/chart.svg"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                auditor.get(f"{path}?{query}")
+            text = err.value.read().decode()
+            assert err.value.code == 400 and text.count("\n") == 1, (path, text)
+            assert text.startswith(f"bad request: {field}: expected"), (path, text)
+    assert json.loads(auditor.get("/index.json"))["health"]["writer_error"] == ""
