@@ -243,13 +243,8 @@ class Table:
 
     def get(self, name: str) -> Method:
         if name not in self.methods:
-            raise InvalidMethodError(name)
+            raise InvalidMethod(f"{name[:80]!r} is not a PLCAPI method")
         return self.methods[name]
-
-
-def InvalidMethodError(name: str) -> Exception:
-    from .errors import InvalidMethod
-    return InvalidMethod(f"{name[:80]!r} is not a PLCAPI method")
 
 
 def arg(name: str, type_: ArgType | Field, optional: bool = False) -> Arg:
