@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from slicectl.errors import SlicectlError
+from slicectl.core.errors import SlicectlError
 
 from .config import AuditConfig
 from .directory import nm_directory

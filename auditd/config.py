@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slicectl.errors import ValidationError
+from slicectl.core.errors import ValidationError
 
 from .store import Limits
 
@@ -40,7 +40,7 @@ class AuditConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AuditConfig:
-        """From the environment a node service gets (see ``slicectl.services``):
+        """From the environment a node service gets (see ``slicectl.node.services``):
         ``SLICECTL_SERVICE_STATE``, ``SLICECTL_SNIFFER_SOCK``, ``SLICECTL_NM_SOCK``,
         ``SLICECTL_SERVICE_PORT``; on the host without them, paths under the node's
         ``SLICECTL_STATE_DIR`` and ``SLICECTL_RUN_DIR``. The auditor's own settings:

@@ -1,6 +1,6 @@
 """Who slices and the node are: descriptions and contacts from the node manager, cached.
 
-The NM is asked over its unix socket (:class:`slicectl.rpc.Client`, blocking) in a worker
+The NM is asked over its unix socket (:class:`slicectl.ipc.rpc.Client`, blocking) in a worker
 thread, at most once per ``ttl_s`` per question; if it cannot answer, the pages say so and
 show what was cached last.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from slicectl.errors import ConnectionFailed, SlicectlError
-from slicectl.rpc import Client
+from slicectl.core.errors import ConnectionFailed, SlicectlError
+from slicectl.ipc.rpc import Client
 
 
 @dataclass(frozen=True)

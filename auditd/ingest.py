@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slicectl import sniffrecord as sr
+from slicectl.core import sniffrecord as sr
 
 from .store import DROP_SOURCES, Store
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from slicectl import sniffrecord as sr
-from slicectl.errors import ValidationError
+from slicectl.core import sniffrecord as sr
+from slicectl.core.errors import ValidationError
 
 from .store import Reader
 

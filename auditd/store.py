@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicectl.errors import StateError
+from slicectl.core.errors import StateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS slices (sid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from slicectl.errors import ValidationError
+from slicectl.core.errors import ValidationError
 
 from . import query as q
 from . import render as r

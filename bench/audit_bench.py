@@ -3,7 +3,7 @@
 ``.venv/bin/python bench/audit_bench.py`` (no root, no Docker). Every number comes from
 this run:
 
-- **ingest**: real sniffer frames (``slicectl.sniffrecord.frame``) of small-packet traffic
+- **ingest**: real sniffer frames (``slicectl.core.sniffrecord.frame``) of small-packet traffic
   at the node cap (100 Mbit/s of 64-byte frames is ~148,800 packets/s), cut apart with
   ``split_frames`` and fed through the auditor's own ingest path (``Recorder.feed`` and
   ``flush``: chunked records, per-minute roll-ups, one transaction per batch), in one thread,
@@ -39,7 +39,7 @@ from auditd.config import AuditConfig
 from auditd.directory import Directory
 from auditd.ingest import Recorder
 from auditd.store import Limits, Store
-from slicectl import sniffrecord as sr
+from slicectl.core import sniffrecord as sr
 
 LINE_RATE_PPS = 148_809  # 100 Mbit/s of minimum-size Ethernet frames
 BATCH = LINE_RATE_PPS // 2  # what the writer commits every 0.5 s at that rate

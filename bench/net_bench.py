@@ -19,17 +19,18 @@ import sys
 import time
 from typing import Any
 
-from slicectl import tc
-from slicectl.config import NodeConfig
-from slicectl.containers import engine_client
-from slicectl.dockerd import Say
-from slicectl.netplan import handle
-from slicectl.network import NetIdentity, NodeNetwork
-from slicectl.node import prepare
-from slicectl.privnode import private_node
-from slicectl.rpc import Client
-from slicectl.rspec import parse_rspec
-from slicectl.store import Store
+from slicectl.core.netplan import handle
+from slicectl.core.rspec import parse_rspec
+from slicectl.ipc.rpc import Client
+from slicectl.node import tc
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import prepare
+from slicectl.node.dockerd import Say
+from slicectl.node.engine import engine_client
+from slicectl.node.network import NodeNetwork
+from slicectl.node.nm.boundary import NetIdentity
+from slicectl.node.store import Store
+from slicectl.testbed.privnode import private_node
 
 
 def free_port() -> int:

@@ -40,19 +40,20 @@ from typing import Any
 import docker
 import docker.errors
 
-from slicectl.accounts import HostAccounts
-from slicectl.config import LABEL_KIND, LABEL_NODE, REFERENCE_REPO, NodeConfig
-from slicectl.dockerd import Say
-from slicectl.node import prepare
-from slicectl.rpc import Client
-from slicectl.rspec import TOTAL_CPU_SHARES
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE, REFERENCE_REPO
+from slicectl.core.rspec import TOTAL_CPU_SHARES
+from slicectl.ipc.rpc import Client
+from slicectl.node.accounts import HostAccounts
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import prepare
+from slicectl.node.dockerd import Say
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from slicectl.privnode import PRIVATE_STATE, create_network, log_path, private_config  # noqa: E402
-from slicectl.privnode import cleanup as cleanup_private  # noqa: E402
+from slicectl.testbed.privnode import PRIVATE_STATE, create_network, log_path, private_config  # noqa: E402
+from slicectl.testbed.privnode import cleanup as cleanup_private  # noqa: E402
 from tests.docker.conftest import NMHandle  # noqa: E402
 
 MIB = 1 << 20

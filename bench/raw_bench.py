@@ -33,18 +33,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slicectl import shim, tc
-from slicectl.config import NodeConfig
-from slicectl.containers import engine_client
-from slicectl.dockerd import Say
-from slicectl.netplan import handle, sliver_xid_range
-from slicectl.node import SNIFFER, daemon_pid, prepare
-from slicectl.privnode import private_node
-from slicectl.ring import in_netns, synthetic_block
-from slicectl.rpc import Client
+from slicectl.core.netplan import handle, sliver_xid_range
+from slicectl.core.sniffrecord import read_frames_blocking
+from slicectl.ipc.rpc import Client
+from slicectl.node import shim, tc
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import SNIFFER, daemon_pid, prepare
+from slicectl.node.dockerd import Say
+from slicectl.node.engine import engine_client
+from slicectl.node.ring import in_netns, synthetic_block
+from slicectl.node.sniffer import parse_block
 from slicectl.saferaw.packet import packet, udp_segment
-from slicectl.sniffer import parse_block
-from slicectl.sniffrecord import read_frames_blocking
+from slicectl.testbed.privnode import private_node
 
 
 def sh(cmd: str) -> None:

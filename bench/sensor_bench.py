@@ -21,14 +21,15 @@ import time
 import aiohttp
 import docker
 
-from slicectl.config import LABEL_KIND, LABEL_NODE, NodeConfig
-from slicectl.containers import engine_client
-from slicectl.dockerd import Say
-from slicectl.netplan import node_gateway
-from slicectl.node import prepare
-from slicectl.privnode import free_port, private_node, service_ports
-from slicectl.rpc import Client
-from slicectl.services import ensure_service_image, service_container_name
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE
+from slicectl.core.netplan import node_gateway
+from slicectl.ipc.rpc import Client
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import prepare
+from slicectl.node.dockerd import Say
+from slicectl.node.engine import engine_client
+from slicectl.node.services import ensure_service_image, service_container_name
+from slicectl.testbed.privnode import free_port, private_node, service_ports
 
 HELLO = """
 from aiohttp import web

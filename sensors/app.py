@@ -26,8 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
-from slicectl import sniffrecord
-from slicectl.errors import NotFoundError, SlicectlError, ValidationError
+from slicectl.core import sniffrecord
+from slicectl.core.errors import NotFoundError, SlicectlError, ValidationError
 
 from .sources import (
     MEMINFO_FIELDS,

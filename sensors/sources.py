@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicectl.errors import ConnectionFailed, SlicectlError
-from slicectl.rpc import Client
+from slicectl.core.errors import ConnectionFailed, SlicectlError
+from slicectl.ipc.rpc import Client
 
 MEMINFO_FIELDS = (
     ("MemTotal", "total_kb"), ("MemFree", "free_kb"), ("MemAvailable", "available_kb"),

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slicectl.sniffrecord import OUT, RECORD, ip_text
+from slicectl.core.sniffrecord import OUT, RECORD, ip_text
 
 log = logging.getLogger("sensors.streams")
 

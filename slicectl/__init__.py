@@ -10,6 +10,6 @@ def code_hash() -> str:
 
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
-    for p in sorted([*root.glob("*.py"), *root.glob("assets/*")]):
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    for p in sorted([*root.rglob("*.py"), *root.rglob("assets/*")]):
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:12]

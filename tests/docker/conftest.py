@@ -2,7 +2,7 @@
 
 Each ``nm`` fixture runs a real node manager daemon (a subprocess, so tests can kill it)
 with its own node id, state directory, socket, engine network, IFB and iptables chains,
-on the node's engine and reference image (see :mod:`slicectl.privnode`). Teardown
+on the node's engine and reference image (see :mod:`slicectl.testbed.privnode`). Teardown
 removes exactly what that node id created.
 """
 
@@ -23,13 +23,13 @@ from typing import Any
 import docker
 import pytest
 
-from slicectl.config import NodeConfig
-from slicectl.dockerd import Say
-from slicectl.netplan import node_gateway
-from slicectl.node import nm_pid, prepare, start_nm, stop_nm
-from slicectl.privnode import free_port as free_port  # re-exported for the tests
-from slicectl.privnode import log_path, private_node
-from slicectl.rpc import Client
+from slicectl.core.netplan import node_gateway
+from slicectl.ipc.rpc import Client
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import nm_pid, prepare, start_nm, stop_nm
+from slicectl.node.dockerd import Say
+from slicectl.testbed.privnode import free_port as free_port  # re-exported for the tests
+from slicectl.testbed.privnode import log_path, private_node
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,7 +95,7 @@ class NMHandle:
         stop_nm(self.cfg)
 
     def env(self) -> dict[str, str]:
-        from slicectl.node import config_env
+        from slicectl.node.daemons import config_env
 
         return {**os.environ, **config_env(self.cfg)}
 

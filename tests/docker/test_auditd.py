@@ -21,11 +21,11 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from slicectl import tc
-from slicectl.config import NodeConfig
-from slicectl.netplan import handle
-from slicectl.privnode import log_path, private_node, service_ports
-from slicectl.services import service_container_name
+from slicectl.core.netplan import handle
+from slicectl.node import tc
+from slicectl.node.config import NodeConfig
+from slicectl.node.services import service_container_name
+from slicectl.testbed.privnode import log_path, private_node, service_ports
 
 from .conftest import NMHandle, Outside, gateway, wait_for
 from .test_sniffer import send_udp

@@ -17,7 +17,7 @@ from typing import Any
 
 import docker
 
-from slicectl.dockerd import quota_mode
+from slicectl.node.dockerd import quota_mode, remap_root
 
 from .conftest import NMHandle, sliver_exec, wait_for
 
@@ -158,7 +158,7 @@ def test_root_in_a_sliver_lacks_dangerous_capabilities(nm: NMHandle,
     # The sliver's init, seen from the host...
     host_view = Path(f"/proc/{info['pid']}/status").read_text()
     assert info["container_id"] in Path(f"/proc/{info['pid']}/cgroup").read_text()
-    assert status_uid(host_view) == 0
+    assert status_uid(host_view) == remap_root() != 0  # root inside, not host root
     assert_root_caps(caps(host_view), "sliver init")
     # ...and a root process started inside it.
     status, inside = sliver_exec(engine, info["container"], ["cat", "/proc/self/status"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from slicectl.errors import AdmissionError, StateError, ValidationError
+from slicectl.core.errors import AdmissionError, StateError, ValidationError
 
 from .conftest import NMHandle
 

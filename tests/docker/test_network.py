@@ -15,11 +15,11 @@ from typing import Any
 import docker
 import pytest
 
-from slicectl import tc
-from slicectl.errors import AdmissionError
-from slicectl.netplan import handle, sliver_tc
-from slicectl.network import host_veth
-from slicectl.rspec import parse_rspec
+from slicectl.core.errors import AdmissionError
+from slicectl.core.netplan import handle, sliver_tc
+from slicectl.core.rspec import parse_rspec
+from slicectl.node import tc
+from slicectl.node.network import host_veth
 
 from .conftest import NMHandle, Outside, free_port, gateway, make_sliver, sliver_exec
 
@@ -234,7 +234,7 @@ def test_node_cap_changes_live(nm: NMHandle) -> None:
     nm.call("set_node", "net_cap_kbit", 20_000)
     assert tc.read_classes(nm.cfg.ifb)[handle(0xC000)].ceil_bps == 20_000 * 125
     make_sliver(nm, "guar", net_min_kbit=15_000, net_max_kbit=20_000)
-    from slicectl.errors import ValidationError
+    from slicectl.core.errors import ValidationError
 
     with pytest.raises(ValidationError, match="net_cap_kbit: expected at least the 15000 kbit/s"):
         nm.call("set_node", "net_cap_kbit", 10_000)

@@ -13,7 +13,7 @@ from typing import Any
 import docker
 import pytest
 
-from slicectl.errors import SlicectlError
+from slicectl.core.errors import SlicectlError
 
 from .conftest import NMHandle, wait_for
 

@@ -15,7 +15,7 @@ from typing import Any
 import docker
 import pytest
 
-from slicectl import shim
+from slicectl.node import shim
 
 from .conftest import NMHandle, Outside, gateway, make_sliver, sliver_exec, wait_for
 

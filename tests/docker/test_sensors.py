@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from slicectl.config import NodeConfig
-from slicectl.netplan import chain_names, node_gateway
-from slicectl.privnode import free_port, log_path, private_node, service_ports
-from slicectl.services import IN_CGROUP, service_container_name
+from slicectl.core.netplan import chain_names, node_gateway
+from slicectl.node.config import NodeConfig
+from slicectl.node.services import IN_CGROUP, service_container_name
+from slicectl.testbed.privnode import free_port, log_path, private_node, service_ports
 
 from .conftest import NMHandle, Outside, make_sliver, sliver_exec, wait_for
 from .test_network import iperf
@@ -60,7 +60,7 @@ def test_sidecar_runs_its_plan(snm: tuple[NMHandle, int], engine: docker.DockerC
 def nm_call_from_sidecar(engine: docker.DockerClient, container: str, method: str) -> str:
     code, out = sliver_exec(engine, container, [
         "/opt/venv/bin/python", "-c",
-        "import sys; from slicectl.rpc import Client; from slicectl.errors import SlicectlError\n"
+        "import sys; from slicectl.ipc.rpc import Client; from slicectl.core.errors import SlicectlError\n"
         "try: print('ok', Client('/run/slicectl/nm/nm.sock').call(sys.argv[1], *sys.argv[2:]))\n"
         "except SlicectlError as e: print(type(e).__name__, e)", method])
     assert code == 0, out

@@ -13,9 +13,9 @@ from typing import Any
 import docker
 import pytest
 
-from slicectl.errors import PermissionDenied
-from slicectl.sniffer import Sniffer
-from slicectl.sniffrecord import OUT, PacketRecord, read_frames_blocking
+from slicectl.core.errors import PermissionDenied
+from slicectl.core.sniffrecord import OUT, RECORD, PacketRecord, read_frames_blocking
+from slicectl.node.sniffer import Sniffer
 
 from .conftest import NMHandle, Outside, make_sliver, sliver_exec
 
@@ -26,7 +26,8 @@ class Reader:
     def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
-        self.records: list[PacketRecord] = []
+        #: record payloads as read; decoded only when asked, so the reader keeps up
+        self.payloads: list[bytes] = []
         self.slices: dict[str, str] = {}
         self.drops: dict[str, int] = {}
         self.hello: dict[str, Any] = {}
@@ -37,7 +38,7 @@ class Reader:
         try:
             for f in read_frames_blocking(self.sock):
                 if f.kind == b"R":
-                    self.records += [PacketRecord.unpack(r) for r in f.records()]
+                    self.payloads.append(bytes(f.payload))
                 elif f.kind == b"S":
                     self.slices = f.json()
                 elif f.kind == b"D":
@@ -46,6 +47,10 @@ class Reader:
                     self.hello = f.json()
         except OSError:
             pass
+
+    @property
+    def records(self) -> list[PacketRecord]:
+        return [PacketRecord.unpack(r) for p in list(self.payloads) for r in RECORD.iter_unpack(p)]
 
     def matching(self, **want: Any) -> list[PacketRecord]:
         return [r for r in self.records if all(getattr(r, k) == v for k, v in want.items())]
@@ -145,7 +150,10 @@ def test_slow_consumer_loses_counted_records_and_slows_nobody(
         send_udp(engine, a, outside.address, 9999, 40004, n)
         elapsed = time.monotonic() - started
         assert wait_until(lambda: len(fast.matching(dport=9999)) == n, 20), \
-            f"fast consumer got {len(fast.matching(dport=9999))} of {n}"
+            (f"fast consumer got {len(fast.matching(dport=9999))} of {n}; ring drops "
+             f"{sniffer.kernel_drops}, consumer drops "
+             f"{[c.dropped for c in sniffer.consumers.values()]}, unknown {sniffer.unknown}, "
+             f"fast reader saw drops {getattr(fast, 'drops', None)}")
         slow.setblocking(False)
         got = 0
         frames: list[Any] = []
@@ -159,7 +167,7 @@ def test_slow_consumer_loses_counted_records_and_slows_nobody(
                 buf += chunk
         except TimeoutError:
             pass
-        from slicectl.sniffrecord import split_frames
+        from slicectl.core.sniffrecord import split_frames
         frames = list(split_frames(buf))
         got = sum(len(f.payload) // 32 for f in frames if f.kind == b"R")
         assert got < n, "the slow consumer should have lost records"

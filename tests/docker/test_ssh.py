@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slicectl.config import NodeConfig
+from slicectl.node.config import NodeConfig
 
 from .conftest import NMHandle
 

@@ -1,8 +1,8 @@
 """Shared helpers for the auditor's tests: records, frames, a fake sniffer socket, a fake NM.
 
 The fakes sit at the lowest boundaries only: the sniffer is a unix socket that writes real
-frames (:mod:`slicectl.sniffrecord`), the node manager is a real
-:class:`slicectl.rpc.UnixXMLRPCServer` answering from a dict.
+frames (:mod:`slicectl.core.sniffrecord`), the node manager is a real
+:class:`slicectl.ipc.rpc.UnixXMLRPCServer` answering from a dict.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from slicectl import sniffrecord as sr
-from slicectl.errors import NotFoundError
-from slicectl.rpc import UnixXMLRPCServer
+from slicectl.core import sniffrecord as sr
+from slicectl.core.errors import NotFoundError
+from slicectl.ipc.rpc import UnixXMLRPCServer
 
 
 def rec(t: float, xid: int, dst: str, dport: int = 80, *, src: str = "172.30.128.1",
@@ -78,7 +78,7 @@ def fake_nm(path: Path, slivers: dict[str, dict[str, Any]],
     """A real XML-RPC unix server answering ``status`` and ``get_sliver``; yields the calls."""
     calls: list[str] = []
 
-    def dispatch(method: str, params: tuple[Any, ...], _uid: int, _pid: int) -> Any:
+    def dispatch(method: str, params: tuple[Any, ...], _peer: object) -> Any:
         calls.append(method)
         if method == "status":
             return status or {"node_id": "node-x", "hostname": "node-x.example.org",

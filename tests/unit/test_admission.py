@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from slicectl.admission import NodeCapacity, check, peak_overlap
-from slicectl.errors import AdmissionError
-from slicectl.rspec import RSpec, parse_rspec
+from slicectl.core.admission import NodeCapacity, check, peak_overlap
+from slicectl.core.errors import AdmissionError
+from slicectl.core.rspec import RSpec, parse_rspec
 
 NOW = 1_800_000_000.0
 H = 3600.0
@@ -79,5 +79,53 @@ def test_bandwidth_guarantees_sum_under_cap() -> None:
     cap = NodeCapacity(mem_mb=24_000, disk_mb=40_000, net_cap_kbit=10_000)
     held = {"a": spec(net_min_kbit=6000, net_max_kbit=10_000)}
     check(spec(net_min_kbit=4000, net_max_kbit=10_000), held, cap)
-    with pytest.raises(AdmissionError, match="^net_min_kbit: asked for a guarantee of 4001"):
+    with pytest.raises(AdmissionError, match="^net_min_kbit: asked for 4001, but only 4000 of the node cap"):
         check(spec(net_min_kbit=4001, net_max_kbit=10_000), held, cap)
+
+
+SMALL = NodeCapacity(mem_mb=1000, disk_mb=2000, max_nproc=4000, total_nofile=10_000)
+
+
+@pytest.mark.parametrize(("others", "candidate", "message"), [
+    # memory and disk: 2x overcommit by default
+    ([spec(mem_mb=1000)], spec(mem_mb=1000), None),
+    ([spec(mem_mb=1000), spec(mem_mb=980)], spec(mem_mb=20), None),
+    ([spec(mem_mb=1000), spec(mem_mb=980)], spec(mem_mb=21),
+     "mem_mb: asked for 21, but only 20 of 1000 MB of memory x 2 overcommit are free"),
+    ([spec(disk_mb=2000), spec(disk_mb=2000)], spec(disk_mb=16),
+     "disk_mb: asked for 16, but only 0 of 2000 MB of sliver disk x 2 overcommit"),
+    # processes and files: the kernel's limits, no overcommit
+    ([spec(nproc=3000)], spec(nproc=1000), None),
+    ([spec(nproc=3000)], spec(nproc=1001), "nproc: asked for 1001, but only 1000 of 4000 processes"),
+    ([spec(nofile=9000)], spec(nofile=1001), "nofile: asked for 1001, but only 1000 of 10000"),
+    # only overlapping windows compete
+    ([spec(0, 1, mem_mb=1000), spec(0, 1, mem_mb=1000)], spec(1, 2, mem_mb=1000), None),
+])
+def test_memory_disk_processes_and_files_sum_under_the_node(
+        others: list[RSpec], candidate: RSpec, message: str | None) -> None:
+    outstanding = {f"rcap {i}": o for i, o in enumerate(others)}
+    if message is None:
+        check(candidate, outstanding, SMALL)
+    else:
+        with pytest.raises(AdmissionError, match=f"^{message}"):
+            check(candidate, outstanding, SMALL)
+
+
+def test_overcommit_comes_from_node_policy() -> None:
+    strict = NodeCapacity(mem_mb=1000, disk_mb=2000, mem_overcommit=1.0)
+    with pytest.raises(AdmissionError, match=r"of 1000 MB of memory x 1 overcommit"):
+        check(spec(mem_mb=16), {"a": spec(mem_mb=1000)}, strict)
+
+
+def test_peaks_sweep_matches_the_brute_force() -> None:
+    import random
+
+    rng = random.Random(5)
+    others = [spec(a, a + rng.randint(1, 10), cpu_share=rng.randint(1, 50),
+                   mem_mb=rng.randint(16, 900))
+              for a in (rng.randint(0, 40) for _ in range(200))]
+    cand = spec(5, 30)
+    for attr in ("cpu_share", "mem_mb"):
+        t_points = sorted({cand.start} | {o.start for o in others if cand.start < o.start < cand.end})
+        brute = max(sum(getattr(o, attr) for o in others if o.start <= t < o.end) for t in t_points)
+        assert peak_overlap(cand, others, attr)[0] == brute

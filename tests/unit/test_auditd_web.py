@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from auditd.config import AuditConfig
 from auditd.directory import nm_directory
 from auditd.web import LINK, WRITER, make_app
-from slicectl import sniffrecord as sr
+from slicectl.core import sniffrecord as sr
 
 from .auditd_helpers import FakeSniffer, fake_nm, hello, rec, records
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slicectl.netplan import (
+from slicectl.core.errors import ValidationError
+from slicectl.core.netplan import (
     ICMP_KBIT,
     OPTS_KBIT,
     PortGrant,
@@ -18,8 +19,8 @@ from slicectl.netplan import (
     sliver_address,
     sliver_tc,
 )
-from slicectl.network import budget_ceil_kbit, utc_day
-from slicectl.rspec import parse_rspec
+from slicectl.core.rspec import parse_rspec
+from slicectl.node.network import budget_ceil_kbit, utc_day
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
@@ -37,7 +38,7 @@ def test_sliver_address(subnet: str, xid: int, address: str) -> None:
 @pytest.mark.parametrize(("subnet", "xid"), [("172.31.4.0/22", 511), ("172.30.0.0/16", 0),
                                              ("172.30.0.0/16", 0x4000)])
 def test_sliver_address_out_of_room(subnet: str, xid: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="^xid: expected a security context from 1 to"):
         sliver_address(subnet, xid)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slicectl.plan import (
+from slicectl.core.containerplan import (
     SLIVER_CAPS,
     NodeFacts,
     SliverIdentity,
@@ -15,7 +15,7 @@ from slicectl.plan import (
     disk_quota_bytes,
     resource_update,
 )
-from slicectl.rspec import parse_rspec
+from slicectl.core.rspec import parse_rspec
 
 NOW = 1_800_000_000.0
 FACTS = NodeFacts(node_id="n1", ncpus=2, image="sha256:abc", image_bytes=300 << 20,

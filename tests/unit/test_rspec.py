@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slicectl.errors import UsageError, ValidationError
-from slicectl.rspec import (
+from slicectl.core.errors import UsageError, ValidationError
+from slicectl.core.rspec import (
     DEFAULT_LIFETIME_S,
     RSpec,
     combine,
@@ -16,7 +16,7 @@ from slicectl.rspec import (
     split,
     validate_slice_name,
 )
-from slicectl.units import iso
+from slicectl.core.units import iso
 
 NOW = 1_800_000_000.0
 
@@ -171,3 +171,22 @@ def test_rspec_file(tmp_path: Path) -> None:
         load_rspec_file(tmp_path / "missing.yaml", NOW)
     f.write_text("")
     assert load_rspec_file(f, NOW) == parse_rspec({}, NOW)
+
+
+def test_split_conserves_the_daily_budget() -> None:
+    parent = spec(**{**BIG, "net_max_kbyte_day": 1000})
+    part = spec(net_max_kbyte_day=300)
+    rest = split(parent, part)
+    assert rest.net_max_kbyte_day + part.net_max_kbyte_day == 1000
+    for bad in (0, 1000, 1001):  # none (unlimited), all of it, more than it
+        with pytest.raises(ValidationError, match=r"^net_max_kbyte_day: expected from 1 to 999"):
+            split(parent, spec(net_max_kbyte_day=bad))
+    # an rcap without a budget may give parts with or without one
+    assert split(spec(**BIG), spec(net_max_kbyte_day=5)).net_max_kbyte_day == 0
+
+
+def test_an_rcap_without_a_budget_does_not_lift_anothers() -> None:
+    limited, free = spec(net_max_kbyte_day=500), spec()
+    assert combine([limited, free]).net_max_kbyte_day == 500
+    assert combine([limited, spec(net_max_kbyte_day=200)]).net_max_kbyte_day == 700
+    assert combine([free, spec()]).net_max_kbyte_day == 0

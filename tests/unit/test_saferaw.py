@@ -6,7 +6,9 @@ import struct
 
 import pytest
 
-from slicectl.ring import bpf_ip, pack_program
+from slicectl.core.sniffrecord import RECORD
+from slicectl.node.ring import bpf_ip, pack_program
+from slicectl.node.shim import assemble, bpf_binding
 from slicectl.saferaw.packet import (
     ICMP,
     TCP,
@@ -25,8 +27,6 @@ from slicectl.saferaw.packet import (
     tcp_segment,
     udp_segment,
 )
-from slicectl.shim import assemble, bpf_binding
-from slicectl.sniffrecord import RECORD
 
 ME, PEER, OTHER = "172.30.128.5", "198.18.0.2", "172.30.128.6"
 UDP_B = Binding(ME, UDP, port=5000)

@@ -25,10 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sensors.app import SENSORS, STATE, Bandwidth, Settings, make_app
 from sensors.streams import ConnectDetector, Hub
-from slicectl import sniffrecord
-from slicectl.errors import PermissionDenied
-from slicectl.rpc import UnixXMLRPCServer
-from slicectl.sniffrecord import OUT, PacketRecord
+from slicectl.core import sniffrecord
+from slicectl.core.errors import PermissionDenied
+from slicectl.core.sniffrecord import OUT, PacketRecord
+from slicectl.ipc.rpc import UnixXMLRPCServer
 
 CID = "a" * 64
 CID2 = "b" * 64
@@ -56,7 +56,7 @@ class FakeNM:
     slivers: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
 
-    def dispatch(self, method: str, params: tuple[Any, ...], uid: int, pid: int) -> Any:
+    def dispatch(self, method: str, params: tuple[Any, ...], peer: object) -> Any:
         self.calls += 1
         if method != "list":
             raise PermissionDenied(f"method {method}: not for services")

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from slicectl.api import SERVICE_METHODS, NodeManagerAPI
-from slicectl.config import NodeConfig
-from slicectl.errors import PermissionDenied, ValidationError
-from slicectl.netplan import chain_names, input_rules, jump_rules, node_gateway
-from slicectl.nm import Caller
-from slicectl.plan import NodeFacts, SliverIdentity, container_plan
-from slicectl.rspec import parse_rspec
-from slicectl.services import (
+from slicectl.core.containerplan import NodeFacts, SliverIdentity, container_plan
+from slicectl.core.errors import PermissionDenied, ValidationError
+from slicectl.core.netplan import chain_names, input_rules, jump_rules, node_gateway
+from slicectl.core.rspec import parse_rspec
+from slicectl.node.config import NodeConfig
+from slicectl.node.nm.api import SERVICE_METHODS, NodeManagerAPI
+from slicectl.node.nm.callers import Caller
+from slicectl.node.services import (
     AUDITD,
     IN_CGROUP,
     LABEL_PLAN,
@@ -98,7 +98,7 @@ def test_spec_validation(name: str, port: int) -> None:
 def test_image_sources_are_stdlib_only_project_code() -> None:
     rels = [rel for _, rel in service_sources()]
     assert "Dockerfile" in rels and "app/sensors/app.py" in rels
-    assert "app/slicectl/sniffrecord.py" in rels
+    assert "app/slicectl/core/sniffrecord.py" in rels
     shared = [src for src, rel in service_sources() if rel.startswith("app/")]
     for src in shared:
         text = src.read_text()
@@ -146,7 +146,7 @@ class _NM:
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
 
-    def caller_for(self, uid: int, pid: int) -> Caller:
+    def caller_for(self, peer: object) -> Caller:
         return self.caller
 
     def __getattr__(self, name: str) -> Any:
@@ -158,16 +158,31 @@ class _NM:
 def test_service_callers_are_refused_writes(method: str) -> None:
     api = NodeManagerAPI(_NM(Caller(uid=0, pid=1, service="sensors")))  # type: ignore[arg-type]
     with pytest.raises(PermissionDenied, match="service:sensors"):
-        api(method, (), 0, 1)
+        api(method, (), None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", sorted(SERVICE_METHODS))
 def test_service_callers_may_read(method: str) -> None:
     api = NodeManagerAPI(_NM(Caller(uid=0, pid=1, service="sensors")))  # type: ignore[arg-type]
-    assert api(method, (), 0, 1)[1] == "service:sensors"
+    assert api(method, (), None)[1] == "service:sensors"  # type: ignore[arg-type]
 
 
 def test_a_service_caller_is_not_root() -> None:
     c = Caller(uid=0, pid=1, service="sensors")
     assert not c.is_root and c.reads_all and c.name == "service:sensors"
     assert Caller(uid=0, pid=1).reads_all and not Caller(uid=0, pid=1, slice="pl_a").reads_all
+
+
+@pytest.mark.parametrize(("cmdline", "ours"), [
+    ([b"/v/bin/python3", b"-m", b"slicectl.node.nm.daemon", b""], True),
+    ([b"/v/bin/python3", b"-m", b"slicectl.daemon", b""], True),  # before the layout change
+    ([b"/v/bin/python3", b"-m", b"slicectlx.daemon", b""], False),
+    ([b"/usr/bin/python3", b"/srv/app.py", b"slicectl.daemon", b""], False),
+    ([b"sleep", b"100", b""], False),
+    ([b""], False),
+])
+def test_a_pidfile_process_is_ours_only_if_it_runs_a_slicectl_module(
+        cmdline: list[bytes], ours: bool) -> None:
+    from slicectl.node.daemons import runs_our_module
+
+    assert runs_our_module(cmdline) is ours

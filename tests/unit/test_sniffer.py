@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import mmap
 
-from slicectl.netplan import sliver_address, sliver_xid_range
-from slicectl.ring import synthetic_block
+from slicectl.core.netplan import sliver_address, sliver_xid_range
+from slicectl.core.sniffrecord import IN, OUT, RECORD, PacketRecord
+from slicectl.node.ring import synthetic_block
+from slicectl.node.sniffer import parse_block
 from slicectl.saferaw.packet import ICMP, TCP, UDP, icmp_echo, packet, tcp_segment, udp_segment
-from slicectl.sniffer import parse_block
-from slicectl.sniffrecord import IN, OUT, RECORD, PacketRecord
 
 SUBNET = "172.30.0.0/16"
 A, B = sliver_address(SUBNET, 3), sliver_address(SUBNET, 7)

@@ -1,0 +1,124 @@
+"""This node's stack on the command line: up, prepare, restart, down, status, set."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+
+from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_json
+from slicectl.core.errors import UsageError
+from slicectl.core.wire import SliverView, from_struct
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import (
+    HOST_DAEMONS,
+    daemon_pid,
+    nm_client,
+    prepare,
+    start_host_daemons,
+    stop_host_daemons,
+)
+from slicectl.node.dockerd import Say
+from slicectl.node.engine import engine_client
+from slicectl.node.services import ServiceRunner, start_services
+from slicectl.node.sshd import stop_sshd
+
+DEMO_SLICE = "demo_slice"
+DEMO_KEY = Path("/root/.ssh/slicectl_demo")
+
+
+@contextlib.contextmanager
+def _engine(cfg: NodeConfig) -> Iterator[docker.DockerClient]:
+    client = engine_client(cfg.engine_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _demo_slice(cfg: NodeConfig, say: Say) -> None:
+    nm = nm_client(cfg)
+    if not DEMO_KEY.exists():
+        DEMO_KEY.parent.mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "slicectl-demo",
+                        "-f", str(DEMO_KEY)], check=True)
+    names = {from_struct(SliverView, s).name for s in nm.call("list")}
+    keys = keys_from_files([f"{DEMO_KEY}.pub"])
+    if DEMO_SLICE not in names:
+        rcap = nm.call("acquire", {"cpu_share": 10, "mem_mb": 512, "end": "52w"})
+        nm.call("bind", DEMO_SLICE, rcap, {
+            "keys": keys, "contacts": ["root@localhost"],
+            "description": "demo slice created by `make up`",
+        })
+        say(f"created the demo slice {DEMO_SLICE}")
+    elif keys[0] not in nm.call("get_keys", DEMO_SLICE):
+        nm.call("set_keys", DEMO_SLICE, keys)  # the key printed below is the one that works
+        say(f"gave the demo slice {DEMO_SLICE} the key {DEMO_KEY}.pub")
+    port = "" if cfg.ssh_port == 22 else f" -p {cfg.ssh_port}"
+    say(f"ready. Log into the demo sliver with:\n\n    ssh -i {DEMO_KEY}{port} "
+        f"{DEMO_SLICE}@localhost\n")
+
+
+def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
+    say = Say(quiet=getattr(args, "quiet", False))
+    if args.node_cmd == "up":
+        started = time.monotonic()
+        cfg = cfg.with_(image=prepare(cfg, os.environ, say))
+        start_host_daemons(cfg, say)
+        with _engine(cfg) as client:
+            start_services(cfg, client, os.environ, say)
+        if args.demo:
+            _demo_slice(cfg, say)
+        say(f"node up in {time.monotonic() - started:.1f}s")
+    elif args.node_cmd == "prepare":
+        prepare(cfg, os.environ, say)
+    elif args.node_cmd == "restart":
+        stop_host_daemons(cfg)
+        start_host_daemons(cfg, say)
+    elif args.node_cmd == "down":
+        with _engine(cfg) as client:
+            n = ServiceRunner(client, cfg).stop_all()
+        say(f"stopped {n} node service(s)")
+        stopped = stop_host_daemons(cfg)
+        stop_sshd(cfg)
+        say(f"stopped {', '.join(stopped)}; slivers and the engine keep running" if stopped
+            else "no node daemon was running")
+    elif args.node_cmd == "set":
+        if not args.value.isdigit():
+            raise UsageError(f"node set {args.name}: expected a whole number, found {args.value!r}")
+        info = nm_client(cfg).call("set_node", args.name, int(args.value))
+        say(f"{args.name} = {info[args.name]}")
+    elif args.node_cmd == "status":
+        info = nm_client(cfg, timeout=10).call("status")
+        for d, _ in HOST_DAEMONS:
+            info[f"{d.name}_pid"] = daemon_pid(cfg, d)
+        with _engine(cfg) as client:
+            info["services"] = [f"{s.name} {s.state} port {s.port} ({s.container})"
+                                for s in ServiceRunner(client, cfg).status()]
+        if args.output == "json":
+            print_json(info)
+        else:
+            for key, value in info.items():
+                print(f"{key + ':':24}{value}")
+    return 0
+
+
+def register(add: AddCommand) -> None:
+    sp = add("node", cmd_node, "bring up, inspect or restart this node's stack")
+    nsub = sp.add_subparsers(dest="node_cmd", required=True, metavar="ACTION")
+    up = nsub.add_parser("up", help="engine, image, sshd, node daemons and a demo slice")
+    up.add_argument("--no-demo", dest="demo", action="store_false")
+    up.add_argument("--quiet", action="store_true")
+    nsub.add_parser("prepare", help="everything but the node manager")
+    nsub.add_parser("restart", help="restart the node daemons (slivers keep running)")
+    nsub.add_parser("down", help="stop the node daemons and sshd (slivers keep running)")
+    output_flag(nsub.add_parser("status", help="the node manager's view of the node"))
+    st = nsub.add_parser("set", help="change a node setting live (net_cap_kbit)")
+    st.add_argument("name", choices=("net_cap_kbit",))
+    st.add_argument("value")

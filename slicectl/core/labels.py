@@ -1,0 +1,11 @@
+"""Names that prove a thing on a host is ours: labels, name prefixes, groups."""
+
+LABEL_PREFIX = "org.slicectl"
+LABEL_SLICE = f"{LABEL_PREFIX}.slice"
+LABEL_NODE = f"{LABEL_PREFIX}.node"
+LABEL_XID = f"{LABEL_PREFIX}.xid"
+LABEL_KIND = f"{LABEL_PREFIX}.kind"
+LABEL_SERVICE = f"{LABEL_PREFIX}.service"
+SLIVER_PREFIX = "sliver-"
+SLICE_GROUP = "slicectl-slices"
+REFERENCE_REPO = "slicectl/reference"

@@ -1,0 +1,136 @@
+"""Node configuration: where state lives, which engine to talk to, node-wide limits.
+
+Configuration is passed in, never looked up from globals: :func:`NodeConfig.from_env` reads a
+given environment mapping once, and everything else receives the resulting object.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from slicectl.core.errors import ValidationError
+from slicectl.core.policy import NodePolicy, parse_policy
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node manager instance needs to know about its node.
+
+    Several instances may share one engine (the test suite runs private ones): they are
+    told apart by ``node_id``, which every container they create carries as a label.
+    """
+
+    node_id: str
+    state_dir: Path
+    run_dir: Path
+    engine_sock: Path
+    network: str = "slicectl"
+    subnet: str = "172.30.0.0/16"
+    bridge: str = "slicectl0"
+    ifb: str = "slicectl-ifb0"
+    cgroup_parent: str = "/slicectl"
+    image: str = ""
+    ssh_port: int = 22
+    hostname: str = ""
+    #: Who runs the node, as the traffic auditor's pages show it (e.g. "Site <ops@site>").
+    operator: str = ""
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "nm.sqlite"
+
+    @property
+    def nm_sock_dir(self) -> Path:
+        """Holds only the NM socket, so that it can be mounted into privileged slivers."""
+        return self.run_dir / "nm"
+
+    @property
+    def nm_sock(self) -> Path:
+        return self.nm_sock_dir / "nm.sock"
+
+    @property
+    def shim_dir(self) -> Path:
+        """Holds the raw-socket shim's socket; mounted into slivers with ``raw_sockets``."""
+        return self.run_dir / "shim"
+
+    @property
+    def sniffer_dir(self) -> Path:
+        """Holds the admin sniffer's record socket; mounted into node services and into
+        slivers with ``admin_sniffer``."""
+        return self.run_dir / "sniffer"
+
+    @property
+    def nm_pidfile(self) -> Path:
+        return self.run_dir / "nm.pid"
+
+    @property
+    def policy_path(self) -> Path:
+        """The local administrator's node policy (YAML; see :mod:`slicectl.core.policy`)."""
+        return self.state_dir / "policy.yaml"
+
+    def policy(self) -> NodePolicy:
+        """The node policy from :attr:`policy_path`; the defaults if there is none.
+
+        Raises:
+            ValidationError: the file is not a valid policy (naming the setting).
+        """
+        try:
+            text = self.policy_path.read_text()
+        except FileNotFoundError:
+            return NodePolicy()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValidationError(str(self.policy_path), "a YAML mapping of settings",
+                                  f"invalid YAML ({str(e).splitlines()[0]})", as_text=True) from e
+        return parse_policy(data)
+
+    @property
+    def slivers_dir(self) -> Path:
+        return self.state_dir / "slivers"
+
+    @property
+    def engine_url(self) -> str:
+        return f"unix://{self.engine_sock}"
+
+    def with_(self, **changes: object) -> NodeConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NodeConfig:
+        """Build the configuration from ``SLICECTL_*`` variables in ``env``.
+
+        Raises:
+            ValidationError: a variable has a malformed value.
+        """
+        state = Path(env.get("SLICECTL_STATE_DIR", "/var/lib/slicectl"))
+        run = Path(env.get("SLICECTL_RUN_DIR", "/run/slicectl"))
+        port_text = env.get("SLICECTL_SSH_PORT", "22")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValidationError("SLICECTL_SSH_PORT", "a port number", port_text)
+        return cls(
+            node_id=env.get("SLICECTL_NODE_ID", "node"),
+            state_dir=state,
+            run_dir=run,
+            engine_sock=Path(env.get("SLICECTL_ENGINE_SOCK", "/run/slicectl/docker.sock")),
+            network=env.get("SLICECTL_NETWORK", "slicectl"),
+            subnet=env.get("SLICECTL_SUBNET", "172.30.0.0/16"),
+            bridge=env.get("SLICECTL_BRIDGE", "slicectl0"),
+            ifb=env.get("SLICECTL_IFB", "slicectl-ifb0"),
+            cgroup_parent=env.get("SLICECTL_CGROUP_PARENT", "/slicectl"),
+            image=env.get("SLICECTL_IMAGE", ""),
+            ssh_port=int(port_text),
+            hostname=env.get("SLICECTL_HOSTNAME", socket.gethostname()),
+            operator=env.get("SLICECTL_OPERATOR", f"root@{socket.gethostname()}"),
+        )
+
+
+def default_config() -> NodeConfig:
+    """The configuration of this process's environment (for entry points only)."""
+    return NodeConfig.from_env(os.environ)

@@ -1,0 +1,292 @@
+"""The node's own Docker engine: a dockerd instance on a btrfs data root.
+
+slicectl runs a dedicated engine (socket ``/run/slicectl/docker.sock``) rather than
+configuring the host's: btrfs storage gives per-sliver disk quotas, the engine socket is
+root-only and never mounted into slivers, and the host's own engine (if any) is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+
+from slicectl.core.containerplan import SLIVER_IDS
+from slicectl.core.errors import EngineError
+from slicectl.core.labels import LABEL_KIND, LABEL_PREFIX
+from slicectl.node.config import NodeConfig
+from slicectl.node.hostcmd import run
+
+DOCKERD = "/usr/sbin/dockerd"
+DEFAULT_DISK_GB = 40
+
+#: The account whose subordinate ids slivers' user namespaces map to (engine-wide
+#: ``userns-remap``): root in a sliver is host uid REMAP_BASE, never host root.
+REMAP_USER = "slicectl-remap"
+#: Far above what useradd hands out (SUB_UID_MIN..SUB_UID_MAX, 100000..600100000).
+REMAP_BASE = 700_000_000
+REMAP_COUNT = SLIVER_IDS
+SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
+
+
+def subid_entry(text: str, user: str) -> tuple[int, int] | None:
+    """(first id, count) of ``user``'s line in an /etc/subuid-style text, or None."""
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] == user and fields[1].isdigit() and fields[2].isdigit():
+            return int(fields[1]), int(fields[2])
+    return None
+
+
+def ensure_remap_user() -> int:
+    """Make the remap account and its subordinate ids (idempotent); return the host uid
+    that root in a sliver is."""
+    try:
+        pwd.getpwnam(REMAP_USER)
+    except KeyError:
+        run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", "--comment", "slicectl sliver user namespaces",
+             REMAP_USER], what=f"account {REMAP_USER}")
+    base = REMAP_BASE
+    for path in SUBID_FILES:
+        text = path.read_text() if path.exists() else ""
+        entry = subid_entry(text, REMAP_USER)
+        if entry is None:
+            with path.open("a") as f:
+                f.write(f"{'' if not text or text.endswith(chr(10)) else chr(10)}"
+                        f"{REMAP_USER}:{REMAP_BASE}:{REMAP_COUNT}\n")
+        elif path.name == "subuid":
+            base = entry[0]
+    return base
+
+
+def remap_root() -> int:
+    """The host uid of root in a sliver (from /etc/subuid).
+
+    Raises:
+        EngineError: the remap account has no subordinate ids (run ``slicectl node up``).
+    """
+    text = SUBID_FILES[0].read_text() if SUBID_FILES[0].exists() else ""
+    entry = subid_entry(text, REMAP_USER)
+    if entry is None:
+        raise EngineError(f"{SUBID_FILES[0]}: expected a line for {REMAP_USER}, found none; "
+                          "run `slicectl node up`")
+    return entry[0]
+
+
+def open_to_sliver_root(path: Path) -> None:
+    """Let root in a sliver (the remapped uid, as owner) and the node's services (host
+    root without capabilities, by group 0) connect to the socket at ``path``; nobody else
+    but host root can. Which slivers see the socket at all is their mounts' business."""
+    os.chown(path, remap_root(), 0)
+    os.chmod(path, 0o660)
+
+
+def engine_remaps(cfg: NodeConfig) -> bool:
+    """Whether the running engine maps containers' users (``userns-remap``)."""
+    client = docker.DockerClient(base_url=cfg.engine_url, timeout=10)
+    try:
+        return any("name=userns" in o for o in client.info().get("SecurityOptions") or [])
+    finally:
+        client.close()
+
+
+def restart_for_remap(cfg: NodeConfig, say: Say, timeout_s: float = 60) -> None:
+    """Stop an engine of ours that runs without user-namespace remapping, after removing
+    its containers (slivers and services are made again on the remapping engine: the
+    node manager recreates slivers from its database)."""
+    say("the node's engine runs without user-namespace remapping; restarting it with "
+        "remapping (sliver containers are recreated)")
+    client = docker.DockerClient(base_url=cfg.engine_url, timeout=120)
+    try:
+        for c in client.containers.list(all=True):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
+        client.images.prune(filters={"dangling": False})
+    finally:
+        client.close()
+    pidfile = cfg.run_dir / "dockerd.pid"
+    pid = int(pidfile.read_text().split()[0])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{pid}").exists():
+        raise EngineError(f"Docker engine pid {pid}: did not stop within {timeout_s:.0f}s of "
+                          "SIGTERM; stop it and run `slicectl node up` again")
+
+
+class Say:
+    """Progress output for long node operations: one line each, flushed."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"slicectl: {msg}", flush=True)
+
+
+def data_root(cfg: NodeConfig) -> Path:
+    return cfg.state_dir / "engine"
+
+
+def engine_answers(cfg: NodeConfig) -> bool:
+    if not cfg.engine_sock.exists():
+        return False
+    try:
+        client = docker.DockerClient(base_url=cfg.engine_url, timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (docker.errors.DockerException, requests.RequestException, OSError):
+        return False
+
+
+def fs_type(path: Path) -> str:
+    return run(["stat", "-f", "-c", "%T", str(path)], what=f"filesystem of {path}").stdout.strip()
+
+
+# BTRFS_IOC_QUOTA_CTL = _IOWR(0x94, 40, struct btrfs_ioctl_quota_ctl_args {u64 cmd, status})
+_BTRFS_IOC_QUOTA_CTL = (3 << 30) | (16 << 16) | (0x94 << 8) | 40
+_QUOTA_CTL_ENABLE_SIMPLE = 4
+
+
+def quota_mode(path: Path) -> str:
+    """``squota`` (simple quotas), ``qgroup`` (full accounting) or ``none`` for the btrfs
+    filesystem holding ``path`` (the engine's root is a subdirectory of it when it remaps
+    user namespaces)."""
+    mount = path.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    shown = run(["btrfs", "filesystem", "show", str(mount)], what="btrfs filesystem show")
+    uuid = next((ln.split("uuid:")[1].strip() for ln in shown.stdout.splitlines()
+                 if "uuid:" in ln), "")
+    mode = Path(f"/sys/fs/btrfs/{uuid}/qgroups/mode")
+    return mode.read_text().strip() if mode.exists() else "none"
+
+
+def enable_simple_quotas(path: Path) -> None:
+    """Turn on btrfs simple quotas (kernel >= 6.7; Debian's btrfs-progs 6.2 cannot).
+
+    A sliver's snapshot is then charged only for what it writes, not for the image it
+    shares, and deleting a snapshot needs no backref walk: with full qgroup accounting
+    the cleaner spent a core for many minutes after a few hundred slivers went away.
+    Docker's btrfs driver later asks for (full) quotas itself; with quotas already on,
+    that is a no-op.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, _BTRFS_IOC_QUOTA_CTL,
+                    bytearray(struct.pack("QQ", _QUOTA_CTL_ENABLE_SIMPLE, 0)))
+    except OSError as e:
+        raise EngineError(f"btrfs {path}: cannot enable simple quotas ({e.strerror}); is the "
+                          "kernel older than 6.7?") from e
+    finally:
+        os.close(fd)
+
+
+def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
+    """Make the engine's data root a btrfs filesystem (a loop file unless the disk is
+    btrfs), with simple quotas turned on while it is still empty."""
+    root = data_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    if fs_type(root) != "btrfs":
+        image = cfg.state_dir / "engine.btrfs"
+        if not image.exists():
+            say(f"creating a {disk_gb} GiB sparse btrfs file {image} for sliver root filesystems")
+            with open(image, "wb") as f:
+                f.truncate(disk_gb << 30)
+            # Single-copy metadata (the file lives on a disk with its own redundancy) and
+            # 4 KiB tree nodes: each sliver snapshot then costs ~4x less metadata.
+            run(["mkfs.btrfs", "-q", "-L", "slicectl", "-m", "single", "-n", "4096", str(image)],
+                what="mkfs.btrfs")
+        run(["mount", "-o", "loop", str(image), str(root)], what=f"mount {image}")
+        if fs_type(root) != "btrfs":
+            raise EngineError(f"engine data root {root}: expected btrfs after mounting, found "
+                              f"{fs_type(root)}")
+    mode = quota_mode(root)
+    if mode == "none" and not any(root.iterdir()):
+        enable_simple_quotas(root)
+    elif mode == "qgroup":
+        say(f"note: {root} keeps full btrfs qgroup accounting (made before simple quotas); "
+            "removing slivers costs more there")
+    return root
+
+
+def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,
+                 timeout_s: float = 60) -> bool:
+    """Start the node's engine unless it answers already (with user-namespace remapping;
+    an engine of ours without it is restarted). Returns True if it was started."""
+    ensure_remap_user()
+    if engine_answers(cfg):
+        if engine_remaps(cfg):
+            return False
+        restart_for_remap(cfg, say)
+    if not Path(DOCKERD).exists():
+        raise EngineError(f"{DOCKERD}: not installed; run scripts/install-host.sh")
+    root = ensure_btrfs(cfg, disk_gb, say)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path("/var/log/slicectl")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "dockerd.log"
+    argv = [
+        DOCKERD,
+        "--host", cfg.engine_url,
+        "--data-root", str(root),
+        "--exec-root", str(run_dir / "engine"),
+        "--pidfile", str(run_dir / "dockerd.pid"),
+        "--storage-driver", "btrfs",
+        "--bridge", "none",
+        "--live-restore",
+        "--userland-proxy=false",
+        "--userns-remap", REMAP_USER,
+        "--log-driver", "json-file", "--log-opt", "max-size=1m",
+    ]
+    say(f"starting the node's Docker engine (log: {log_path})")
+    with open(log_path, "ab") as logf:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                         start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if engine_answers(cfg):
+            os.chmod(cfg.engine_sock, 0o600)
+            return True
+        time.sleep(0.2)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+    raise EngineError(f"Docker engine on {cfg.engine_sock}: did not answer within {timeout_s:.0f}s; "
+                      f"last log lines: {' | '.join(tail)}")
+
+
+def ensure_network(client: docker.DockerClient, name: str, subnet: str, bridge: str) -> None:
+    """The node bridge slivers attach to, masqueraded to the node's address.
+
+    Its Linux bridge has a name we choose (``slicectl0``); sliver addresses are fixed
+    (from their xid, upper half of the subnet), the engine's own allocations take the
+    lower half.
+    """
+    try:
+        client.networks.get(name)
+        return
+    except docker.errors.NotFound:
+        pass
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+    client.networks.create(
+        name, driver="bridge", ipam=ipam, check_duplicate=True,
+        options={"com.docker.network.bridge.name": bridge,
+                 "com.docker.network.bridge.enable_ip_masquerade": "true",
+                 "com.docker.network.bridge.enable_icc": "true"},
+        labels={LABEL_KIND: "network", f"{LABEL_PREFIX}.owner": "slicectl"},
+    )

@@ -1,0 +1,234 @@
+"""The thin layer that applies container plans to a Docker engine and reads them back."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from slicectl.core.containerplan import ContainerPlan, NodeFacts
+from slicectl.core.errors import EngineError, StateError
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, LABEL_SLICE
+from slicectl.core.userns import SLIVER_LIMITS
+from slicectl.node.hostcmd import run
+from slicectl.node.nm.boundary import SliverStatus
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# docker-py's update() lacks pids_limit, so updates go to the engine API by its own names.
+_UPDATE_FIELDS = {
+    "cpu_shares": "CpuShares", "cpu_period": "CpuPeriod", "cpu_quota": "CpuQuota",
+    "mem_limit": "Memory", "memswap_limit": "MemorySwap", "pids_limit": "PidsLimit",
+}
+
+
+def engine_client(url: str, timeout: int = 120) -> docker.DockerClient:
+    return docker.DockerClient(base_url=url, timeout=timeout)
+
+
+class SliverEngine:
+    """Creates, finds, changes and removes one node's sliver containers.
+
+    Args:
+        client: a docker-py client for the node's engine (passed in, never global).
+        node_id: the node whose containers this instance manages (label ``org.slicectl.node``).
+    """
+
+    def __init__(self, client: docker.DockerClient, node_id: str, network: str = "") -> None:
+        self.client = client
+        self.node_id = node_id
+        #: the engine network whose address :meth:`state` reports
+        self.network = network
+
+    def facts(self, *, image: str, network: str, cgroup_parent: str, hostname: str,
+              nm_sock_dir: Path, subnet: str, quota_counts_image: bool,
+              shim_dir: Path | None = None, sniffer_dir: Path | None = None) -> NodeFacts:
+        try:
+            img = self.client.images.get(image)
+        except docker.errors.ImageNotFound as e:
+            raise EngineError(f"reference image {image}: not found in the engine; build it "
+                              "with `slicectl node up`") from e
+        try:
+            self.client.networks.get(network)
+        except docker.errors.NotFound as e:
+            raise EngineError(f"network {network}: not found in the engine; create it with "
+                              "`slicectl node up`") from e
+        return NodeFacts(
+            node_id=self.node_id, ncpus=os.cpu_count() or 1, image=img.id,
+            image_bytes=int(img.attrs.get("Size", 0)), network=network,
+            cgroup_parent=cgroup_parent, hostname=hostname, nm_sock_dir=nm_sock_dir,
+            subnet=subnet, quota_counts_image=quota_counts_image, shim_dir=shim_dir,
+            sniffer_dir=sniffer_dir,
+        )
+
+    def _filters(self, slice_name: str | None = None) -> dict[str, Any]:
+        labels = [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"]
+        if slice_name is not None:
+            labels.append(f"{LABEL_SLICE}={slice_name}")
+        return {"label": labels}
+
+    def create(self, plan: ContainerPlan) -> str:
+        """Create the container, or adopt ours of that name left by an interrupted bind;
+        return its id.
+
+        Raises:
+            StateError: a container of that name exists that is not this node's sliver.
+            EngineError: the engine refused the plan.
+        """
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return str(self.client.containers.create(plan.image, **plan.kwargs).id)
+            except docker.errors.APIError as e:
+                if e.status_code != 409:
+                    raise EngineError(f"container {plan.name}: the engine refused to create it: "
+                                      f"{e.explanation}") from e
+            # The name is taken: by our container from an interrupted bind (adopt it), or
+            # by a create or remove the engine is still finishing (wait for it).
+            try:
+                existing = self.client.containers.get(plan.name)
+                break
+            except docker.errors.NotFound:
+                if time.monotonic() > deadline:
+                    raise EngineError(f"container {plan.name}: the name stays taken by a "
+                                      "container the engine cannot show; restart the engine") from None
+                time.sleep(0.1)
+        labels = existing.labels
+        if labels.get(LABEL_NODE) != self.node_id or labels.get(LABEL_KIND) != "sliver":
+            raise StateError(f"container {plan.name}: expected none or this node's sliver, found "
+                             "a container slicectl's node manager did not create")
+        return str(existing.id)
+
+    def _get(self, name: str) -> Container | None:
+        try:
+            c = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        return c if c.labels.get(LABEL_NODE) == self.node_id else None
+
+    def _require(self, name: str) -> Container:
+        c = self._get(name)
+        if c is None:
+            raise EngineError(f"container {name}: expected this node's sliver, found none")
+        return c
+
+    def start(self, name: str) -> None:
+        try:
+            self._require(name).start()
+        except docker.errors.APIError as e:
+            raise EngineError(f"container {name}: could not start: {e.explanation}") from e
+
+    def confine(self, name: str, pid: int) -> None:
+        """Give the user namespace of sliver ``name`` (its init is ``pid``) its own limits
+        (:data:`slicectl.core.userns.SLIVER_LIMITS`), so what its root takes of per-user
+        counts stops there and does not reach host root, the namespace's creator."""
+        writes = " && ".join(f"echo {v} > /proc/sys/user/{k}" for k, v in SLIVER_LIMITS.items())
+        run(["nsenter", "--target", str(pid), "--user", "--", "sh", "-c", writes],
+            what=f"user namespace limits of {name}")
+
+    def stop(self, name: str, timeout: int = 5) -> None:
+        self._require(name).stop(timeout=timeout)
+
+    def state(self, name: str) -> SliverStatus | None:
+        """What the engine says of our container ``name`` (one inspect), or None."""
+        c = self._get(name)
+        if c is None:
+            return None
+        state = c.attrs["State"]
+        nets = c.attrs["NetworkSettings"].get("Networks") or {}
+        address = (nets.get(self.network) or {}).get("IPAddress") or None
+        return SliverStatus(str(c.id), str(c.status), state.get("Pid") or None, address)
+
+    def remove(self, name: str) -> None:
+        """Force-remove our container ``name`` (absent is fine)."""
+        c = self._get(name)
+        if c is None:
+            return
+        try:
+            c.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: a removal already in progress; wait for it
+                raise EngineError(f"container {name}: could not remove it: {e.explanation}") from e
+        deadline = time.monotonic() + 60
+        while self._get(name) is not None:
+            if time.monotonic() > deadline:
+                raise EngineError(f"container {name}: still there 60 s after removal; check the "
+                                  "engine log /var/log/slicectl/dockerd.log")
+            time.sleep(0.1)
+
+    def version(self) -> str:
+        return str(self.client.version().get("Version", ""))
+
+    def sliver_starts(self) -> Iterator[str]:
+        """Slice names of this node's slivers as the engine starts them (blocks)."""
+        filters = {"label": [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"],
+                   "event": "start", "type": "container"}
+        for ev in self.client.events(filters=filters, decode=True):
+            name = ev.get("Actor", {}).get("Attributes", {}).get(LABEL_SLICE)
+            if name:
+                yield str(name)
+
+    def service_of(self, container_id: str) -> str | None:
+        """The service name of ``container_id`` if it is one of this node's service
+        sidecars (labels ``kind=service``, ``node=<node_id>``), else None."""
+        try:
+            labels = self.client.api.inspect_container(container_id)["Config"]["Labels"] or {}
+        except docker.errors.NotFound:
+            return None
+        if labels.get(LABEL_KIND) == "service" and labels.get(LABEL_NODE) == self.node_id:
+            return str(labels.get(LABEL_SERVICE, "")) or None
+        return None
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """One engine call: this node's slivers by slice, as the engine lists them."""
+        rows = self.client.api.containers(all=True, filters=self._filters())
+        return {r["Labels"][LABEL_SLICE]: r for r in rows}
+
+    def update(self, name: str, resources: dict[str, Any]) -> None:
+        """Change a container's CPU, memory and pid limits live (the engine's update
+        endpoint by its own field names: docker-py's ``update_container`` has no pids)."""
+        c = self._require(name)
+        body = {_UPDATE_FIELDS[k]: v for k, v in resources.items()}
+        api = self.client.api
+        url = f"{api.base_url}/v{api.api_version}/containers/{c.id}/update"
+        try:
+            api.post(url, json=body).raise_for_status()
+        except Exception as e:
+            raise EngineError(f"container {name}: could not change its resources: {e}") from e
+
+    def read_back(self, name: str, resources: dict[str, Any]) -> dict[str, int]:
+        """Read the cgroup files the kernel holds for the sliver; raise on a mismatch.
+
+        Returns the values read (cgroup v1 file names as keys).
+        """
+        c = self._require(name)
+        parent = c.attrs["HostConfig"].get("CgroupParent") or "/docker"
+        rel = Path(parent.lstrip("/")) / str(c.id)
+        expect = {
+            ("cpu", "cpu.shares"): resources["cpu_shares"],
+            ("memory", "memory.limit_in_bytes"): resources["mem_limit"],
+            ("pids", "pids.max"): resources["pids_limit"],
+        }
+        if resources.get("cpu_quota", -1) > 0:
+            expect[("cpu", "cpu.cfs_quota_us")] = resources["cpu_quota"]
+            expect[("cpu", "cpu.cfs_period_us")] = resources["cpu_period"]
+        found: dict[str, int] = {}
+        for (ctrl, fname), want in expect.items():
+            path = CGROUP_ROOT / ctrl / rel / fname
+            try:
+                got = int(path.read_text().strip())
+            except (OSError, ValueError) as e:
+                raise EngineError(f"sliver {name}: cannot read back {path}: {e}") from e
+            if got != want:
+                raise EngineError(f"sliver {name}: {fname} expected {want}, "
+                                  f"found {got} in the kernel")
+            found[fname] = got
+        return found

@@ -1,0 +1,50 @@
+"""Apply the port manager's firewall plan: our iptables chains, replaced atomically."""
+
+from __future__ import annotations
+
+from slicectl.core.netplan import jump_rules
+from slicectl.node.hostcmd import run
+
+IPTABLES = "iptables"
+
+
+def _tables(chains: dict[str, str]) -> list[tuple[str, str]]:
+    return [("nat", chains["dnat"]), ("nat", chains["snat"]), ("filter", chains["fwd"]),
+            ("filter", chains["input"])]
+
+
+def ensure_jumps(chains: dict[str, str]) -> None:
+    """Create our chains if missing and jump to them from the built-in ones (once)."""
+    for table, chain in _tables(chains):
+        if run([IPTABLES, "-w", "-t", table, "-S", chain], what="iptables", check=False).returncode:
+            run([IPTABLES, "-w", "-t", table, "-N", chain], what=f"iptables chain {chain}")
+    for table, parent, rule in jump_rules(chains):
+        if run([IPTABLES, "-w", "-t", table, "-C", parent, *rule], what="iptables",
+               check=False).returncode:
+            run([IPTABLES, "-w", "-t", table, "-I", parent, "1", *rule],
+                what=f"iptables jump {parent} -> {rule[-1]}")
+
+
+def apply(rules_text: str) -> None:
+    """Replace the contents of our chains in one transaction (iptables-restore --noflush)."""
+    run(["iptables-restore", "-w", "--noflush"], what="iptables-restore of slicectl chains",
+        input_text=rules_text)
+
+
+def chain_rules(table: str, chain: str) -> list[str]:
+    """The rules of one chain as ``iptables -S`` prints them (without the -N line)."""
+    out = run([IPTABLES, "-w", "-t", table, "-S", chain], what="iptables", check=False)
+    if out.returncode:
+        return []
+    return [ln for ln in out.stdout.splitlines() if ln.startswith("-A ")]
+
+
+def remove(chains: dict[str, str]) -> None:
+    """Remove our jumps and chains (for a node manager instance that goes away)."""
+    for table, parent, rule in jump_rules(chains):
+        while run([IPTABLES, "-w", "-t", table, "-D", parent, *rule], what="iptables",
+                  check=False).returncode == 0:
+            pass
+    for table, chain in _tables(chains):
+        run([IPTABLES, "-w", "-t", table, "-F", chain], what="iptables", check=False)
+        run([IPTABLES, "-w", "-t", table, "-X", chain], what="iptables", check=False)

@@ -1,0 +1,1 @@
+"""The node manager: the one privileged, local-only authority on a node."""

@@ -1,0 +1,81 @@
+"""The node manager's XML-RPC interface: which methods exist and how callers map to them."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slicectl.core.errors import NotFoundError, PermissionDenied, UsageError
+from slicectl.core.wire import to_struct
+from slicectl.node.nm.manager import NodeManager
+from slicectl.node.procfs import PinnedPeer
+
+log = logging.getLogger("slicectl.node.nm.api")
+
+#: RPC method name -> NodeManager method. Each receives the Caller first.
+METHODS: dict[str, str] = {
+    "acquire": "acquire",
+    "bind": "bind",
+    "split": "split",
+    "release": "release",
+    "get_rspec": "get_rspec",
+    "rcap_info": "rcap_info",
+    "list_rcaps": "list_rcaps",
+    "list": "list_slivers",
+    "get_sliver": "get_sliver",
+    "start": "start",
+    "stop": "stop",
+    "destroy": "destroy",
+    "release_name": "release_name",
+    "get_keys": "get_keys",
+    "set_keys": "set_keys",
+    "set_initscript": "set_initscript",
+    "status": "status",
+    "set_node": "set_node",
+    "net_map": "net_map",
+    "claim_port": "claim_port",
+    "release_port": "release_port",
+    "release_claims": "release_claims",
+    "list_claims": "list_claims",
+}
+
+#: What a node-service sidecar (the sensor server, the auditor) may call: reads only.
+SERVICE_METHODS = frozenset({"status", "list", "get_sliver"})
+
+
+class NodeManagerAPI:
+    """Turns (method, params, the peer pinned at accept) into a NodeManager call."""
+
+    def __init__(self, nm: NodeManager) -> None:
+        self.nm = nm
+
+    def __call__(self, method: str, params: tuple[Any, ...], peer: PinnedPeer) -> Any:
+        target = METHODS.get(method)
+        if target is None:
+            raise NotFoundError(f"method {method}: expected one of {', '.join(METHODS)}")
+        caller = self.nm.caller_for(peer)
+        if caller.service is not None and method not in SERVICE_METHODS:
+            raise PermissionDenied(f"caller {caller.name}: may call only "
+                                   f"{', '.join(sorted(SERVICE_METHODS))}, not {method}")
+        log.debug("%s%r by %s", method, params, caller.name)
+        fn = getattr(self.nm, target)
+        check_arguments(method, fn, params)
+        return to_struct(fn(caller, *params))
+
+
+def check_arguments(method: str, fn: Callable[..., Any], params: tuple[Any, ...]) -> None:
+    """Refuse a call whose argument count does not fit ``fn`` (the caller first), before
+    it runs: a TypeError inside a method is a bug, not the caller's fault.
+
+    Raises:
+        UsageError: naming the method and the arguments it takes.
+    """
+    sig = inspect.signature(fn)
+    try:
+        sig.bind(None, *params)
+    except TypeError:
+        names = [p for p in sig.parameters if p != "caller"]
+        raise UsageError(f"{method}: expected arguments ({', '.join(names)}), found "
+                         f"{len(params)} argument(s)") from None

@@ -1,0 +1,246 @@
+"""Sliver lifecycle: bind an rcap to a slice, make its sliver exist and run, change its
+resources, stop, start and destroy it. Every step is recorded before it acts, so that
+:mod:`slicectl.node.nm.reconcile` can finish or undo what a killed NM left."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from slicectl.core.containerplan import (
+    NodeFacts,
+    SliverIdentity,
+    container_name,
+    container_plan,
+    resource_update,
+)
+from slicectl.core.errors import StateError
+from slicectl.core.rspec import RSpec, validate_slice_name
+from slicectl.core.units import iso
+from slicectl.node.nm.boundary import Engine, NetIdentity, Network
+from slicectl.node.nm.callers import Caller, require_manage, require_name, require_privileged
+from slicectl.node.nm.ports import DESTROYED, PortBook, identity_spec
+from slicectl.node.nm.rcaps import RcapBook
+from slicectl.node.nm.slicestate import SliceState, validate_attrs
+from slicectl.node.store import CREATING, RUNNING, RcapRow, SliverRow, Store
+
+log = logging.getLogger("slicectl.node.nm")
+
+
+def bind_refusal(row: RcapRow, name: str, existing: SliverRow | None, now: float) -> str | None:
+    """Why ``row`` cannot be bound now to slice ``name`` (whose sliver is ``existing``), or
+    None."""
+    if row.rspec.start > now:
+        return f"rcap {row.rcap}: usable from {iso(row.rspec.start)}, now is {iso(now)}"
+    if row.rspec.end <= now:
+        return f"rcap {row.rcap}: expired at {iso(row.rspec.end)}"
+    if existing is not None and existing.desired == DESTROYED:
+        return f"slice {name}: expected a live sliver, found one being destroyed; try again"
+    if existing is None and not row.rspec.create_vm:
+        return (f"rcap {row.rcap}: has create_vm false, so it can only add to an existing "
+                f"sliver, and slice {name} has none here")
+    return None
+
+
+class Slivers:
+    """Creates, changes and removes slivers.
+
+    Args:
+        store: the node's database.
+        engine: the node's sliver containers.
+        net: the node's sliver network.
+        state: slices' persistent host state.
+        rcaps: the rcap table.
+        ports: the port space.
+        facts: what container plans need to know of the node.
+        max_xid: the highest xid the node's network can address.
+        clock: the current time.
+    """
+
+    def __init__(self, store: Store, engine: Engine, net: Network, state: SliceState,
+                 rcaps: RcapBook, ports: PortBook, facts: NodeFacts, max_xid: int,
+                 clock: Callable[[], float]) -> None:
+        self.store = store
+        self.engine = engine
+        self.net = net
+        self.state = state
+        self.rcaps = rcaps
+        self.ports = ports
+        self.facts = facts
+        self.max_xid = max_xid
+        self.clock = clock
+        self._locks_guard = threading.Lock()
+        self._slice_locks: dict[str, threading.Lock] = {}
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Serialize everything done to one slice's sliver."""
+        with self._locks_guard:
+            lock = self._slice_locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
+
+    def ident(self, sliver: SliverRow, spec: RSpec | None = None) -> NetIdentity:
+        if spec is None:
+            spec = identity_spec([r.rspec for r in self.store.rcaps(sliver.slice)], self.clock())
+        return NetIdentity(sliver.slice, sliver.xid, spec)
+
+    def attach(self, sliver: SliverRow, spec: RSpec | None = None) -> None:
+        """Give a running sliver its user-namespace limits and bandwidth classes."""
+        name = container_name(sliver.slice)
+        st = self.engine.state(name)
+        if st is not None and st.status == "running" and st.pid:
+            self.engine.confine(name, int(st.pid))
+            self.net.attach(self.ident(sliver, spec), int(st.pid))
+
+    # bind ---------------------------------------------------------------------------
+
+    def bind(self, caller: Caller, slice_name: object, rcap: object, attrs: object) -> str:
+        """Bind ``rcap`` to a slice: create and start its sliver, or add to an existing one.
+        Returns the slice name."""
+        require_privileged(caller)
+        name = validate_slice_name(slice_name)
+        extra = validate_attrs(attrs)
+        row = self.rcaps.held(caller, rcap)
+        with self.locked(name):
+            existing = self.store.find_sliver(name)
+            if existing is not None:
+                require_manage(caller, existing)
+            refusal = bind_refusal(row, name, existing, self.clock())
+            if refusal is not None:
+                raise StateError(refusal)
+            require_name(caller, name, self.store.name_owner(name))
+            claimed = self.store.claim_name(name, caller.name)
+            try:
+                sliver, new = self.store.begin_bind(name, row.rcap, caller.name, extra,
+                                                    self.max_xid)
+            except BaseException:
+                if claimed:
+                    self.store.release_name(name)
+                raise
+            try:
+                if new:
+                    self.materialize(sliver)
+                else:
+                    if extra:
+                        self.state.set_attrs(sliver, extra)
+                    self.apply_resources(self.store.get_sliver(name))
+            except BaseException:
+                self._undo_bind(name, row.rcap, new)
+                if claimed:
+                    self.store.release_name(name)
+                raise
+        log.info("bind %s to %s by %s (%s)", row.rcap, name, caller.name,
+                 "new sliver" if new else "added")
+        return name
+
+    def _undo_bind(self, name: str, rcap: str, new: bool) -> None:
+        """Leave nothing half-done: unbind the rcap and, for a new sliver, remove it all."""
+        try:
+            self.store.unbind_rcap(rcap)
+            if new:
+                self.teardown(name)
+                self.store.delete_sliver(name)
+                self.ports.sync()
+            else:
+                self.apply_resources(self.store.get_sliver(name))
+        except Exception:  # the original error matters more; reconcile finishes the rest
+            log.exception("undo of bind %s -> %s failed", rcap, name)
+
+    def materialize(self, sliver: SliverRow) -> None:
+        """Make every piece of a sliver exist and run. Idempotent, so reconcile can finish
+        a bind that a killed node manager left half-way. Reads the slice's rcaps once."""
+        name = sliver.slice
+        uid = self.state.prepare(sliver)
+        spec = self.rcaps.effective(name)
+        plan = container_plan(SliverIdentity(name, sliver.xid, uid, self.state.etc(name)), spec,
+                              self.facts)
+        cid = self.engine.create(plan)
+        self.store.update_sliver(name, container_id=cid)
+        if sliver.desired == RUNNING:
+            st = self.engine.state(plan.name)
+            if st is None or st.status != "running":
+                self.engine.start(plan.name)
+            self.engine.read_back(plan.name, resource_update(spec, self.facts.ncpus))
+            self.attach(sliver, spec)
+        self.ports.sync()
+        self.state.write_login(name, cid, uid)
+        self.store.update_sliver(name, state=sliver.desired)
+
+    def apply_resources(self, sliver: SliverRow) -> None:
+        """Apply the slice's current rcaps to its running container and classes."""
+        cname = container_name(sliver.slice)
+        st = self.engine.state(cname)
+        if st is None:
+            return
+        spec = self.rcaps.effective(sliver.slice)
+        resources = resource_update(spec, self.facts.ncpus)
+        self.engine.update(cname, resources)
+        if st.status == "running":
+            self.engine.read_back(cname, resources)
+        self.net.update(self.ident(sliver, spec))
+        self.ports.sync()
+
+    def teardown(self, name: str) -> None:
+        """Remove the container, the bandwidth classes, the host account and the state
+        directory of a sliver (its ports go with the next ``ports.sync``)."""
+        self.engine.remove(container_name(name))
+        sliver = self.store.find_sliver(name)
+        if sliver is not None:
+            self.net.detach(self.ident(sliver))
+        self.state.remove(name)
+
+    # lifecycle ------------------------------------------------------------------------
+
+    def destroy(self, name: str) -> None:
+        """Record the intent, then remove everything (reconcile finishes an interrupted one)."""
+        self.store.update_sliver(name, desired=DESTROYED)
+        self.teardown(name)
+        self.store.delete_sliver(name)
+        self.ports.sync()
+
+    def set_desired(self, name: str, desired: str) -> None:
+        sliver = self.store.get_sliver(name)
+        self.store.update_sliver(name, desired=desired)
+        cname = container_name(name)
+        if self.engine.state(cname) is None:
+            self.materialize(self.store.get_sliver(name))
+        elif desired == RUNNING:
+            self.engine.start(cname)
+            self.attach(sliver)
+        else:
+            self.engine.stop(cname)
+        self.store.update_sliver(name, state=desired)
+
+    def managed(self, caller: Caller, slice_name: object) -> SliverRow:
+        """The sliver of ``slice_name`` if ``caller`` may manage it."""
+        sliver = self.store.get_sliver(validate_slice_name(slice_name))
+        require_manage(caller, sliver)
+        return sliver
+
+    def set_attrs(self, caller: Caller, slice_name: object, extra: dict[str, Any]) -> None:
+        name = validate_slice_name(slice_name)
+        with self.locked(name):
+            self.state.set_attrs(self.managed(caller, name), extra)
+
+    def release_bound(self, row: RcapRow) -> None:
+        """Give back a bound rcap; its sliver must keep another."""
+        assert row.slice is not None
+        with self.locked(row.slice):
+            if len(self.store.rcaps(row.slice)) <= 1:
+                raise StateError(f"rcap {row.rcap}: it is the last rcap of slice {row.slice}; "
+                                 "delete the slice instead")
+            self.store.delete_rcap(row.rcap)
+            self.apply_resources(self.store.get_sliver(row.slice))
+
+    def started(self, name: str) -> None:
+        """The engine (re)started a sliver on its own: give it its network again."""
+        with self.locked(name):
+            sliver = self.store.find_sliver(name)
+            if sliver is None or sliver.desired != RUNNING or sliver.state == CREATING:
+                return
+            self.attach(sliver)
+

@@ -1,0 +1,260 @@
+"""The node manager: the one privileged, local-only authority on a node.
+
+It turns rspecs into rcaps (``acquire``, ``split``, ``release``) and rcaps into slivers
+(``bind``), and keeps slivers in the state the database says they should be in
+(``reconcile``, ``expire``). This class is the face the RPC API calls; each job is done by
+a part with its collaborators passed in:
+
+- :class:`~slicectl.node.nm.rcaps.RcapBook`: rcaps and admission;
+- :class:`~slicectl.node.nm.lifecycle.Slivers`: bind, create, change, stop, destroy;
+- :class:`~slicectl.node.nm.slicestate.SliceState`: a slice's keys, initscript, home;
+- :class:`~slicectl.node.nm.ports.PortBook`: reserved ports and socket claims;
+- :class:`~slicectl.node.nm.reconcile.Reconciler`: reconcile and expiry;
+- :class:`~slicectl.node.nm.views.Views`: what callers are shown;
+- :class:`~slicectl.node.nm.callers.Callers`: who is calling, and the rules of who may.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slicectl import code_hash
+from slicectl.core.admission import NodeCapacity
+from slicectl.core.containerplan import NodeFacts
+from slicectl.core.errors import NotFoundError, PermissionDenied, StateError, ValidationError
+from slicectl.core.netplan import sliver_xid_range
+from slicectl.core.rspec import validate_slice_name
+from slicectl.core.wire import NetEntry, RcapInfo, SliverView
+from slicectl.node.accounts import validate_keys
+from slicectl.node.config import NodeConfig
+from slicectl.node.network import utc_day
+from slicectl.node.nm.boundary import Accounts, Engine, Network
+from slicectl.node.nm.callers import (
+    Caller,
+    Callers,
+    require_name,
+    require_privileged,
+    require_root,
+)
+from slicectl.node.nm.lifecycle import Slivers
+from slicectl.node.nm.ports import DESTROYED, LIVE, PortBook
+from slicectl.node.nm.rcaps import RCAP, RcapBook
+from slicectl.node.nm.reconcile import Reconciler
+from slicectl.node.nm.slicestate import SliceState, validate_initscript
+from slicectl.node.nm.views import Views
+from slicectl.node.procfs import PinnedPeer
+from slicectl.node.store import RUNNING, STOPPED, Store
+
+log = logging.getLogger("slicectl.node.nm")
+
+USAGE_KEEP_DAYS = 7
+
+
+class NodeManager:
+    """Node manager logic. Thread-safe: the RPC server calls it from many threads.
+
+    Args:
+        cfg: the node's configuration.
+        store: the node's database.
+        engine: the node's sliver containers.
+        accounts: the host account layer.
+        facts: the node facts container plans need (image, CPUs, network, ...).
+        capacity: the node's limits for admission control.
+        net: the node's sliver network (bandwidth classes, ports, counters).
+        clock: returns the current time (tests pass their own).
+        host_ports: the host's own listening (proto, port)s, which no rcap may reserve.
+    """
+
+    def __init__(self, cfg: NodeConfig, store: Store, engine: Engine, accounts: Accounts,
+                 facts: NodeFacts, capacity: NodeCapacity, net: Network,
+                 clock: Callable[[], float] = time.time,
+                 host_ports: Callable[[], frozenset[tuple[str, int]]] = frozenset) -> None:
+        self.store = store
+        self.net = net
+        self.clock = clock
+        self.rcaps = RcapBook(store, capacity, lambda: net.cap_kbit, clock, host_ports)
+        self.ports = PortBook(store, net, self.rcaps, clock)
+        self.state = SliceState(cfg.slivers_dir, accounts, store, cfg.node_id, cfg.engine_sock)
+        self.slivers = Slivers(store, engine, net, self.state, self.rcaps, self.ports, facts,
+                               sliver_xid_range(cfg.subnet)[1], clock)
+        self.reconciler = Reconciler(store, self.slivers, clock)
+        self.views = Views(store, engine, net, self.rcaps, facts, capacity, cfg.node_id,
+                           code_hash(), clock)
+        self.callers = Callers(store.sliver_in, lambda s: self.rcaps.effective(s).nm_privileged,
+                               engine.service_of)
+
+    # rcaps ----------------------------------------------------------------------------
+
+    def acquire(self, caller: Caller, data: object) -> str:
+        return self.rcaps.acquire(caller, data)
+
+    def split(self, caller: Caller, rcap: object, data: object) -> str:
+        return self.rcaps.split(caller, rcap, data)
+
+    def release(self, caller: Caller, rcap: object) -> bool:
+        """Give back an rcap. A bound rcap may go only if its sliver keeps another."""
+        require_privileged(caller)
+        row = self.rcaps.held(caller, rcap)
+        if row.slice is None:
+            self.store.delete_rcap(row.rcap)
+        else:
+            self.slivers.release_bound(row)
+        return True
+
+    def rcap_info(self, caller: Caller, rcap: object) -> RcapInfo:
+        return self.rcaps.info(caller, rcap)
+
+    def list_rcaps(self, caller: Caller) -> list[RcapInfo]:
+        return self.rcaps.listing(caller)
+
+    def get_rspec(self, caller: Caller, name: object) -> dict[str, Any]:
+        """The rspec of an rcap, or the effective rspec of a slice's sliver."""
+        if isinstance(name, str) and RCAP.match(name):
+            return dict(self.rcaps.info(caller, name).rspec)
+        sliver = self.slivers.managed(caller, name)
+        return self.rcaps.effective(sliver.slice).to_wire()
+
+    # slivers --------------------------------------------------------------------------
+
+    def bind(self, caller: Caller, slice_name: object, rcap: object,
+             attrs: object = None) -> SliverView:
+        """Bind ``rcap`` to a slice: create and start its sliver, or add to an existing one.
+
+        ``attrs`` may carry keys, contacts, description and initscript for a new sliver
+        (for an existing one, they replace the current values).
+        """
+        return self.views.describe(self.slivers.bind(caller, slice_name, rcap, attrs))
+
+    def destroy(self, caller: Caller, slice_name: object) -> bool:
+        """Stop and remove a sliver and free every resource bound to it."""
+        name = validate_slice_name(slice_name)
+        with self.slivers.locked(name):
+            self.slivers.managed(caller, name)
+            self.slivers.destroy(name)
+        log.info("destroy %s by %s", name, caller.name)
+        return True
+
+    def release_name(self, caller: Caller, slice_name: object) -> bool:
+        """Give up the ownership of a slice name that has no sliver here (its owner or
+        root), so another creator may bind it."""
+        require_privileged(caller)
+        name = validate_slice_name(slice_name)
+        with self.slivers.locked(name):
+            owner = self.store.name_owner(name)
+            if owner is None:
+                raise NotFoundError(f"slice {name}: expected an owned name, found none")
+            require_name(caller, name, owner)
+            if self.store.find_sliver(name) is not None:
+                raise StateError(f"slice {name}: expected no sliver, found one; destroy it "
+                                 "first")
+            self.store.release_name(name)
+        log.info("release name %s (of %s) by %s", name, owner, caller.name)
+        return True
+
+    def start(self, caller: Caller, slice_name: object) -> SliverView:
+        return self._set_desired(caller, slice_name, RUNNING)
+
+    def stop(self, caller: Caller, slice_name: object) -> SliverView:
+        return self._set_desired(caller, slice_name, STOPPED)
+
+    def _set_desired(self, caller: Caller, slice_name: object, desired: str) -> SliverView:
+        name = validate_slice_name(slice_name)
+        with self.slivers.locked(name):
+            self.slivers.managed(caller, name)
+            self.slivers.set_desired(name, desired)
+        return self.views.describe(name)
+
+    def get_keys(self, caller: Caller, slice_name: object) -> list[str]:
+        return self.slivers.managed(caller, slice_name).keys
+
+    def set_keys(self, caller: Caller, slice_name: object, keys: object) -> bool:
+        self.slivers.set_attrs(caller, slice_name, {"keys": validate_keys(keys)})
+        return True
+
+    def set_initscript(self, caller: Caller, slice_name: object, text: object) -> bool:
+        """Store the sliver's /etc/rc.vinit; it runs at every start of the sliver from the
+        next one on (set within a moment of the bind, it may also run in the first boot)."""
+        self.slivers.set_attrs(caller, slice_name, {"initscript": validate_initscript(text)})
+        return True
+
+    def sliver_started(self, name: str) -> None:
+        self.slivers.started(name)
+
+    # views ------------------------------------------------------------------------------
+
+    def describe(self, name: str) -> SliverView:
+        return self.views.describe(name)
+
+    def get_sliver(self, caller: Caller, slice_name: object) -> SliverView:
+        return self.views.get_sliver(caller, validate_slice_name(slice_name))
+
+    def list_slivers(self, caller: Caller) -> list[SliverView]:
+        return self.views.list_slivers(caller)
+
+    def status(self, caller: Caller) -> dict[str, Any]:
+        return self.views.status(caller)
+
+    # node services: the raw-socket shim and the admin sniffer -----------------------
+
+    def net_map(self, caller: Caller) -> list[NetEntry]:
+        """Every sliver's network identity and socket rights, from the database alone
+        (no engine call): what the shim and the admin sniffer need to tag and check."""
+        require_root(caller, "net_map")
+        return self.ports.net_map()
+
+    def claim_port(self, caller: Caller, slice_name: object, proto: object, port: object,
+                   kind: object) -> bool:
+        require_root(caller, "claim_port")
+        return self.ports.claim(slice_name, proto, port, kind)
+
+    def release_port(self, caller: Caller, slice_name: object, proto: object, port: object,
+                     kind: object) -> bool:
+        require_root(caller, "release_port")
+        return self.ports.release(slice_name, proto, port, kind)
+
+    def release_claims(self, caller: Caller) -> int:
+        """Forget every socket's port (the shim calls this when it starts afresh)."""
+        require_root(caller, "release_claims")
+        return self.ports.release_all()
+
+    def list_claims(self, caller: Caller) -> list[dict[str, Any]]:
+        require_privileged(caller)
+        return self.ports.claims()
+
+    # the node ---------------------------------------------------------------------------
+
+    def set_node(self, caller: Caller, name: object, value: object) -> dict[str, Any]:
+        """Change a node setting live (root on the node only). Settings: net_cap_kbit."""
+        if not caller.is_root:
+            raise PermissionDenied(f"caller {caller.name}: node settings are for root on the node")
+        if name != "net_cap_kbit":
+            raise ValidationError("setting", "one of: net_cap_kbit", name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000_000:
+            raise ValidationError("net_cap_kbit", "an integer from 1 to 100000000", value)
+        peak = self.rcaps.peak_guaranteed_kbit()
+        with self.rcaps.lock:
+            self.net.set_cap(value, peak, self.ports.identities(LIVE | {DESTROYED}))
+        log.info("node setting net_cap_kbit = %d by %s", value, caller.name)
+        return self.status(caller)
+
+    def poll_network(self) -> None:
+        """Fold kernel traffic counters into the database; apply daily budgets."""
+        self.net.poll(self.ports.identities(frozenset({RUNNING})))
+        self.store.prune_usage(utc_day(self.clock() - USAGE_KEEP_DAYS * 86400))
+
+    def reconcile(self) -> list[str]:
+        """Finish binds a killed node manager left in ``creating``, recreate lost
+        containers, start slivers that should run, finish destroys, and remove our
+        containers and accounts that no sliver row claims."""
+        return self.reconciler.reconcile()
+
+    def expire(self) -> list[str]:
+        return self.reconciler.expire()
+
+    def caller_for(self, peer: PinnedPeer) -> Caller:
+        """Identify a peer pinned at connect time: host root, a sliver of this node, or
+        a node service."""
+        return self.callers.identify(peer)

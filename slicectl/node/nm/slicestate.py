@@ -1,0 +1,117 @@
+"""A slice's persistent state on the host: its home, keys, initscript and attributes.
+
+The home (``<state>/slivers/<slice>``) holds ``authorized_keys`` for sshd, the login
+record ``vsh-enter`` reads, and ``etc/`` (``rc.vinit``, ``slice.json``), which is mounted
+into the sliver.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from slicectl.core.errors import ValidationError
+from slicectl.node.accounts import validate_contacts, validate_keys
+from slicectl.node.nm.boundary import Accounts
+from slicectl.node.store import SliverRow, Store
+
+MAX_INITSCRIPT = 64 * 1024
+MAX_DESCRIPTION = 2048
+
+
+def validate_initscript(text: object) -> str:
+    if not isinstance(text, str) or len(text.encode()) > MAX_INITSCRIPT or "\0" in text:
+        raise ValidationError("initscript", f"a script of at most {MAX_INITSCRIPT} bytes",
+                              text if not isinstance(text, str) else f"{len(text)} characters")
+    return text
+
+
+def validate_attrs(attrs: object) -> dict[str, Any]:
+    """Optional sliver attributes given at bind: keys, contacts, description, initscript."""
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, dict):
+        raise ValidationError("attrs", "a struct of keys, contacts, description, initscript",
+                              attrs)
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key == "keys":
+            out["keys"] = validate_keys(value)
+        elif key == "contacts":
+            out["contacts"] = validate_contacts(value)
+        elif key == "description":
+            if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
+                raise ValidationError("description", f"text of at most {MAX_DESCRIPTION} "
+                                      "characters", value)
+            out["description"] = value
+        elif key == "initscript":
+            out["initscript"] = validate_initscript(value)
+        else:
+            raise ValidationError(str(key), "one of keys, contacts, description, initscript",
+                                  "an unknown attribute", as_text=True)
+    return out
+
+
+class SliceState:
+    """Writes and removes what a slice keeps on the host.
+
+    Args:
+        slivers_dir: where slices' homes live.
+        accounts: the host account layer.
+        store: the node's database (the attributes' record).
+        node_id: written into each sliver's ``slice.json``.
+        engine_sock: the engine socket the login shell enters slivers through.
+    """
+
+    def __init__(self, slivers_dir: Path, accounts: Accounts, store: Store, node_id: str,
+                 engine_sock: Path) -> None:
+        self.slivers_dir = slivers_dir
+        self.accounts = accounts
+        self.store = store
+        self.node_id = node_id
+        self.engine_sock = engine_sock
+
+    def home(self, name: str) -> Path:
+        return self.slivers_dir / name
+
+    def etc(self, name: str) -> Path:
+        return self.home(name) / "etc"
+
+    def set_attrs(self, sliver: SliverRow, extra: dict[str, Any]) -> None:
+        """Record new attributes and write the files that carry them."""
+        self.store.update_sliver(sliver.slice, **extra)
+        if "keys" in extra:
+            self.accounts.write_keys(self.home(sliver.slice), extra["keys"])
+        if "initscript" in extra:
+            self.accounts.write_initscript(self.etc(sliver.slice), extra["initscript"])
+
+    def prepare(self, sliver: SliverRow) -> int:
+        """Make the home, the host account and the files a sliver is created with; return
+        the account's uid (recorded if it changed). Idempotent."""
+        name = sliver.slice
+        home, etc = self.home(name), self.etc(name)
+        etc.mkdir(parents=True, exist_ok=True)
+        home.chmod(0o755)
+        uid = self.accounts.create(name, home)
+        if uid != sliver.uid:
+            self.store.update_sliver(name, uid=uid)
+        self.accounts.write_keys(home, sliver.keys)
+        self.accounts.write_initscript(etc, sliver.initscript)
+        (etc / "slice.json").write_text(json.dumps(
+            {"slice": name, "xid": sliver.xid, "uid": uid, "node": self.node_id}) + "\n")
+        return uid
+
+    def write_login(self, name: str, container_id: str, uid: int) -> None:
+        self.accounts.write_login(self.home(name), container=container_id,
+                                  engine_sock=self.engine_sock, uid=uid, slice_name=name)
+
+    def remove(self, name: str) -> None:
+        """Remove the slice's host account and home."""
+        self.accounts.remove(name, self.home(name))
+        shutil.rmtree(self.home(name), ignore_errors=True)
+
+    def orphans(self, known: set[str]) -> list[str]:
+        """Our host accounts that no sliver row claims."""
+        return [n for n in self.accounts.ours(self.slivers_dir) if n not in known]

@@ -1,0 +1,196 @@
+"""Apply HTB plans with pyroute2 and read them back: the node's IFB tree and sliver classes.
+
+Netlink errors are told apart by errno (``NetlinkError.code``); every function opens its
+own ``IPRoute`` in a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from slicectl.core.errors import EngineError
+from slicectl.core.netplan import (
+    DEFAULT_MINOR,
+    MAJOR,
+    HtbClass,
+    SliverTc,
+    handle,
+    handle_text,
+    root_classes,
+)
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+INGRESS = 0xFFFF0000
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    classid: int
+    parent: int
+    rate_bps: int
+    ceil_bps: int
+    bytes: int
+    packets: int
+    drops: int
+
+
+def _index(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise EngineError(f"interface {ifname}: expected it to exist, found none")
+    return int(found[0])
+
+
+def _set_class(ipr: IPRoute, idx: int, c: HtbClass) -> None:
+    ipr.tc("replace-class", "htb", idx, c.classid, parent=c.parent, rate=f"{c.rate_kbit}kbit",
+           ceil=f"{c.ceil_kbit}kbit", quantum=c.quantum)
+
+
+def ensure_tree(ifb: str, cap_kbit: int) -> None:
+    """Create the IFB device and its HTB root (idempotent); set the node cap live."""
+    with IPRoute() as ipr:
+        if not ipr.link_lookup(ifname=ifb):
+            try:
+                ipr.link("add", ifname=ifb, kind="ifb")
+            except NetlinkError as e:
+                raise EngineError(f"interface {ifb}: cannot create an IFB device "
+                                  f"(errno {e.code}); is the ifb module available?") from e
+        idx = _index(ipr, ifb)
+        # The leaves' FIFOs take the device's queue length; an IFB's default of 32 packets
+        # is too short for TCP at the rates the tree shapes to.
+        ipr.link("set", index=idx, state="up", txqlen=1000)
+        qdiscs = [q for q in ipr.get_qdiscs(idx) if q["handle"] == MAJOR]
+        if not qdiscs or qdiscs[0].get_attr("TCA_KIND") != "htb":
+            if qdiscs:
+                ipr.tc("del", index=idx, handle=MAJOR, parent=0xFFFFFFFF)
+            ipr.tc("add", "htb", idx, MAJOR, default=DEFAULT_MINOR)
+        for c in root_classes(cap_kbit):
+            _set_class(ipr, idx, c)
+
+
+def remove_tree(ifb: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifb)
+        if found:
+            ipr.link("del", index=found[0])
+
+
+def apply_sliver(ifb: str, plan: SliverTc) -> None:
+    """Set the sliver's classes and (re)place its filters."""
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifb)
+        for c in plan.classes:
+            _set_class(ipr, idx, c)
+        _del_prio(ipr, idx, plan.prio)
+        for f in plan.filters:
+            ipr.tc("add-filter", "u32", idx, parent=MAJOR, prio=f.prio, protocol=ETH_P_IP,
+                   target=f.target, keys=list(f.keys))
+
+
+def update_classes(ifb: str, plan: SliverTc) -> None:
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifb)
+        for c in plan.classes:
+            _set_class(ipr, idx, c)
+
+
+def _del_prio(ipr: IPRoute, idx: int, prio: int) -> None:
+    try:
+        ipr.tc("del-filter", "u32", idx, parent=MAJOR, prio=prio, protocol=ETH_P_IP, target=0)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.EINVAL):
+            raise
+
+
+def remove_sliver(ifb: str, plan: SliverTc) -> None:
+    """Remove the sliver's filters and classes (leaves first); absent parts are fine."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifb)
+        if not found:
+            return
+        idx = found[0]
+        _del_prio(ipr, idx, plan.prio)
+        for c in reversed(plan.classes):
+            try:
+                ipr.tc("del-class", index=idx, handle=c.classid, parent=c.parent)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EINVAL):
+                    raise EngineError(f"tc class {handle_text(c.classid)} on {ifb}: cannot "
+                                      f"remove it (errno {e.code})") from e
+
+
+def redirect_to_ifb(veth: str, ifb: str) -> None:
+    """Send everything arriving on ``veth`` (the sliver's egress) through the IFB tree."""
+    with IPRoute() as ipr:
+        vidx = _index(ipr, veth)
+        iidx = _index(ipr, ifb)
+        try:
+            ipr.tc("add", "ingress", vidx, INGRESS)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        try:
+            ipr.tc("del-filter", "u32", vidx, parent=INGRESS, prio=1, protocol=ETH_P_ALL, target=0)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.EINVAL):
+                raise
+        ipr.tc("add-filter", "u32", vidx, parent=INGRESS, prio=1, protocol=ETH_P_ALL,
+               target=0xFFFF0001, keys=["0x0/0x0+0"],
+               action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                       "ifindex": iidx})
+
+
+def has_redirect(veth: str) -> bool:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=veth)
+        if not found:
+            return False
+        return any(f.get_attr("TCA_KIND") == "u32" for f in ipr.get_filters(found[0], parent=INGRESS))
+
+
+def read_classes(ifb: str) -> dict[int, ClassStats]:
+    """Every HTB class on the IFB with its rate, ceil and kernel counters."""
+    out: dict[int, ClassStats] = {}
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifb)
+        if not found:
+            return out
+        for msg in ipr.get_classes(found[0]):
+            opts = msg.get_attr("TCA_OPTIONS")
+            parms = opts.get_attr("TCA_HTB_PARMS") if opts is not None else None
+            stats = msg.get_attr("TCA_STATS2")
+            basic = stats.get_attr("TCA_STATS_BASIC") if stats is not None else None
+            queue = stats.get_attr("TCA_STATS_QUEUE") if stats is not None else None
+            out[int(msg["handle"])] = ClassStats(
+                classid=int(msg["handle"]), parent=int(msg["parent"]),
+                rate_bps=int(parms["rate"]) if parms else 0,
+                ceil_bps=int(parms["ceil"]) if parms else 0,
+                bytes=int(basic["bytes"]) if basic else 0,
+                packets=int(basic["packets"]) if basic else 0,
+                drops=int(queue["drops"]) if queue else 0,
+            )
+    return out
+
+
+def read_back(ifb: str, plan: SliverTc) -> None:
+    """Check the kernel holds the planned classes with the planned rates."""
+    held = read_classes(ifb)
+    for c in plan.classes:
+        got = held.get(c.classid)
+        if got is None:
+            raise EngineError(f"tc class {handle_text(c.classid)} on {ifb}: expected it, found none")
+        want_rate, want_ceil = c.rate_kbit * 125, c.ceil_kbit * 125
+        if (got.rate_bps, got.ceil_bps) != (want_rate, want_ceil) or got.parent != c.parent:
+            raise EngineError(
+                f"tc class {handle_text(c.classid)} on {ifb}: expected rate {want_rate} ceil "
+                f"{want_ceil} B/s under {handle_text(c.parent)}, found rate {got.rate_bps} ceil "
+                f"{got.ceil_bps} under {handle_text(got.parent)}")
+
+
+__all__ = ["ClassStats", "apply_sliver", "ensure_tree", "handle", "read_back", "read_classes",
+           "redirect_to_ifb", "remove_sliver", "remove_tree", "update_classes"]

@@ -1,0 +1,135 @@
+"""Private node manager instances on the node's engine, for tests and benchmarks.
+
+A private instance has its own node id, state and run directories, engine network, IFB
+and iptables chains, so it can be started, killed and removed without touching the
+node's own node manager or another instance. Removal takes exactly what its node id made.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from slicectl.core.errors import EngineError
+from slicectl.core.labels import LABEL_NODE
+from slicectl.node.accounts import HostAccounts
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
+from slicectl.node.dockerd import Say, ensure_network
+from slicectl.node.network import NodeNetwork
+from slicectl.node.services import node_services, start_services
+from slicectl.node.store import Store
+
+PRIVATE_STATE = Path("/var/lib/slicectl/test")
+PRIVATE_RUN = Path("/run/slicectl/test")
+
+
+def free_subnet(engine: docker.DockerClient, skip: frozenset[str] = frozenset()) -> str:
+    """A /22 of 172.31.0.0/16 that no engine network uses (nor any in ``skip``)."""
+    used = {
+        cfg.get("Subnet")
+        for n in engine.api.networks()
+        for cfg in (n.get("IPAM") or {}).get("Config") or []
+    } | skip
+    for i in range(64):
+        net = f"172.31.{i * 4}.0/22"
+        if net not in used:
+            return net
+    raise EngineError("private node subnet: expected a free /22 in 172.31.0.0/16, found all "
+                      "64 in use; remove leftover networks with `docker network ls`")
+
+
+def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
+                   tag: str | None = None) -> NodeConfig:
+    tag = tag or secrets.token_hex(3)
+    return base.with_(node_id=f"{kind}-{tag}", state_dir=PRIVATE_STATE / tag,
+                      run_dir=PRIVATE_RUN / tag, network=f"slicectl-t{tag}",
+                      subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}")
+
+
+def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:
+    return cfg.state_dir.parent / f"{daemon}-{cfg.state_dir.name}.log"
+
+
+def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
+    """Remove everything the instance made: containers, classes, chains, network,
+    accounts, directories."""
+    for c in engine.containers.list(all=True, filters={"label": f"{LABEL_NODE}={cfg.node_id}"}):
+        c.remove(force=True, v=True)
+    if cfg.db_path.exists():
+        NodeNetwork(Store(cfg.db_path), node_id=cfg.node_id, subnet=cfg.subnet,
+                    bridge=cfg.bridge, ifb=cfg.ifb).teardown()
+    for n in engine.networks.list(names=[cfg.network]):
+        n.remove()
+    accounts = HostAccounts()
+    for name in accounts.ours(cfg.slivers_dir):
+        accounts.remove(name, cfg.slivers_dir / name)
+    shutil.rmtree(cfg.state_dir, ignore_errors=True)
+    shutil.rmtree(cfg.run_dir, ignore_errors=True)
+    for d, _ in HOST_DAEMONS:
+        log_path(cfg, d.name).unlink(missing_ok=True)
+
+
+def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8) -> NodeConfig:
+    """Create the instance's engine network, moving to another subnet while the engine
+    still holds a pool that overlaps (a network removed a moment ago can)."""
+    tried: set[str] = set()
+    for _ in range(tries):
+        try:
+            ensure_network(engine, cfg.network, cfg.subnet, cfg.bridge)
+            return cfg
+        except docker.errors.APIError as e:
+            if "overlaps" not in str(e):
+                raise
+            tried.add(cfg.subnet)
+            cfg = cfg.with_(subnet=free_subnet(engine, frozenset(tried)))
+    raise EngineError(f"network {cfg.network}: expected a subnet no other network holds, found "
+                      f"every one tried overlapping ({sorted(tried)})")
+
+
+def free_port() -> int:
+    """A TCP port nothing on the host listens on now (for a private node's services)."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def service_ports() -> dict[str, int]:
+    """Free ports for a private node's services (never the node's own 33080 or 80)."""
+    return {spec.name: free_port() for spec in node_services()}
+
+
+@contextmanager
+def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
+                 say: Say | None = None, daemons: bool = False,
+                 services: dict[str, int] | None = None) -> Iterator[NodeConfig]:
+    """Start a private node manager (with ``daemons``, also its admin sniffer and
+    raw-socket shim; given ``services``, its service sidecars on those ports, see
+    :func:`service_ports`); stop them and remove all they made on exit (the sidecars carry
+    the node id's label, so cleanup finds them)."""
+    cfg = private_config(base, engine, kind)
+    PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
+    os.chmod(PRIVATE_STATE, 0o755)
+    say = say or Say(quiet=True)
+    try:
+        cfg = create_network(cfg, engine)
+        if daemons:
+            start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name))
+        else:
+            start_nm(cfg, say, log_path=log_path(cfg))
+        if services is not None:
+            start_services(cfg, engine, os.environ, say, services)
+        yield cfg
+    finally:
+        try:
+            stop_host_daemons(cfg)
+        finally:
+            cleanup(cfg, engine)
