@@ -6,7 +6,7 @@ line naming the field, what was expected and what came.
 
 from __future__ import annotations
 
-from ..errors import SlicectlError
+from ..core.errors import SlicectlError
 
 
 class PLCFault(SlicectlError):

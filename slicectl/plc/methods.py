@@ -7,6 +7,7 @@ wire values), what it returns and what it does. The argument checks, ``system.li
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -205,10 +206,13 @@ class Method:
 
     def signatures(self) -> list[list[str]]:
         """XML-RPC signatures: the return type, then the argument types; one per arity."""
-        head = [self.returns.split(" ")[0]] + (["struct"] if self.auth else [])
-        required = [a.type.xmlrpc.split(" ")[0] for a in self.args if not a.optional]
+        def first(kind: str) -> str:
+            return kind.replace(",", " ").split()[0]
+
+        head = [first(self.returns)] + (["struct"] if self.auth else [])
+        required = [first(a.type.xmlrpc) for a in self.args if not a.optional]
         sigs = [head + required]
-        extra = [a.type.xmlrpc.split(" ")[0] for a in self.args if a.optional]
+        extra = [first(a.type.xmlrpc) for a in self.args if a.optional]
         for i in range(1, len(extra) + 1):
             sigs.append(head + required + extra[:i])
         return sigs
@@ -236,7 +240,7 @@ class Table:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self.methods:
                 raise ValueError(f"method {name} registered twice")
-            doc = (fn.__doc__ or name).strip()
+            doc = inspect.cleandoc(fn.__doc__ or name)
             self.methods[name] = Method(name, roles, tuple(args), returns, doc, fn, writes, auth)
             return fn
         return register
