@@ -38,8 +38,6 @@ from .policy import ANONYMOUS, Caller
 
 log = logging.getLogger("slicectl.plc")
 
-_DUMMY_HASH = hash_password("slicectl-dummy", n=2**14)
-
 
 class BadRequest(Exception):
     """The body is not an XML-RPC call at all: the server answers 400."""
@@ -76,6 +74,8 @@ class PLCAPI:
                                     self.settings.login_failures_per_source,
                                     self.settings.login_window_s)
         self.passwords = VerifiedCache()
+        #: Checked when no such person exists, so that a miss costs what a hit costs.
+        self._dummy_hash = hash_password("slicectl-dummy", n=self.settings.scrypt_n)
 
     # wire -------------------------------------------------------------------------------
 
@@ -164,7 +164,8 @@ class PLCAPI:
                 if not caller.roles & m.roles:
                     raise PermissionDenied(f"Not allowed to call {m.name}")
             checked = m.check_args(args)
-            call = Call(conn, caller, m.name, now, self.settings, api=self)
+            call = Call(conn, caller, m.name, now, self.settings, api=self,
+                        auth=params[0] if m.auth and isinstance(params[0], dict) else {})
             result = m.handler(call, *checked)
             call.flush_events()
             return result
@@ -194,7 +195,7 @@ class PLCAPI:
         if self.limiter.blocked(account, source):
             raise AuthFailure("too many failed logins for this account or address; try later")
         row = conn.execute(select(s.persons).where(s.persons.c.email_lc == account)).mappings().first()
-        ok = self.passwords.verify(secret, row["password_hash"] if row else _DUMMY_HASH)
+        ok = self.passwords.verify(secret, row["password_hash"] if row else self._dummy_hash)
         if row is None or not ok:
             self.limiter.failed(account, source)
             raise AuthFailure("Username and AuthString do not match")

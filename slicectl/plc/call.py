@@ -35,6 +35,8 @@ class Call:
     now: int
     settings: Settings
     api: Any = None
+    #: The auth struct the call came with (DeleteSession ends its session).
+    auth: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def event(self, object_type: str, ids: list[int], fields: dict[str, Any] | None = None) -> None:

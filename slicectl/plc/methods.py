@@ -218,7 +218,9 @@ class Method:
         return sigs
 
     def help(self) -> str:
-        lines = [self.doc, "", f"Roles: {', '.join(sorted(self.roles))}", "Parameters:"]
+        order = ("admin", "pi", "user", "tech", "node", "anonymous")
+        roles = sorted(self.roles, key=lambda r: order.index(r) if r in order else len(order))
+        lines = [self.doc, "", f"Roles: {', '.join(roles)}", "Parameters:"]
         if self.auth:
             lines.append("  auth (struct): an auth struct (AuthMethod password, session, hmac or "
                          "anonymous)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, insert
 
 from .. import schema as s
-from ..auth import new_session
+from ..auth import new_session, session_hash
 from ..call import Call
 from ..errors import InvalidArgument
 from ..fields import Field
@@ -73,6 +73,10 @@ def get_session(call: Call, expires: int | None) -> str:
 @TABLE.method("DeleteSession", PERSONS | NODE, returns="int", writes=True)
 def delete_session(call: Call) -> int:
     """End the session this call authenticated with (no-op for other auth methods)."""
+    key = call.auth.get("session")
+    if call.auth.get("AuthMethod") == "session" and isinstance(key, str):
+        call.conn.execute(delete(s.sessions).where(s.sessions.c.session_hash == session_hash(key)))
+        call.event("Session", [], {})
     return 1
 
 
