@@ -74,7 +74,7 @@ def resolve(conn: Connection, obj: Obj, ref: object, now: int | None = None) -> 
     q = filters.build(obj, ref, now)
     row = conn.execute(select(obj.table).where(*q.where)).mappings().first()
     if row is None:
-        raise InvalidArgument(f"No such {obj.name.lower()}: {ref!r}")
+        raise InvalidArgument(f"No such {obj.name.lower()}: {str(ref)[:80]!r}")
     return dict(row)
 
 

@@ -16,7 +16,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, false, not_, or_, true
 
 from .errors import InvalidArgument, bad_value
+from .fields import Field
 from .objects import Obj
+
+ID = Field("int", None, nullable=False)
 
 OPERATORS = ("~", "<", ">", "[", "]")
 
@@ -38,6 +41,9 @@ def column(obj: Obj, name: str) -> ColumnElement[Any]:
 def key_match(obj: Obj, keys: list[str]) -> ColumnElement[bool]:
     if obj.key is None:
         raise InvalidArgument(f"Invalid {obj.name} filter: expected an id, got a string")
+    limit = obj.field_of(obj.key).max_len
+    for k in keys:
+        Field("string", limit).check(obj.key, k)
     col = obj.table.c[obj.key_column or obj.key]
     return col.in_([k.lower() for k in keys] if obj.key_lower else keys)
 
@@ -52,6 +58,8 @@ def _scalar(obj: Obj, name: str, value: object) -> object:
     if f.kind == "string":
         if value is not None and not isinstance(value, str):
             raise bad_value(name, "string", value)
+        if isinstance(value, str) and f.max_len is not None:
+            Field("string", f.max_len).check(name, value)
         return value
     if f.kind in ("timestamp", "int", "boolean", "double"):
         return f.check(name, value)
@@ -120,11 +128,11 @@ def build(obj: Obj, filt: object, now: int | None = None) -> Query:
     elif isinstance(filt, bool):
         raise bad_value(f"{obj.name} filter", "int, string, array or struct", filt)
     elif isinstance(filt, int):
-        q.where.append(idcol == filt)
+        q.where.append(idcol == ID.check(obj.id, filt))
     elif isinstance(filt, str):
         q.where.append(key_match(obj, [filt]))
     elif isinstance(filt, list):
-        ids = [v for v in filt if isinstance(v, int) and not isinstance(v, bool)]
+        ids = [ID.check(obj.id, v) for v in filt if isinstance(v, int) and not isinstance(v, bool)]
         names = [v for v in filt if isinstance(v, str)]
         if len(ids) + len(names) != len(filt):
             bad = next(v for v in filt if v not in ids and v not in names)
