@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from slicectl.plc.auth import hmac_value
-from tests.plc.conftest import ROOT, Server
+from slicectl.testbed.plc import CHECKOUT as ROOT
+from slicectl.testbed.plc import Server
 
 
 def raw_post(server: Server, body: bytes, path: str = "/PLCAPI/", method: str = "POST"

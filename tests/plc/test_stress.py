@@ -10,7 +10,7 @@ import random
 import xmlrpc.client
 from typing import Any
 
-from tests.plc.conftest import Server
+from slicectl.testbed.plc import Server
 from tests.plc_helpers import ECDSA, ED25519, RSA
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 ÄéßΩ日本✓🎉\t\n-_.,'\"<>&"
@@ -126,7 +126,7 @@ def test_stress(server: Server) -> None:
             made.append(("SliceTag", tid))
 
     # updates with new random values, rechecked
-    for sid, lb in sites:
+    for sid, _ in sites:
         f = {k: v for k, v in site_fields(rnd, "u").items() if k not in ("login_base", "max_slices")}
         p.UpdateSite(root, sid, f)
         same(p, root, "GetSites", sid, f)
