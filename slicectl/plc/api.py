@@ -35,6 +35,7 @@ from .errors import (
 from .methods import TABLE, Method, Table
 from .objects import ROLES
 from .policy import ANONYMOUS, Caller
+from .wire import dumps_response
 
 log = logging.getLogger("slicectl.plc")
 
@@ -96,7 +97,7 @@ class PLCAPI:
             raise BadRequest("not an XML-RPC call: no methodName")
         try:
             result = self.call(name, list(params), source)
-            return xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True).encode()
+            return dumps_response(result)
         except PLCFault as f:
             return xmlrpc.client.dumps(xmlrpc.client.Fault(f.fault_code, f.message),
                                        methodresponse=True, allow_none=True).encode()
