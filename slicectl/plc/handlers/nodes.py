@@ -90,11 +90,10 @@ def _keys_of(call: Call, person_ids: list[int]) -> dict[int, list[dict[str, str]
     if not person_ids:
         return out
     rows = call.conn.execute(
-        select(s.keys.c.person_id, s.keys.c.key_type, s.keys.c.key)
+        select(s.keys.c.key_id, s.keys.c.person_id, s.keys.c.key_type, s.keys.c.key)
         .join(s.persons, s.persons.c.person_id == s.keys.c.person_id)
-        .where(s.keys.c.person_id.in_(person_ids), s.persons.c.enabled.is_(True))
-        .order_by(s.keys.c.key_id))
-    for pid, kt, key in rows:
+        .where(s.keys.c.person_id.in_(person_ids), s.persons.c.enabled.is_(True)))
+    for _, pid, kt, key in sorted(rows):  # by key_id
         out[pid].append({"key_type": kt, "key": key})
     return out
 
@@ -119,9 +118,11 @@ def slivers_view(call: Call, node: dict[str, Any]) -> dict[str, Any]:
                 select(s.slice_tags.c.slice_id, s.slice_tags.c.node_id, s.slice_tags.c.slice_tag_id,
                        s.tag_types.c.tagname, s.slice_tags.c.value)
                 .join(s.tag_types, s.tag_types.c.tag_type_id == s.slice_tags.c.tag_type_id)
-                .where(s.slice_tags.c.slice_id.in_(ids),
-                       or_(s.slice_tags.c.node_id.is_(None), s.slice_tags.c.node_id == nid))):
-            tags[sid].append((tnid is None, tid, name, value))
+                .where(s.slice_tags.c.slice_id.in_(ids))):
+            # the node scope is filtered here: an OR with "node_id IS NULL" in SQL made
+            # SQLite walk the node_id index over every global tag of every slice
+            if tnid is None or tnid == nid:
+                tags[sid].append((tnid is None, tid, name, value))
     keys = _keys_of(call, sorted({p for v in members.values() for p in v}))
     slivers = []
     for sl in slices:
