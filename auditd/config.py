@@ -44,7 +44,8 @@ class AuditConfig:
         ``SLICECTL_SERVICE_STATE``, ``SLICECTL_SNIFFER_SOCK``, ``SLICECTL_NM_SOCK``,
         ``SLICECTL_SERVICE_PORT``; on the host without them, paths under the node's
         ``SLICECTL_STATE_DIR`` and ``SLICECTL_RUN_DIR``. The auditor's own settings:
-        ``SLICECTL_AUDIT_HOST``, ``_OPERATOR``, ``_WINDOW_S``, ``_ROLLUP_S``, ``_MAX_BYTES``.
+        ``SLICECTL_AUDIT_HOST``, ``_OPERATOR``, ``_WINDOW_S``, ``_ROLLUP_S``, ``_MAX_BYTES``,
+        ``_ROLLUP_ROWS``.
 
         This module must not import the rest of slicectl: the service image carries only
         its stdlib-only modules (errors, rpc, sniffrecord).
@@ -66,11 +67,13 @@ class AuditConfig:
             limits=Limits(
                 window_s=_int(env, "SLICECTL_AUDIT_WINDOW_S", int(Limits.window_s)),
                 rollup_s=_int(env, "SLICECTL_AUDIT_ROLLUP_S", int(Limits.rollup_s)),
-                max_bytes=_int(env, "SLICECTL_AUDIT_MAX_BYTES", Limits.max_bytes)),
+                max_bytes=_int(env, "SLICECTL_AUDIT_MAX_BYTES", Limits.max_bytes),
+                rollup_rows=_int(env, "SLICECTL_AUDIT_ROLLUP_ROWS", Limits.rollup_rows,
+                                 minimum=1)),
         )
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
     text = env.get(key)
     if text is None or text == "":
         return default
@@ -78,6 +81,6 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         value = int(text)
     except ValueError:
         raise ValidationError(key, "a whole number", text) from None
-    if value < 0:
-        raise ValidationError(key, "a number >= 0", value)
+    if value < minimum:
+        raise ValidationError(key, f"a number >= {minimum}", value)
     return value

@@ -2,7 +2,8 @@
 
 The NM is asked over its unix socket (:class:`slicectl.ipc.rpc.Client`, blocking) in a worker
 thread, at most once per ``ttl_s`` per question; if it cannot answer, the pages say so and
-show what was cached last.
+show what was cached last. The cache holds at most ``max_entries`` answers, the least
+recently used going first: anyone can ask for ``/slice/<any name>``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +47,15 @@ class Directory:
     Args:
         source: something with ``call(method, *args)``, normally an NM RPC client.
         ttl_s: how long an answer is reused.
+        max_entries: how many answers are kept (least recently used first out).
     """
 
     source: Source
     ttl_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
+    max_entries: int = 1024
     error: str = ""
-    _cache: dict[tuple[str, ...], _Entry] = field(default_factory=dict)
+    _cache: OrderedDict[tuple[str, ...], _Entry] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _call(self, *key: str) -> Any:
@@ -60,8 +64,10 @@ class Directory:
 
     async def _ask(self, *key: str) -> Any:
         hit = self._cache.get(key)
-        if hit is not None and self.clock() - hit.at < self.ttl_s:
-            return hit.value
+        if hit is not None:
+            self._cache.move_to_end(key)
+            if self.clock() - hit.at < self.ttl_s:
+                return hit.value
         try:
             value = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self._call(*key))
@@ -72,6 +78,9 @@ class Directory:
         except SlicectlError:  # the NM answered: no such sliver (any more), or not ours
             value = None
         self._cache[key] = _Entry(value, self.clock())
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
         return value
 
     async def node(self) -> dict[str, Any]:

@@ -35,17 +35,43 @@ class LinkState:
     slices: dict[int, str] = field(default_factory=dict)
 
 
+#: Minutes before the newest one seen whose roll-up keys are still remembered; a record
+#: older than that (a late one) goes to its slice's folded row.
+TRACKED_MINUTES = 2
+#: Folded keys told apart per slice and minute ("N other destinations" is exact up to this,
+#: a lower bound past it): bounds the memory a scanning slice costs to ~1 MB a minute.
+FOLD_TRACK = 4096
+
+#: (dst, proto, dport): one roll-up row of a slice in a minute.
+Key = tuple[bytes, int, int]
+
+
 class Recorder:
     """Turns frames into stored rows. One thread only.
+
+    A slice gets at most ``store.limits.rollup_rows`` roll-up keys per minute; packets to
+    its other keys that minute are counted in one folded row (see :mod:`auditd.store`).
+    Full records are kept whole either way.
 
     Args:
         store: where rows go.
         clock: the time used for retention.
+        fold_track: folded keys told apart per slice and minute.
     """
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time,
+                 fold_track: int = FOLD_TRACK) -> None:
         self.store = store
         self.clock = clock
+        self.rollup_rows = store.limits.rollup_rows
+        self.fold_track = fold_track
+        # (minute, sid) -> the keys admitted as roll-up rows (at most rollup_rows)
+        self._kept: dict[tuple[int, int], set[Key]] = {}
+        # (minute, sid) -> folded keys told apart so far (at most FOLD_TRACK)
+        self._folded: dict[tuple[int, int], set[Key]] = {}
+        self._floor = -1  # minutes below this are no longer tracked
+        # (minute, sid) -> [new keys, saturated, packets, bytes, first t, last t], this batch
+        self.folds: dict[tuple[int, int], list[Any]] = {}
         # (sid, dst) -> [first t, last t, count, records]
         self.chunks: dict[tuple[int, bytes], list[Any]] = {}
         # (minute, sid, dst, proto, dport) -> [packets, bytes, first t, last t]
@@ -102,9 +128,13 @@ class Recorder:
                     c[0] = t
                 c[2] += 1
                 c[3] += payload[off:off + size]
-            key = (int(t // 60) * 60, sid, dst, proto, dport)
+            minute = int(t // 60) * 60
+            key = (minute, sid, dst, proto, dport)
             r = rolls.get(key)
             if r is None:
+                if not self._admit(minute, sid, (dst, proto, dport)):
+                    self._fold(minute, sid, (dst, proto, dport), t, length)
+                    continue
                 rolls[key] = [1, length, t, t]
             else:
                 r[0] += 1
@@ -115,6 +145,50 @@ class Recorder:
                     r[2] = t
         self.pending += n
         self.records += n
+
+    def _admit(self, minute: int, sid: int, key: Key) -> bool:
+        """Whether ``key`` is (or may become) one of the slice's roll-up rows this minute."""
+        if minute < self._floor:
+            return False
+        kept = self._kept.get((minute, sid))
+        if kept is None:
+            kept = self._kept[minute, sid] = set()
+        if key in kept:
+            return True
+        if len(kept) >= self.rollup_rows:
+            return False
+        kept.add(key)
+        return True
+
+    def _fold(self, minute: int, sid: int, key: Key, t: float, length: int) -> None:
+        f = self.folds.get((minute, sid))
+        if f is None:
+            f = self.folds[minute, sid] = [0, 0, 0, 0, t, t]
+        f[2] += 1
+        f[3] += length
+        if t < f[4]:
+            f[4] = t
+        elif t > f[5]:
+            f[5] = t
+        told = self._folded.get((minute, sid))
+        if minute < self._floor:
+            f[1] = 1  # its earlier keys are forgotten: the count is a lower bound
+        elif told is None or key not in told:
+            if told is None:
+                told = self._folded[minute, sid] = set()
+            if len(told) < self.fold_track:
+                told.add(key)
+                f[0] += 1
+            else:
+                f[1] = 1
+
+    def _forget_old_minutes(self) -> None:
+        if not self._kept:
+            return
+        self._floor = max(self._floor, max(m for m, _ in self._kept) - 60 * TRACKED_MINUTES)
+        for table in (self._kept, self._folded):
+            for k in [k for k in table if k[0] < self._floor]:
+                del table[k]
 
     def count_drop(self, source: str, n: int) -> None:
         if n > 0:
@@ -127,9 +201,11 @@ class Recorder:
         chunks = [(sid, dst, c[0], c[1], c[2], bytes(c[3]))
                   for (sid, dst), c in self.chunks.items()]
         rolls = [(*k, *r) for k, r in self.rolls.items()]
-        self.store.write(chunks, rolls, self.drops)
+        folds = [(*k, *f) for k, f in self.folds.items()]
+        self.store.write(chunks, rolls, self.drops, folds)
         n = self.pending
-        self.chunks, self.rolls, self.drops, self.pending = {}, {}, {}, 0
+        self.chunks, self.rolls, self.drops, self.folds, self.pending = {}, {}, {}, {}, 0
+        self._forget_old_minutes()
         return n
 
 

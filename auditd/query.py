@@ -9,6 +9,7 @@ up.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from slicectl.core.errors import ValidationError
 from .store import Reader
 
 DEFAULT_WINDOW_S = 3600
+#: how far past now a window may reach (a page asked for "until tomorrow")
+FUTURE_S = 86400
 MAX_PORTS = 20
 MAX_RECORDS = 200
 FORMATS = ("html", "csv", "json")
@@ -43,27 +46,59 @@ class Window:
         return int(self.end // 60) * 60
 
 
+TIME_FORMS = "an ISO 8601 time (2026-11-27T20:00Z) or unix seconds"
+
+
 def parse_time(field: str, text: str) -> float:
-    """Unix seconds, or ISO 8601 (a time without a zone is UTC)."""
+    """Unix seconds, or ISO 8601 (a time without a zone is UTC).
+
+    Raises:
+        ValidationError: neither, or not a finite number (``nan``, ``inf``).
+    """
     text = text.strip()
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationError(field, "an ISO 8601 time (2026-11-27T20:00Z) or unix seconds",
-                              text) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            value = when.timestamp()
+        except ValueError:
+            raise ValidationError(field, TIME_FORMS, text) from None
+    if not math.isfinite(value):
+        raise ValidationError(field, TIME_FORMS, text)
+    return value
 
 
-def parse_window(params: Mapping[str, str], now: float) -> Window:
-    """``from``/``to`` from the query string; default the last hour up to now."""
-    end = parse_time("to", params["to"]) if params.get("to") else now
-    start = parse_time("from", params["from"]) if params.get("from") else end - DEFAULT_WINDOW_S
+def parse_window(params: Mapping[str, str], now: float, keep_s: float) -> Window:
+    """``from``/``to`` from the query string; default the last hour up to now.
+
+    A window lies within what the store can answer: from ``keep_s`` (the roll-ups'
+    retention) before ``now`` to a day after it; past the full records' window it is
+    answered from the roll-ups.
+
+    Raises:
+        ValidationError: a time that does not parse or lies outside those bounds (naming
+            ``from`` or ``to``), or ``from`` after ``to``.
+    """
+    earliest, latest = now - keep_s, now + FUTURE_S
+    bounds = (f"a time from {iso(earliest)} (the roll-ups are kept "
+              f"{keep_s / 86400:g} days) to {iso(latest)}")
+
+    def bounded(field: str) -> float | None:
+        text = params.get(field)
+        if not text:
+            return None
+        value = parse_time(field, text)
+        if not earliest <= value <= latest:
+            raise ValidationError(field, bounds, text)
+        return value
+
+    given_end = bounded("to")
+    end = now if given_end is None else given_end
+    given_start = bounded("from")
+    start = max(earliest, end - DEFAULT_WINDOW_S) if given_start is None else given_start
     if start > end:
         raise ValidationError("from", f"a time before to ({iso(end)})", iso(start), as_text=True)
     return Window(start, end)
@@ -133,20 +168,62 @@ def by_destination(reader: Reader, w: Window, limit: int = 500) -> list[dict[str
     return out
 
 
+def _folded_rows(reader: Reader, w: Window,
+                 slice_name: str | None = None) -> list[tuple[Any, ...]]:
+    """(sid, other keys, saturated, packets, bytes, first, last) per slice in the window."""
+    args: list[Any] = [w.first_minute, w.last_minute]
+    cond = ""
+    if slice_name is not None:
+        cond = " AND sid = (SELECT sid FROM slices WHERE name = ?)"
+        args.append(slice_name)
+    return reader.all(
+        "SELECT sid, sum(keys), max(saturated), sum(packets), sum(bytes), min(first),"
+        " max(last) FROM rollup_folded WHERE minute >= ? AND minute <= ?" + cond +
+        " GROUP BY sid ORDER BY 5 DESC", args)
+
+
+def other_destinations(keys: int, saturated: int) -> str:
+    """How many destinations a folded row stands for: exact, or ``N+`` (at least N)."""
+    return f"{keys}+" if saturated else str(keys)
+
+
+def folded(reader: Reader, w: Window, slice_name: str | None = None) -> list[dict[str, Any]]:
+    """Slices that sent to more destinations a minute than the roll-ups keep: what went to
+    the others, one row per slice (their destinations counted per minute)."""
+    names = _names(reader)
+    return [{"slice": names.get(sid, "?"), "other_destinations": other_destinations(k, sat),
+             "packets": packets, "bytes": nbytes, "first": iso(first), "last": iso(last)}
+            for sid, k, sat, packets, nbytes, first, last in _folded_rows(reader, w, slice_name)]
+
+
 def by_slice(reader: Reader, w: Window) -> list[dict[str, Any]]:
+    """Per slice: packets and bytes (folded ones included), distinct destinations in the
+    roll-ups and how many more were folded."""
     names = _names(reader)
     rows = reader.all(
         "SELECT sid, sum(packets), sum(bytes), count(DISTINCT dst),"
         " group_concat(proto * 65536 + dport), min(first), max(last)"
-        " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY sid ORDER BY 3 DESC",
+        " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY sid",
         (w.first_minute, w.last_minute))
-    out = []
+    per: dict[int, dict[str, Any]] = {}
     for sid, packets, nbytes, ndst, ports, first, last in rows:
         shown, more = port_list(ports)
-        out.append({
+        per[sid] = {
             "slice": names.get(sid, "?"), "packets": packets, "bytes": nbytes,
-            "destinations": ndst, "ports": shown, "ports_more": more,
-            "first": iso(first), "last": iso(last)})
+            "destinations": ndst, "other_destinations": "0", "ports": shown,
+            "ports_more": more, "first": first, "last": last}
+    for sid, k, sat, packets, nbytes, first, last in _folded_rows(reader, w):
+        row = per.setdefault(sid, {
+            "slice": names.get(sid, "?"), "packets": 0, "bytes": 0, "destinations": 0,
+            "other_destinations": "0", "ports": "", "ports_more": 0,
+            "first": first, "last": last})
+        row["packets"] += packets
+        row["bytes"] += nbytes
+        row["other_destinations"] = other_destinations(k, sat)
+        row["first"], row["last"] = min(row["first"], first), max(row["last"], last)
+    out = sorted(per.values(), key=lambda r: -r["bytes"])
+    for row in out:
+        row["first"], row["last"] = iso(row["first"]), iso(row["last"])
     return out
 
 
@@ -220,14 +297,16 @@ def series(reader: Reader, w: Window, buckets: int = 60,
     names = _names(reader)
     span = max(60, w.last_minute + 60 - w.first_minute)
     step = max(60, -(-span // buckets) // 60 * 60 or 60)
-    args: list[Any] = [w.first_minute, step, w.first_minute, w.last_minute]
-    cond = ""
+    cond = " WHERE minute >= ? AND minute <= ?"
+    span_args: list[Any] = [w.first_minute, w.last_minute]
     if slice_name is not None:
-        cond = " AND sid = (SELECT sid FROM slices WHERE name = ?)"
-        args.append(slice_name)
+        cond += " AND sid = (SELECT sid FROM slices WHERE name = ?)"
+        span_args.append(slice_name)
     rows = reader.all(
-        "SELECT sid, (minute - ?) / ?, sum(bytes) FROM rollup WHERE minute >= ? AND minute <= ?"
-        + cond + " GROUP BY 1, 2", args)
+        "SELECT sid, (minute - ?) / ?, sum(bytes) FROM ("
+        f"SELECT minute, sid, bytes FROM rollup{cond}"
+        f" UNION ALL SELECT minute, sid, bytes FROM rollup_folded{cond}) GROUP BY 1, 2",
+        [w.first_minute, step, *span_args, *span_args])
     n = -(-span // step)
     per: dict[str, list[int]] = {}
     for sid, b, nbytes in rows:
@@ -239,7 +318,9 @@ def series(reader: Reader, w: Window, buckets: int = 60,
 def totals(reader: Reader) -> dict[str, Any]:
     got = reader.all("SELECT count(*), sum(n), min(t0), max(t1) FROM records")[0]
     rolled = reader.all("SELECT count(*), min(minute) FROM rollup")[0]
+    folds = reader.all("SELECT count(*) FROM rollup_folded")[0]
     return {"record_chunks": got[0], "records": got[1] or 0,
             "records_from": iso(got[2]) if got[2] else "",
             "records_to": iso(got[3]) if got[3] else "",
-            "rollup_rows": rolled[0], "rollup_from": iso(rolled[1]) if rolled[1] else ""}
+            "rollup_rows": rolled[0], "rollup_from": iso(rolled[1]) if rolled[1] else "",
+            "folded_rows": folds[0]}

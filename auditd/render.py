@@ -99,6 +99,20 @@ def drops_html(drops: dict[str, int]) -> str:
             "known sliver; auditor: this auditor's own queue was full.</p>")
 
 
+def folded_html(rows: Sequence[dict[str, Any]], w: Window, rows_per_minute: int,
+                note: str = "") -> str:
+    """The slices whose destinations past ``rows_per_minute`` a minute were folded into one
+    row each (nothing when there are none)."""
+    if not rows:
+        return ""
+    return (f'<h2>Slices with more destinations than the roll-ups keep</h2><p id="folded-note">'
+            f"The per-minute roll-ups keep at most {e(rows_per_minute)} destinations (address, "
+            "protocol, port) per slice and minute; what these slices sent to their other "
+            "destinations is counted here, one row per slice (other destinations counted per "
+            f"minute; N+ means at least N).{' ' + e(note) if note else ''} Full packet "
+            f"records are kept whole.</p>{table(rows, w, 'folded')}")
+
+
 def contacts_html(contacts: Sequence[str]) -> str:
     if not contacts:
         return '<span class="small">no contact on record</span>'

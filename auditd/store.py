@@ -21,6 +21,12 @@ Tables:
   key range; one index on (dst, minute) answers ``/dst/<ip>``. Two b-trees per new key
   (a third, on slice, cost 20% of ingest when every packet goes to a new address; ``/slice``
   reads the window's key range instead).
+- ``rollup_folded``: per (minute, slice), what a slice sent past its ``rollup_rows``
+  distinct (dst, proto, dport) keys in that minute: packets, bytes, first and last seen,
+  and how many other keys (``keys``; ``saturated`` when there were more than could be
+  told apart, so ``keys`` is a lower bound). A slice scanning random addresses at its
+  ceiling thus adds at most ``rollup_rows`` + 1 rows a minute, and cannot push other
+  slices' roll-ups out of the disk bound by sheer number of keys.
 - ``drops``: cumulative counts by source (``kernel``, ``consumer``, ``unknown`` as the
   sniffer reports them; ``auditor`` for records this auditor itself could not queue).
 """
@@ -48,6 +54,11 @@ CREATE TABLE IF NOT EXISTS rollup (
     first REAL NOT NULL, last REAL NOT NULL,
     PRIMARY KEY (minute, sid, dst, proto, dport)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rollup_dst ON rollup (dst, minute);
+CREATE TABLE IF NOT EXISTS rollup_folded (
+    minute INTEGER NOT NULL, sid INTEGER NOT NULL, keys INTEGER NOT NULL,
+    saturated INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    first REAL NOT NULL, last REAL NOT NULL,
+    PRIMARY KEY (minute, sid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS drops (source TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
 
@@ -59,12 +70,22 @@ ON CONFLICT (minute, sid, dst, proto, dport) DO UPDATE SET
     first = min(first, excluded.first), last = max(last, excluded.last)
 """
 
+UPSERT_FOLDED = """
+INSERT INTO rollup_folded VALUES (?,?,?,?,?,?,?,?)
+ON CONFLICT (minute, sid) DO UPDATE SET
+    keys = keys + excluded.keys, saturated = max(saturated, excluded.saturated),
+    packets = packets + excluded.packets, bytes = bytes + excluded.bytes,
+    first = min(first, excluded.first), last = max(last, excluded.last)
+"""
+
 DROP_SOURCES = ("kernel", "consumer", "unknown", "auditor")
 
 #: A chunk of records: sid, dst, first time, last time, count, the records.
 Chunk = tuple[int, bytes, float, float, int, bytes]
 #: A roll-up row: minute, sid, dst, proto, dport, packets, bytes, first, last.
 Roll = tuple[int, int, bytes, int, int, int, int, float, float]
+#: A folded row: minute, sid, keys, saturated, packets, bytes, first, last.
+Fold = tuple[int, int, int, int, int, int, float, float]
 
 
 @dataclass(frozen=True)
@@ -76,11 +97,16 @@ class Limits:
         rollup_s: per-minute roll-ups are kept this long (default 30 days).
         max_bytes: the database may use at most this many bytes of pages; past it the
             oldest packet records go first, then the oldest roll-ups.
+        rollup_rows: roll-up rows a slice may add per minute (distinct destination,
+            protocol and port); its other destinations that minute fold into one row of
+            ``rollup_folded``. At ~45 bytes a row, a slice at this bound all month holds
+            ~0.5 GB of roll-ups with the default.
     """
 
     window_s: float = 24 * 3600
     rollup_s: float = 30 * 24 * 3600
     max_bytes: int = 2 << 30
+    rollup_rows: int = 256
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -132,14 +158,15 @@ class Store:
         return sid
 
     def write(self, chunks: Iterable[Chunk], rolls: Iterable[Roll],
-              drops: dict[str, int] | None = None) -> None:
-        """Insert ``chunks``, add ``rolls`` to the roll-ups and ``drops`` to the drop
-        counts, in one transaction."""
+              drops: dict[str, int] | None = None, folds: Iterable[Fold] = ()) -> None:
+        """Insert ``chunks``, add ``rolls`` to the roll-ups, ``folds`` to the folded rows
+        and ``drops`` to the drop counts, in one transaction."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(INSERT_RECORDS, chunks)
             db.executemany(UPSERT_ROLLUP, rolls)
+            db.executemany(UPSERT_FOLDED, folds)
             for source, n in (drops or {}).items():
                 if n:
                     db.execute("INSERT INTO drops VALUES (?, ?) ON CONFLICT (source) DO UPDATE "
@@ -171,6 +198,7 @@ class Store:
         """
         db = self.db
         gone = {"records": 0, "rollup": 0}
+        cutoff = now - self.limits.rollup_s
         # Chunks arrive in time order, so the expired ones are the lowest rowids: delete
         # from the front, ``chunk`` rows at a time, until a batch is not all expired (no
         # full scan of the table, which has no index on time).
@@ -181,8 +209,7 @@ class Store:
             gone["records"] += n
             if n < chunk:
                 break
-        gone["rollup"] += db.execute("DELETE FROM rollup WHERE minute < ?",
-                                     (now - self.limits.rollup_s,)).rowcount
+        gone["rollup"] += self._delete_rollups("minute < ?", cutoff)
         self._checkpoint()
         while self.used_bytes() > self.limits.max_bytes:
             lo = db.execute("SELECT min(rowid) FROM records").fetchone()[0]
@@ -190,13 +217,19 @@ class Store:
                 gone["records"] += db.execute("DELETE FROM records WHERE rowid < ?",
                                               (lo + chunk,)).rowcount
             else:
-                first = db.execute("SELECT min(minute) FROM rollup").fetchone()[0]
+                first = db.execute("SELECT min(m) FROM (SELECT min(minute) AS m FROM rollup "
+                                   "UNION ALL SELECT min(minute) FROM rollup_folded)"
+                                   ).fetchone()[0]
                 if first is None:
                     break
-                gone["rollup"] += db.execute("DELETE FROM rollup WHERE minute <= ?",
-                                             (first,)).rowcount
+                gone["rollup"] += self._delete_rollups("minute <= ?", first)
             self._checkpoint()
         return gone
+
+    def _delete_rollups(self, where: str, minute: float) -> int:
+        """Delete the roll-up rows and folded rows matching ``where`` (on ``minute``)."""
+        return sum(self.db.execute(f"DELETE FROM {table} WHERE {where}", (minute,)).rowcount
+                   for table in ("rollup", "rollup_folded"))
 
     def _checkpoint(self) -> None:
         self.db.execute("PRAGMA incremental_vacuum")

@@ -99,7 +99,8 @@ def respond(fmt: str, html: Callable[[], str], rows: list[dict[str, Any]],
 
 
 def window(request: web.Request) -> q.Window:
-    return q.parse_window(request.query, request.app[CLOCK]())
+    return q.parse_window(request.query, request.app[CLOCK](),
+                          request.app[CONFIG].limits.rollup_s)
 
 
 def health(app: web.Application) -> dict[str, Any]:
@@ -125,16 +126,17 @@ async def index(request: web.Request) -> web.Response:
     w = window(request)
     fmt = q.parse_format(request.query, request.match_info.get("fmt", ""))
     reader = app[READER]
-    dsts, slices, drops, totals, (step, series) = await off_loop(lambda: (
-        q.by_destination(reader, w), q.by_slice(reader, w), reader.drops(), q.totals(reader),
-        q.series(reader, w)))
+    dsts, slices, folded, drops, totals, (step, series) = await off_loop(lambda: (
+        q.by_destination(reader, w), q.by_slice(reader, w), q.folded(reader, w),
+        reader.drops(), q.totals(reader), q.series(reader, w)))
     node = await app[DIRECTORY].node()
     cfg = app[CONFIG]
     hostname = str(node.get("hostname") or app[LINK].node or "this node")
     doc = {"node": {"node_id": node.get("node_id", ""), "hostname": hostname,
                     "operator": cfg.operator, "slivers": node.get("slivers")},
            "from": q.iso(w.start), "to": q.iso(w.end), "by_destination": dsts,
-           "by_slice": slices, "drops": drops, "storage": totals, "health": health(app)}
+           "by_slice": slices, "folded": folded, "drops": drops, "storage": totals,
+           "health": health(app)}
 
     def html() -> str:
         wq = r.window_query(w)
@@ -154,6 +156,7 @@ async def index(request: web.Request) -> web.Response:
             "<h2>By destination address</h2>", r.table(dsts, w, "by-dst"),
             f"<p>{r.link('/index.csv?' + wq, 'CSV')} | {r.link('/index.json?' + wq, 'JSON')}</p>",
             "<h2>By slice</h2>", r.table(slices, w, "by-slice"),
+            r.folded_html(folded, w, cfg.limits.rollup_rows),
             f'<p class="small">Stored: {r.e(totals["records"])} full packet records '
             f'({r.e(totals["records_from"])} to {r.e(totals["records_to"])}), '
             f'{r.e(totals["rollup_rows"])} per-minute roll-up rows since '
@@ -187,13 +190,15 @@ async def destination(request: web.Request) -> web.Response:
     fmt = q.parse_format(request.query, suffix)
     w = window(request)
     reader = app[READER]
-    rows, (records, total), drops = await off_loop(lambda: (
-        q.to_destination(reader, dst, w), q.records_to(reader, dst, w), reader.drops()))
+    rows, (records, total), folded, drops = await off_loop(lambda: (
+        q.to_destination(reader, dst, w), q.records_to(reader, dst, w), q.folded(reader, w),
+        reader.drops()))
     infos = [await app[DIRECTORY].slice(n) for n in dict.fromkeys(row["slice"] for row in rows)]
     doc = {"dst": ip, "from": q.iso(w.start), "to": q.iso(w.end), "rows": rows,
            "slices": {i.name: {"description": i.description, "contacts": list(i.contacts)}
                       for i in infos},
-           "records": records, "records_total": total, "drops": drops, "health": health(app)}
+           "records": records, "records_total": total, "folded": folded, "drops": drops,
+           "health": health(app)}
 
     def html() -> str:
         who = "".join(
@@ -209,6 +214,9 @@ async def destination(request: web.Request) -> web.Response:
             f"<p>{r.link(r.dst_href(ip, w, 'csv'), 'CSV')} | "
             f"{r.link(r.dst_href(ip, w, 'json'), 'JSON')}</p>",
             "<h2>Who sent it</h2>", who or "<p>nobody on this node</p>",
+            r.folded_html(folded, w, app[CONFIG].limits.rollup_rows,
+                          "They may have sent to this address too; if so within the full "
+                          "records' window, the packets below show it."),
             f"<h2>Packets (newest {r.e(len(records))} of {r.e(total)} full records kept)</h2>",
             r.table(records, w, "records")]))
 
@@ -222,11 +230,12 @@ async def slice_page(request: web.Request) -> web.Response:
     fmt = q.parse_format(request.query, suffix)
     w = window(request)
     reader = app[READER]
-    rows, (step, series) = await off_loop(lambda: (
-        q.from_slice(reader, name, w), q.series(reader, w, slice_name=name)))
+    rows, folded, (step, series) = await off_loop(lambda: (
+        q.from_slice(reader, name, w), q.folded(reader, w, name),
+        q.series(reader, w, slice_name=name)))
     info = await app[DIRECTORY].slice(name)
     doc = {"slice": name, "description": info.description, "contacts": list(info.contacts),
-           "from": q.iso(w.start), "to": q.iso(w.end), "rows": rows}
+           "from": q.iso(w.start), "to": q.iso(w.end), "rows": rows, "folded": folded}
 
     def html() -> str:
         return r.page(f"Traffic from {name}", "".join([
@@ -235,6 +244,7 @@ async def slice_page(request: web.Request) -> web.Response:
             f"<p>Contacts: {r.contacts_html(info.contacts)}</p>",
             f"<p>From {r.e(doc['from'])} to {r.e(doc['to'])}.</p>",
             r.chart_svg(step, series, w), r.table(rows, w, "from-slice"),
+            r.folded_html(folded, w, app[CONFIG].limits.rollup_rows),
             f"<p>{r.link(r.slice_href(name, w, 'csv'), 'CSV')} | "
             f"{r.link(r.slice_href(name, w, 'json'), 'JSON')}</p>"]))
 

@@ -18,8 +18,8 @@ import logging
 import math
 import os
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,16 @@ from typing import Any
 from aiohttp import web
 
 from slicectl.core import sniffrecord
-from slicectl.core.errors import NotFoundError, SlicectlError, ValidationError
+from slicectl.core.errors import NotFoundError, PermissionDenied, SlicectlError, ValidationError
 
+from .callers import TooManyStreams, Viewer, admit_stream, node_viewer, sliver_viewer
 from .sources import (
     MEMINFO_FIELDS,
     NMView,
     cgroup_usage,
     cpu_count,
     loadavg,
+    local_addresses,
     meminfo,
     node_address,
     uptime_s,
@@ -68,7 +70,14 @@ class Settings:
     poll_s: float = 2.0
     history_s: float = 330.0
     stream_queue: int = 4096
+    #: open streaming responses on this server, and from one sliver (one source address);
+    #: the node's own callers are bounded by the first only
     max_streams: int = 2000
+    max_streams_per_source: int = 8
+    #: the shortest ``interval`` a bandwidth stream may ask for
+    min_interval_s: float = 0.5
+    #: how long the host's own addresses (callers that are the node) are reused
+    local_addresses_s: float = 10.0
     #: a streaming client whose socket stays full this long is dropped
     write_timeout_s: float = 5.0
     sniffer_retry_s: float = 1.0
@@ -121,16 +130,76 @@ class Bandwidth:
 
 
 @dataclass
+class OpenStreams:
+    """Streaming responses open now, in all and per source address."""
+
+    by_source: Counter[str] = field(default_factory=Counter)
+    total: int = 0
+    refused: int = 0
+
+    @contextlib.contextmanager
+    def slot(self, viewer: Viewer, settings: Settings) -> Iterator[None]:
+        """Hold one stream for ``viewer`` while the block runs.
+
+        Raises:
+            TooManyStreams: before the block, when a bound is reached (see :func:`admit_stream`).
+        """
+        try:
+            admit_stream(viewer, self.by_source[viewer.source], self.total,
+                         settings.max_streams_per_source, settings.max_streams)
+        except TooManyStreams:
+            self.refused += 1
+            raise
+        self.by_source[viewer.source] += 1
+        self.total += 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            self.by_source[viewer.source] -= 1
+            if self.by_source[viewer.source] <= 0:
+                del self.by_source[viewer.source]
+
+
+@dataclass
 class State:
     settings: Settings
     nm: NMView
     bandwidth: Bandwidth
     connects: Hub
     detector: ConnectDetector
-    cache: dict[tuple[str, str], tuple[float, bytes]] = field(default_factory=dict)
+    cache: dict[tuple[str, str, str], tuple[float, bytes]] = field(default_factory=dict)
+    streams: OpenStreams = field(default_factory=OpenStreams)
     sniffer_connected: bool = False
     sniffer_drops: dict[str, int] = field(default_factory=dict)
     last_record_at: float = 0.0
+    _local: tuple[float, frozenset[str]] = (-math.inf, frozenset())
+
+    def local_addresses(self) -> frozenset[str]:
+        """The host's own addresses, re-read every ``local_addresses_s``."""
+        at, addresses = self._local
+        now = time.monotonic()
+        if now - at > self.settings.local_addresses_s:
+            addresses = local_addresses(self.settings.proc)
+            self._local = (now, addresses)
+        return addresses
+
+    async def viewer(self, source: str) -> Viewer:
+        """Who sent a request from ``source``: the node, or the sliver with that address.
+
+        Raises:
+            PermissionDenied: neither (also after asking the NM again, in case the sliver
+                was made since its answer was fetched).
+            SlicectlError: the NM cannot answer (ConnectionFailed).
+        """
+        node = node_viewer(source, self.local_addresses())
+        if node is not None:
+            return node
+        node_id = self.settings.node_id
+        try:
+            return sliver_viewer(source, await self.nm.slivers(self.settings.cache_s), node_id)
+        except PermissionDenied:
+            return sliver_viewer(source, await self.nm.slivers(0), node_id)
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -154,6 +223,9 @@ class Sensor:
     cache_s: float | None = None
     #: the columns for these arguments, when the arguments choose them
     columns_for: Callable[[list[str]], tuple[str, ...]] | None = None
+    #: the column naming each row's slice, when a sliver may see only its own slice's rows
+    #: (unless it holds ``admin_sniffer``)
+    slice_column: str | None = None
 
     def header(self, args: list[str]) -> tuple[str, ...]:
         return self.columns if self.columns_for is None else self.columns_for(args)
@@ -289,7 +361,8 @@ SENSORS: dict[str, Sensor] = {s.name: s for s in (
                       "bytes_received", "packets_received", "cpu_share", "cpu_cap_pct",
                       "mem_cap_bytes"), s_slices, args="[/<slice>]", cache_s=2),
     Sensor("bandwidth", BANDWIDTH_COLUMNS, s_bandwidth, args="/<slice>", streaming=True),
-    Sensor("connects", CONNECT_COLUMNS, s_connects, streaming=True, cache_s=0),
+    Sensor("connects", CONNECT_COLUMNS, s_connects, streaming=True, cache_s=0,
+           slice_column="slice"),
 )}
 
 
@@ -347,15 +420,20 @@ def flag(value: str | None, name: str) -> bool:
     raise ValidationError(name, "1 or 0", value)
 
 
-def interval_arg(value: str | None) -> float:
+MAX_INTERVAL_S = 3600
+
+
+def interval_arg(value: str | None, floor_s: float) -> float:
+    """``interval`` of a bandwidth stream: seconds from ``floor_s`` to an hour (default 5)."""
     if value is None:
         return 5.0
     try:
         v = float(value)
     except ValueError:
         v = math.nan
-    if not 0.05 <= v <= 3600:
-        raise ValidationError("interval", "seconds from 0.05 to 3600", value)
+    if not floor_s <= v <= MAX_INTERVAL_S:
+        raise ValidationError("interval", f"seconds from {floor_s:g} to {MAX_INTERVAL_S}",
+                              value)
     return v
 
 
@@ -366,6 +444,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         return text_error(405, f"{request.method}: only GET and HEAD are served", Allow=ALLOW)
     st = request.app[STATE]
+    try:
+        viewer = await st.viewer(request.remote or "")
+    except PermissionDenied as e:
+        return text_error(403, str(e))
+    except SlicectlError as e:
+        return text_error(503, f"cannot identify the caller: {e}")
     path = request.path.strip("/")
     if not path:
         body = csv_text(("sensor", "kind", "uri", "columns"), index_rows())
@@ -388,12 +472,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
                                       request.query["stream"])
             if "interval" in request.query and name != "bandwidth":
                 raise ValidationError("interval", "only with /bandwidth", request.query["interval"])
-            return await stream(request, st, sensor, args)
+            return await stream(request, st, sensor, args, viewer)
         if "interval" in request.query:
             raise ValidationError("interval", "only with stream=1", request.query["interval"])
-        return await snapshot(request, st, sensor, args)
+        return await snapshot(request, st, sensor, args, viewer)
     except ValidationError as e:
         return text_error(400, str(e))
+    except TooManyStreams as e:
+        return text_error(e.status, str(e))
     except NotFoundError as e:
         return text_error(404, str(e))
     except SlicectlError as e:
@@ -402,18 +488,30 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return text_error(503, f"sensor {name}: cannot read its source: {e}")
 
 
+def visible_rows(sensor: Sensor, rows: Rows, viewer: Viewer) -> Rows:
+    """The rows ``viewer`` may see: a sensor with a slice column shows a sliver only its
+    own slice's rows, unless it holds ``admin_sniffer``."""
+    scope = viewer.scope if sensor.slice_column is not None else None
+    if scope is None or sensor.slice_column is None:
+        return rows
+    i = sensor.columns.index(sensor.slice_column)
+    return [r for r in rows if r[i] == scope]
+
+
 async def snapshot(request: web.Request, st: State, sensor: Sensor,
-                   args: list[str]) -> web.Response:
+                   args: list[str], viewer: Viewer) -> web.Response:
     ttl = st.settings.cache_s if sensor.cache_s is None else sensor.cache_s
     asked = requested_max_age(request)
     max_age = ttl if asked is None else asked
-    key = (sensor.name, "/".join(args))
+    scope = viewer.scope if sensor.slice_column is not None else None
+    key = (sensor.name, "/".join(args), "" if scope is None else scope)
     now = time.monotonic()
     hit = st.cache.get(key)
     if hit is not None and now - hit[0] <= max_age:
         at, body = hit
     else:
-        body = csv_text(sensor.header(args), await sensor.compute(st, args, max_age))
+        rows = visible_rows(sensor, await sensor.compute(st, args, max_age), viewer)
+        body = csv_text(sensor.header(args), rows)
         at = time.monotonic()
         if ttl > 0:
             if len(st.cache) > 4096:
@@ -424,12 +522,13 @@ async def snapshot(request: web.Request, st: State, sensor: Sensor,
 
 
 async def stream(request: web.Request, st: State, sensor: Sensor,
-                 args: list[str]) -> web.StreamResponse:
+                 args: list[str], viewer: Viewer) -> web.StreamResponse:
     """A streaming answer: the header line, then one line per tuple until either side
-    closes. A client that stops reading is dropped (see :class:`Hub`)."""
+    closes. A client that stops reading is dropped (see :class:`Hub`); a sliver sees the
+    tuples :func:`visible_rows` would show it."""
     if sensor.name == "bandwidth":
         name = _slice_arg(args)
-        interval = interval_arg(request.query.get("interval"))
+        interval = interval_arg(request.query.get("interval"), st.settings.min_interval_s)
         if name not in st.bandwidth.samples:
             await poll_once(st, 0)
         bandwidth_row(st, name, time.time())  # a 404 before the stream starts
@@ -440,13 +539,10 @@ async def stream(request: web.Request, st: State, sensor: Sensor,
                 await asyncio.sleep(interval)
     else:
         _no_args(sensor.name, args)
-        if request.method != "HEAD" and len(st.connects.subscribers) >= st.connects.max_subscribers:
-            return text_error(503, f"{sensor.name}: too many streaming clients; try later")
         hub = st.connects
 
         async def rows() -> AsyncIterator[bytes]:
-            sub = hub.subscribe()
-            assert sub is not None
+            sub = hub.subscribe(viewer.scope)
             try:
                 while True:
                     yield await sub.take()
@@ -456,22 +552,28 @@ async def stream(request: web.Request, st: State, sensor: Sensor,
     resp = web.StreamResponse(headers={"Content-Type": f"{CSV_TYPE}; charset=utf-8",
                                        "Cache-Control": "no-store"})
     resp.enable_chunked_encoding()
-    await resp.prepare(request)
     if request.method == "HEAD":
+        await resp.prepare(request)
         return resp
-    timeout = st.settings.write_timeout_s
-    try:
-        await asyncio.wait_for(resp.write(csv_line(sensor.columns)), timeout)
-        async for chunk in rows():
-            await asyncio.wait_for(resp.write(chunk), timeout)
-    except TimeoutError:
-        st.connects.dropped += 1  # a client that stops reading is dropped
-    except (ConnectionResetError, NotFoundError):
-        pass  # the client went away; the slice went away
-    except asyncio.CancelledError:
-        if request.transport is not None:
-            request.transport.abort()  # dropped by the hub: do not flush what is queued
-        raise
+    with st.streams.slot(viewer, st.settings):  # a refusal before anything is sent
+        await resp.prepare(request)
+        timeout = st.settings.write_timeout_s
+        try:
+            # asyncio.timeout, not wait_for: on Python 3.11 a write under wait_for can
+            # leave the handler deaf to the cancellation of a client that went away.
+            async with asyncio.timeout(timeout):
+                await resp.write(csv_line(sensor.columns))
+            async for chunk in rows():
+                async with asyncio.timeout(timeout):
+                    await resp.write(chunk)
+        except TimeoutError:
+            st.connects.dropped += 1  # a client that stops reading is dropped
+        except (ConnectionResetError, NotFoundError):
+            pass  # the client went away; the slice went away
+        except asyncio.CancelledError:
+            if request.transport is not None:
+                request.transport.abort()  # dropped by the hub: do not flush what is queued
+            raise
     if request.transport is not None:
         request.transport.close()
     return resp
@@ -502,6 +604,9 @@ async def metrics_text(st: State) -> str:
         "# HELP slicectl_stream_dropped_total Streaming clients dropped for not reading.",
         "# TYPE slicectl_stream_dropped_total counter",
         f'slicectl_stream_dropped_total{{sensor="connects"}} {st.connects.dropped}',
+        "# HELP slicectl_stream_refused_total Streaming requests refused at a bound.",
+        "# TYPE slicectl_stream_refused_total counter",
+        f"slicectl_stream_refused_total {st.streams.refused}",
     ]
     try:
         rows = await slice_rows(st, s.cache_s, None)
@@ -575,14 +680,21 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             await t
 
 
+#: How the server runs the app (aiohttp's test server always does so). A client that goes
+#: away cancels its handler, so a stream gives back its slot (and its subscription) at once,
+#: not at its next write (an hour later for ``interval=3600``, never for an idle slice's
+#: ``connects``).
+SERVER_OPTIONS: dict[str, Any] = {"handler_cancellation": True}
+
+
 def make_app(settings: Settings) -> web.Application:
     """The sensor server as an aiohttp application (serve it with ``web.run_app``)."""
     app = web.Application()
     app[SETTINGS] = settings
-    hub = Hub(queue_size=settings.stream_queue, max_subscribers=settings.max_streams)
+    hub = Hub(queue_size=settings.stream_queue)
 
     def publish(c: Connect) -> None:
-        hub.publish(csv_line(c.row()))
+        hub.publish(csv_line(c.row()), c.slice)
 
     app[STATE] = State(settings=settings, nm=NMView(settings.nm_sock),
                        bandwidth=Bandwidth(settings.history_s), connects=hub,
@@ -597,4 +709,4 @@ def main() -> None:
     settings = Settings.from_env(dict(os.environ))
     port = int(os.environ.get("SLICECTL_SERVICE_PORT", "33080"))
     web.run_app(make_app(settings), host="0.0.0.0", port=port, access_log=None,
-                print=None, backlog=1024)
+                print=None, backlog=1024, **SERVER_OPTIONS)

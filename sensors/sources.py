@@ -8,6 +8,7 @@ and the node manager, which is called from a thread (see :class:`NMView`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import time
@@ -61,6 +62,21 @@ def node_address(override: str = "") -> str:
             return str(s.getsockname()[0])
         except OSError:
             return "127.0.0.1"
+
+
+def local_addresses(proc: Path) -> frozenset[str]:
+    """The IPv4 addresses of this network namespace's interfaces (the ``/32 host LOCAL``
+    entries of ``<proc>/net/fib_trie``); empty when the file cannot be read, so that an
+    address is never taken for the node's by mistake."""
+    try:
+        lines = (proc / "net" / "fib_trie").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    out = set()
+    for prev, line in itertools.pairwise(lines):
+        if line.strip() == "/32 host LOCAL" and "|--" in prev:
+            out.add(prev.split("|--", 1)[1].strip())
+    return frozenset(out)
 
 
 @dataclass(frozen=True)

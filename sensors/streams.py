@@ -31,6 +31,8 @@ class Subscriber:
     """One streaming client: the lines published since its handler last took them."""
 
     task: asyncio.Task[Any] | None
+    #: the one slice whose lines it gets (None: every slice's)
+    scope: str | None = None
     lines: list[bytes] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: bool = False
@@ -46,28 +48,32 @@ class Subscriber:
 
 @dataclass
 class Hub:
-    """One streaming sensor's subscribers. Lines are formatted once and shared."""
+    """One streaming sensor's subscribers. Lines are formatted once and shared.
+
+    How many subscribers may open is the server's decision (:func:`sensors.callers.
+    admit_stream`), made before it subscribes.
+    """
 
     #: lines a subscriber may have waiting before it counts as not reading
     queue_size: int = 4096
-    max_subscribers: int = 2000
     subscribers: set[Subscriber] = field(default_factory=set)
     dropped: int = 0
 
-    def subscribe(self) -> Subscriber | None:
-        """A new subscriber for the calling task, or None when the hub is full."""
-        if len(self.subscribers) >= self.max_subscribers:
-            return None
-        sub = Subscriber(asyncio.current_task())
+    def subscribe(self, scope: str | None = None) -> Subscriber:
+        """A new subscriber for the calling task; with ``scope``, only that slice's lines."""
+        sub = Subscriber(asyncio.current_task(), scope)
         self.subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
-    def publish(self, line: bytes) -> None:
+    def publish(self, line: bytes, slice_name: str) -> None:
+        """Hand ``line`` (a tuple of slice ``slice_name``) to every subscriber that may see it."""
         slow = []
         for sub in self.subscribers:
+            if sub.scope is not None and sub.scope != slice_name:
+                continue
             sub.lines.append(line)
             sub.ready.set()
             if len(sub.lines) > self.queue_size:

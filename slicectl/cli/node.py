@@ -13,12 +13,13 @@ from pathlib import Path
 import docker
 
 from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_json
-from slicectl.core.errors import UsageError
+from slicectl.core.errors import ConnectionFailed, UsageError
+from slicectl.core.supervision import DaemonState
 from slicectl.core.wire import SliverView, from_struct
 from slicectl.node.config import NodeConfig
 from slicectl.node.daemons import (
     HOST_DAEMONS,
-    daemon_pid,
+    daemon_state,
     nm_client,
     prepare,
     start_host_daemons,
@@ -65,6 +66,18 @@ def _demo_slice(cfg: NodeConfig, say: Say) -> None:
         f"{DEMO_SLICE}@localhost\n")
 
 
+def _state_struct(st: DaemonState) -> dict[str, object]:
+    return {"program": st.name, "state": st.state, "pid": st.pid,
+            "uptime_s": None if st.uptime_s is None else round(st.uptime_s),
+            "restarts": st.restarts}
+
+
+def _state_line(st: DaemonState) -> str:
+    up = "" if st.uptime_s is None else f" up {st.uptime_s:.0f}s"
+    pid = "" if st.pid is None else f" pid {st.pid}"
+    return f"{st.state}{pid}{up} restarts={st.restarts} ({st.name})"
+
+
 def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
     say = Say(quiet=getattr(args, "quiet", False))
     if args.node_cmd == "up":
@@ -95,9 +108,17 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         info = nm_client(cfg).call("set_node", args.name, int(args.value))
         say(f"{args.name} = {info[args.name]}")
     elif args.node_cmd == "status":
-        info = nm_client(cfg, timeout=10).call("status")
-        for d, _ in HOST_DAEMONS:
-            info[f"{d.name}_pid"] = daemon_pid(cfg, d)
+        try:
+            info = nm_client(cfg, timeout=10).call("status")
+        except ConnectionFailed as e:
+            info = {"nm": str(e)}
+        states = [daemon_state(cfg, d) for d, _ in HOST_DAEMONS]
+        if args.output == "json":
+            info["daemons"] = {d.name: _state_struct(st)
+                               for (d, _), st in zip(HOST_DAEMONS, states, strict=True)}
+        else:
+            for (d, _), st in zip(HOST_DAEMONS, states, strict=True):
+                info[d.name] = _state_line(st)
         with _engine(cfg) as client:
             info["services"] = [f"{s.name} {s.state} port {s.port} ({s.container})"
                                 for s in ServiceRunner(client, cfg).status()]

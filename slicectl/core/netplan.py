@@ -168,6 +168,9 @@ CHAIN_DNAT = "SLICECTL-DNAT"
 CHAIN_SNAT = "SLICECTL-SNAT"
 CHAIN_FWD = "SLICECTL-FWD"
 CHAIN_INPUT = "SLICECTL-INPUT"
+CHAIN_HOST = "SLICECTL-HOST"
+#: Link-local addresses, cloud metadata servers among them (169.254.169.254).
+LINK_LOCAL = "169.254.0.0/16"
 
 
 def chain_names(node_tag: str) -> dict[str, str]:
@@ -175,7 +178,7 @@ def chain_names(node_tag: str) -> dict[str, str]:
     suffix = "" if node_tag == "node" else f"-{node_tag}"[:12]
     return {k: f"{v}{suffix}" for k, v in
             (("dnat", CHAIN_DNAT), ("snat", CHAIN_SNAT), ("fwd", CHAIN_FWD),
-             ("input", CHAIN_INPUT))}
+             ("input", CHAIN_INPUT), ("host", CHAIN_HOST))}
 
 
 def input_rules(local_ports: list[int], bridge: str, chains: dict[str, str]) -> str:
@@ -191,18 +194,59 @@ def input_rules(local_ports: list[int], bridge: str, chains: dict[str, str]) -> 
     return "\n".join([*flt, "COMMIT", ""])
 
 
+def host_rules(bridge: str, chains: dict[str, str], services: Iterable[tuple[str, int]],
+               allow_link_local: bool = False) -> str:
+    """iptables-restore text replacing the chain that walls the host off from slivers.
+
+    What arrives from the node's bridge (from slivers) may reach on the host only: replies
+    to the host's own connections, ICMP echo, the ``services`` meant for slivers (the
+    sensor server; DNS where the node offers it) and, if node policy allows, link-local
+    addresses. Everything else is refused (a TCP reset, else ICMP admin-prohibited), so a
+    host listener on any address, the bridge's or another, is unreachable from a sliver.
+    """
+    c = chains["host"]
+    flt = ["*filter", f":{c} - [0:0]",
+           f"-A {c} ! -i {bridge} -j RETURN",
+           f"-A {c} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+           f"-A {c} -p icmp -m icmp --icmp-type 8 -j RETURN"]
+    for proto, port in sorted(set(services)):
+        if proto not in ("tcp", "udp") or not 1 <= port <= 65535:
+            raise ValidationError("sliver service", "tcp or udp and a port from 1 to 65535",
+                                  f"{proto}/{port}", as_text=True)
+        flt.append(f"-A {c} -p {proto} -m {proto} --dport {port} "
+                   f'-m comment --comment "slicectl service for slivers" -j RETURN')
+    if allow_link_local:
+        flt.append(f'-A {c} -d {LINK_LOCAL} -m comment --comment "slicectl policy '
+                   'allow_link_local" -j RETURN')
+    flt += [f'-A {c} -p tcp -m comment --comment "slicectl host walled off from slivers" '
+            "-j REJECT --reject-with tcp-reset",
+            f'-A {c} -m comment --comment "slicectl host walled off from slivers" '
+            "-j REJECT --reject-with icmp-admin-prohibited"]
+    return "\n".join([*flt, "COMMIT", ""])
+
+
 def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
-                   chains: dict[str, str]) -> str:
+                   chains: dict[str, str], allow_link_local: bool = False) -> str:
     """iptables-restore text (for ``--noflush``) that replaces our chains' contents.
 
     - DNAT: connections to the node's own addresses on a reserved port go to its sliver;
     - SNAT: packets a sliver sends from its reserved port leave with that same port, and
       slivers reaching a reserved port through the node's address (hairpin) are
       masqueraded so the reply returns the same way;
-    - FWD: forwarded connections are let through only to reserved ports.
+    - FWD: packets from slivers that conntrack finds INVALID are dropped (NAT never sees
+      them, so they would leave with the sliver's private source address), as is traffic
+      to link-local addresses unless node policy allows it; forwarded connections are let
+      through only to reserved ports.
     """
     nat = ["*nat", f":{chains['dnat']} - [0:0]", f":{chains['snat']} - [0:0]"]
-    flt = ["*filter", f":{chains['fwd']} - [0:0]"]
+    fwd = chains["fwd"]
+    flt = ["*filter", f":{fwd} - [0:0]",
+           f"-A {fwd} -i {bridge} -m conntrack --ctstate INVALID "
+           '-m comment --comment "slicectl no private source leaves the node" -j DROP']
+    if not allow_link_local:
+        flt.append(f"-A {fwd} -i {bridge} -d {LINK_LOCAL} "
+                   '-m comment --comment "slicectl link-local is not for slivers" '
+                   "-j REJECT --reject-with icmp-admin-prohibited")
     for g in grants:
         comment = f'-m comment --comment "slicectl {g.slice}"'
         nat.append(f"-A {chains['dnat']} -p {g.proto} -m {g.proto} --dport {g.port} {comment} "
@@ -225,4 +269,5 @@ def jump_rules(chains: dict[str, str]) -> list[tuple[str, str, list[str]]]:
         ("nat", "POSTROUTING", ["-j", chains["snat"]]),
         ("filter", "DOCKER-USER", ["-j", chains["fwd"]]),
         ("filter", "INPUT", ["-j", chains["input"]]),
+        ("filter", "INPUT", ["-j", chains["host"]]),
     ]

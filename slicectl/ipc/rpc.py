@@ -200,6 +200,25 @@ def answer_refusal(sock: socket.socket, status: int, reason: str) -> None:
             "Connection: close\r\n\r\n").encode()
     with contextlib.suppress(OSError):
         sock.send(head + body, socket.MSG_DONTWAIT)
+    drain(sock)
+
+
+def drain(sock: socket.socket, limit: int = 1 << 16) -> None:
+    """Read what the peer has sent so far (without blocking): a unix socket closed with
+    unread data resets the peer, which then never reads the answer."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # a socket with a timeout would wait for data despite DONTWAIT
+    try:
+        while limit > 0:
+            data = sock.recv(min(limit, 65536))
+            if not data:
+                return
+            limit -= len(data)
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
 
 
 def refuse(sock: socket.socket, status: int, reason: str) -> None:
@@ -232,6 +251,14 @@ class _UnixTransport(xmlrpc.client.Transport):
         return _UnixConnection(self._path, self._timeout)
 
 
+def unix_proxy(path: Path, timeout: float) -> xmlrpc.client.ServerProxy:
+    """An XML-RPC proxy for a server on the unix socket ``path`` (at ``/RPC2``); faults and
+    socket errors come back unchanged (see :class:`Client` for our errors)."""
+    return xmlrpc.client.ServerProxy("http://localhost/RPC2",
+                                     transport=_UnixTransport(str(path), timeout),
+                                     allow_none=True)
+
+
 class Client:
     """Calls a slicectl XML-RPC server on a unix socket; faults come back as our errors.
 
@@ -242,10 +269,7 @@ class Client:
 
     def __init__(self, path: Path, timeout: float = 300) -> None:
         self.path = path
-        self._proxy = xmlrpc.client.ServerProxy(
-            "http://localhost/RPC2", transport=_UnixTransport(str(path), timeout),
-            allow_none=True,
-        )
+        self._proxy = unix_proxy(path, timeout)
 
     def call(self, method: str, *args: Any) -> Any:
         try:

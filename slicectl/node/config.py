@@ -40,6 +40,16 @@ class NodeConfig:
     hostname: str = ""
     #: Who runs the node, as the traffic auditor's pages show it (e.g. "Site <ops@site>").
     operator: str = ""
+    #: The sensor server's port: the one host TCP port slivers may reach.
+    sensors_port: int = 33080
+    #: Whether the node runs a DNS server for its slivers (then they may reach port 53 on
+    #: the host; by default they resolve through the engine's resolver in their own netns).
+    offers_dns: bool = False
+
+    def sliver_services(self) -> tuple[tuple[str, int], ...]:
+        """(proto, port) of the host services meant for slivers."""
+        dns = (("tcp", 53), ("udp", 53)) if self.offers_dns else ()
+        return (("tcp", self.sensors_port), *dns)
 
     @property
     def db_path(self) -> Path:
@@ -114,6 +124,12 @@ class NodeConfig:
         port_text = env.get("SLICECTL_SSH_PORT", "22")
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
             raise ValidationError("SLICECTL_SSH_PORT", "a port number", port_text)
+        sensors_text = env.get("SLICECTL_SENSORS_PORT", "33080")
+        if not sensors_text.isdigit() or not 1 <= int(sensors_text) <= 65535:
+            raise ValidationError("SLICECTL_SENSORS_PORT", "a port number", sensors_text)
+        dns_text = env.get("SLICECTL_OFFERS_DNS", "0")
+        if dns_text not in ("0", "1"):
+            raise ValidationError("SLICECTL_OFFERS_DNS", "0 or 1", dns_text)
         return cls(
             node_id=env.get("SLICECTL_NODE_ID", "node"),
             state_dir=state,
@@ -128,6 +144,8 @@ class NodeConfig:
             ssh_port=int(port_text),
             hostname=env.get("SLICECTL_HOSTNAME", socket.gethostname()),
             operator=env.get("SLICECTL_OPERATOR", f"root@{socket.gethostname()}"),
+            sensors_port=int(sensors_text),
+            offers_dns=dns_text == "1",
         )
 
 

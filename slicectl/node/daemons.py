@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -16,16 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import slicectl
 from slicectl import code_hash
 from slicectl.core.errors import ConnectionFailed, EngineError
+from slicectl.core.supervision import DaemonState, Program, RestartPolicy
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig
 from slicectl.node.dockerd import Say, ensure_network, start_engine
 from slicectl.node.engine import engine_client
 from slicectl.node.image import ensure_reference_image
 from slicectl.node.sshd import ensure_sshd, install_login
+from slicectl.node.supervisor import Supervisord, Systemd, kill_unsupervised, node_supervisor
 
 LOG_DIR = Path("/var/log/slicectl")
+#: How the supervisor treats every host daemon (restart at once, logs rotate at 10 MiB).
+POLICY = RestartPolicy()
+#: Supervisor states that, after we started a daemon, say it died.
+DOWN = ("FATAL", "BACKOFF", "STOPPED", "EXITED")
+#: Longest log record a daemon writes, its traceback included (bytes of UTF-8).
+MAX_LOG_RECORD = 4096
 
 
 def config_env(cfg: NodeConfig) -> dict[str, str]:
@@ -44,6 +53,8 @@ def config_env(cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_SSH_PORT": str(cfg.ssh_port),
         "SLICECTL_HOSTNAME": cfg.hostname,
         "SLICECTL_OPERATOR": cfg.operator,
+        "SLICECTL_SENSORS_PORT": str(cfg.sensors_port),
+        "SLICECTL_OFFERS_DNS": "1" if cfg.offers_dns else "0",
     }
 
 
@@ -72,10 +83,37 @@ SNIFFER = HostDaemon("sniffer", "slicectl.node.sniffer")
 SHIM = HostDaemon("shim", "slicectl.node.shim")
 
 
-def daemon_logging() -> None:
-    """Log lines as every node daemon writes them to its log file."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def bound_record(text: str, limit: int = MAX_LOG_RECORD) -> str:
+    """``text`` cut to ``limit`` bytes of UTF-8, saying how much was cut: no record, message
+    or traceback (a slice can put its bytes into both) makes a log line longer."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    note = f" ... [{len(data) - limit} bytes cut]"
+    keep = data[:max(0, limit - len(note))].decode("utf-8", "ignore")
+    return keep + note
+
+
+class BoundedFormatter(logging.Formatter):
+    """A formatter whose every record (traceback and stack included) is at most
+    ``limit`` bytes."""
+
+    def __init__(self, fmt: str, limit: int = MAX_LOG_RECORD) -> None:
+        super().__init__(fmt)
+        self.limit = limit
+
+    def format(self, record: logging.LogRecord) -> str:
+        return bound_record(super().format(record), self.limit)
+
+
+def daemon_logging(limit: int = MAX_LOG_RECORD) -> None:
+    """Log lines as every node daemon writes them to its log file (stderr, which the
+    supervisor writes to a size-rotated file or the journal), each at most ``limit``
+    bytes."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(BoundedFormatter("%(asctime)s %(name)s %(levelname)s %(message)s",
+                                          limit))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 def write_pidfile(path: Path) -> None:
@@ -156,58 +194,124 @@ def socket_answers(path: Path, kind: int = socket.SOCK_STREAM) -> Callable[[Node
     return check
 
 
+def source_root() -> Path:
+    """The directory holding the ``slicectl`` package this process runs: supervised daemons
+    run there (``python -m`` puts it first on their path), so a worktree's daemons run
+    the worktree's code."""
+    return Path(slicectl.__file__).resolve().parents[1]
+
+
+def program_name(cfg: NodeConfig, d: HostDaemon) -> str:
+    return f"slicectl-{d.name}-{cfg.node_id}"
+
+
+def program(cfg: NodeConfig, d: HostDaemon, log_path: Path) -> Program:
+    """``d`` of node ``cfg`` as a supervised program (pure). Its environment carries the
+    code hash, so that a supervisor told of new code restarts it."""
+    src = str(source_root())
+    env = {**config_env(cfg), "PYTHONPATH": src, "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8",
+           "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "SLICECTL_CODE": code_hash()}
+    return Program(name=program_name(cfg, d), argv=(sys.executable, "-m", d.module, *d.args),
+                   cwd=src, log=str(log_path), env=tuple(sorted(env.items())),
+                   description=f"slicectl {d.name} of node {cfg.node_id}",
+                   after=() if d == NM else (program_name(cfg, NM),))
+
+
+@functools.cache
+def supervisor() -> Supervisord | Systemd:
+    """The node's supervisor (systemd when PID 1, else our supervisord); one per process,
+    as its code is."""
+    src = str(source_root())
+    return node_supervisor(POLICY, (sys.executable, "-m", "slicectl.node.restarts"), src,
+                           (("PYTHONPATH", src), ("SLICECTL_CODE", code_hash())))
+
+
+def install_programs(cfg: NodeConfig, log_for: Callable[[HostDaemon], Path | None],
+                     owner_pid: int | None = None) -> None:
+    """Give the supervisor this node's daemons (none is started here). ``owner_pid``: a
+    private node's, removed with :func:`remove_programs` or once that process is gone."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    sup = supervisor()
+    sup.install(cfg.node_id, [program(cfg, d, log_for(d) or d.default_log(cfg))
+                              for d, _ in HOST_DAEMONS], owner_pid)
+
+
+def remove_programs(cfg: NodeConfig) -> None:
+    """Stop and forget this node's programs (a private node's teardown)."""
+    supervisor().remove(cfg.node_id)
+
+
+def daemon_state(cfg: NodeConfig, d: HostDaemon) -> DaemonState:
+    return supervisor().state(program_name(cfg, d))
+
+
 def start_daemon(cfg: NodeConfig, d: HostDaemon, ready: Callable[[NodeConfig], bool],
                  say: Say, log_path: Path | None = None, timeout_s: float = 120) -> int:
-    """Start ``d`` unless it runs this code and is ready; return its pid.
+    """Have the supervisor run ``d`` (installed by :func:`install_programs`) and wait until
+    it is ready; return its pid. One running stale code, or unsupervised (started by an
+    older slicectl), is replaced.
 
     Raises:
-        EngineError: it exited or did not become ready in time (the message names its log).
+        EngineError: it died or did not become ready in time (the message names its log).
     """
-    running = daemon_running(cfg, d)
-    if running is not None:
-        pid, code = running
-        if code == code_hash() and ready(cfg):
-            return pid
-        say(f"{d.name} (pid {pid}) runs other code ({code or 'unknown'}); restarting it")
-        stop_daemon(cfg, d)
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    sup = supervisor()
+    name = program_name(cfg, d)
     log_path = log_path or d.default_log(cfg)
-    env = {**os.environ, **config_env(cfg)}
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", d.module, *d.args], env=env,
-                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                start_new_session=True, close_fds=True)
+    st = sup.state(name)
+    if st.state == "ABSENT":
+        raise EngineError(f"{name}: expected a program installed in {sup.kind}, found none "
+                          "(install_programs first)")
+    running = daemon_running(cfg, d)
+    if running is not None and running[0] != st.pid:
+        say(f"{d.name} (pid {running[0]}) runs unsupervised; replacing it")
+        kill_unsupervised(running[0])
+        running = None
+    if running is not None and running[1] != code_hash():
+        say(f"{d.name} (pid {running[0]}) runs other code ({running[1] or 'unknown'}); "
+            "restarting it")
+        sup.stop(name)
+    elif st.state in ("RUNNING", "STARTING") and st.pid and ready(cfg):
+        return st.pid
+    # One the supervisor is bringing back (it died young: BACKOFF) is waited for; one we
+    # start and that dies is reported.
+    ours = False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-2:]
-            raise EngineError(f"{d.name} exited with status {proc.returncode}: "
-                              f"{' | '.join(tail)} (log: {log_path})")
-        if daemon_pid(cfg, d) == proc.pid and ready(cfg):
-            say(f"{d.name} {cfg.node_id} running (pid {proc.pid})")
-            return proc.pid
+        st = sup.state(name)
+        if not ours and st.state in ("STOPPED", "EXITED", "FATAL"):
+            sup.start(name)
+            ours = True
+        elif st.state == "ABSENT" or (ours and st.state in DOWN):
+            raise EngineError(f"{d.name}: expected it running, found {st.state} under "
+                              f"{sup.kind} ({st.detail or 'no detail'}): "
+                              f"{sup.log_tail(str(log_path))} (log: {log_path})")
+        elif st.pid and daemon_pid(cfg, d) == st.pid and ready(cfg):
+            say(f"{d.name} {cfg.node_id} running under {sup.kind} (pid {st.pid})")
+            return st.pid
         time.sleep(0.05)
     raise EngineError(f"{d.name}: not ready within {timeout_s:.0f}s (log: {log_path})")
 
 
 def stop_daemon(cfg: NodeConfig, d: HostDaemon, timeout_s: float = 15) -> bool:
-    """Stop ``d`` (SIGTERM, then SIGKILL); False if it was not running."""
+    """Stop ``d`` (the supervisor sends SIGTERM, then SIGKILL) and keep it stopped; also
+    an unsupervised one. False if it was not running."""
+    sup = supervisor()
+    st = sup.state(program_name(cfg, d))
+    was = st.state in ("RUNNING", "STARTING", "BACKOFF")
+    if was:
+        sup.stop(st.name)
     pid = daemon_pid(cfg, d)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or daemon_pid(cfg, d) is None:
-            return True
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    return True
+    if pid is not None and pid != st.pid:
+        kill_unsupervised(pid, timeout_s)
+        was = True
+    return was
 
 
 def start_nm(cfg: NodeConfig, say: Say, log_path: Path | None = None,
              timeout_s: float = 120) -> int:
-    """Start the node manager daemon unless it answers with this code; return its pid."""
+    """Start the node manager daemon (installed by :func:`install_programs`) unless it
+    answers with this code; return its pid."""
     return start_daemon(cfg, NM, nm_answers, say, log_path, timeout_s)
 
 
@@ -231,7 +335,10 @@ HOST_DAEMONS: tuple[tuple[HostDaemon, Callable[[NodeConfig], bool]], ...] = (
 
 
 def start_host_daemons(cfg: NodeConfig, say: Say,
-                       log_for: Callable[[HostDaemon], Path | None] = lambda d: None) -> None:
+                       log_for: Callable[[HostDaemon], Path | None] = lambda d: None,
+                       owner_pid: int | None = None) -> None:
+    """Install the node's daemons in the supervisor and start them in order."""
+    install_programs(cfg, log_for, owner_pid)
     for d, ready in HOST_DAEMONS:
         start_daemon(cfg, d, ready, say, log_for(d))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slicectl.core.errors import EngineError
 from slicectl.core.netplan import jump_rules
 from slicectl.node.hostcmd import run
 
@@ -10,7 +11,7 @@ IPTABLES = "iptables"
 
 def _tables(chains: dict[str, str]) -> list[tuple[str, str]]:
     return [("nat", chains["dnat"]), ("nat", chains["snat"]), ("filter", chains["fwd"]),
-            ("filter", chains["input"])]
+            ("filter", chains["input"]), ("filter", chains["host"])]
 
 
 def ensure_jumps(chains: dict[str, str]) -> None:
@@ -48,3 +49,16 @@ def remove(chains: dict[str, str]) -> None:
     for table, chain in _tables(chains):
         run([IPTABLES, "-w", "-t", table, "-F", chain], what="iptables", check=False)
         run([IPTABLES, "-w", "-t", table, "-X", chain], what="iptables", check=False)
+
+
+def read_back(rules_text: str, table: str, chain: str) -> None:
+    """Check that ``chain`` holds as many rules as the plan ``rules_text`` gave it.
+
+    Raises:
+        EngineError: naming the chain, the count expected and the count found.
+    """
+    want = sum(1 for ln in rules_text.splitlines() if ln.startswith(f"-A {chain} "))
+    got = len(chain_rules(table, chain))
+    if got != want:
+        raise EngineError(f"iptables chain {chain}: expected {want} rules after the restore, "
+                          f"found {got}")

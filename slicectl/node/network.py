@@ -23,6 +23,7 @@ from slicectl.core.netplan import (
     SliverTc,
     chain_names,
     firewall_rules,
+    host_rules,
     parent_classid,
     port_grants,
     sliver_address,
@@ -76,8 +77,13 @@ class NodeNetwork:
     """Bandwidth, ports and counters of one node manager's slivers."""
 
     def __init__(self, store: Store, *, node_id: str, subnet: str, bridge: str, ifb: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 sliver_services: tuple[tuple[str, int], ...] = (),
+                 allow_link_local: bool = False) -> None:
         self.store = store
+        #: (proto, port) of host services meant for slivers (the sensor server, DNS).
+        self.sliver_services = sliver_services
+        self.allow_link_local = allow_link_local
         self.subnet = subnet
         self.bridge = bridge
         self.ifb = ifb
@@ -95,6 +101,10 @@ class NodeNetwork:
     def setup(self) -> None:
         tc.ensure_tree(self.ifb, self.cap_kbit)
         firewall.ensure_jumps(self.chains)
+        text = host_rules(self.bridge, self.chains, self.sliver_services, self.allow_link_local)
+        with self._lock:
+            firewall.apply(text)
+        firewall.read_back(text, "filter", self.chains["host"])
 
     def teardown(self) -> None:
         """Remove the whole tree and our chains (for a node manager that goes away)."""
@@ -138,7 +148,8 @@ class NodeNetwork:
         """Rebuild the port manager's chains from the slivers' reserved ports."""
         grants = port_grants((s.slice, self.address(s.xid), s.rspec) for s in slivers)
         with self._lock:
-            firewall.apply(firewall_rules(grants, self.bridge, self.subnet, self.chains))
+            firewall.apply(firewall_rules(grants, self.bridge, self.subnet, self.chains,
+                                          self.allow_link_local))
 
     def set_cap(self, kbit: int, guaranteed_kbit: int, slivers: list[NetIdentity]) -> None:
         """Change the node cap live; it may not fall under the guarantees granted."""

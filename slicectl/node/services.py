@@ -372,11 +372,7 @@ class ServiceRunner:
         firewall.ensure_jumps(chains)
         text = input_rules([s.port for s in specs if s.local_only], self.cfg.bridge, chains)
         firewall.apply(text)
-        want = sum(1 for ln in text.splitlines() if ln.startswith("-A "))
-        got = len(firewall.chain_rules("filter", chains["input"]))
-        if got != want:
-            raise EngineError(f"iptables chain {chains['input']}: expected {want} rules after "
-                              f"the restore, found {got}")
+        firewall.read_back(text, "filter", chains["input"])
         for spec in specs:
             self.ensure(spec, image)
         for spec in specs:
@@ -413,6 +409,6 @@ def start_services(cfg: NodeConfig, client: docker.DockerClient, env: Mapping[st
                    say: Say, ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
     """Build the service image if needed and bring every node service up and ready."""
     image = ensure_service_image(client, env, say)
-    specs = node_services(ports)
+    specs = node_services({"sensors": cfg.sensors_port, **(ports or {})})
     ServiceRunner(client, cfg).up(specs, image, say)
     return specs

@@ -282,6 +282,7 @@ class Shim:
         s.kind, s.proto_name = ("raw" if op == "open" else "sniff"), str(proto)
         pnum = PROTOS[s.proto_name]
         address = row.address
+        link_local = self.policy.allow_link_local
         if pnum == ICMP:
             if s.kind == "sniff":
                 raise ShimError("EINVAL", "sniff: expected tcp or udp, found icmp")
@@ -291,7 +292,7 @@ class Shim:
                         o.binding.proto == ICMP and o.binding.icmp_id == ident:
                     raise ShimError("EADDRINUSE", f"ICMP id {ident}: already bound by another "
                                                   "raw socket of this sliver")
-            s.binding = Binding(address, ICMP, icmp_id=ident)
+            s.binding = Binding(address, ICMP, icmp_id=ident, allow_link_local=link_local)
         else:
             port = checked.port
             in_use = port in ports_in_use(s.pid, s.proto_name)
@@ -300,9 +301,10 @@ class Shim:
                                               "a socket of this sliver on it")
             if not (s.kind == "sniff" and in_use):
                 self.claim(s, port)
-            s.binding = Binding(address, pnum, port=port)
+            s.binding = Binding(address, pnum, port=port, allow_link_local=link_local)
         self.open_sockets(s)
-        return {"ok": True, "address": address, "slice": s.slice}
+        return {"ok": True, "address": address, "slice": s.slice,
+                "allow_link_local": link_local}
 
     def claim(self, s: Session, port: int) -> None:
         held = {(o.proto_name, o.binding.port) for o in self.sessions.values()

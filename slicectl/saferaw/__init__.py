@@ -121,7 +121,8 @@ class RawSocket:
         if self.proto == ICMP:
             raise OSError(errno.EINVAL, "bind: an ICMP socket binds an id; use bind_icmp_id()")
         reply = self._open({"op": "open", "port": int(port)})
-        self.binding = Binding(reply["address"], self.proto, port=int(port))
+        self.binding = Binding(reply["address"], self.proto, port=int(port),
+                               allow_link_local=reply.get("allow_link_local") is True)
 
     def bind_icmp_id(self, ident: int) -> None:
         """Bind an ICMP socket to an identifier (echo, timestamp and the errors quoting
@@ -129,7 +130,8 @@ class RawSocket:
         if self.proto != ICMP:
             raise OSError(errno.EINVAL, "bind_icmp_id: only for ICMP sockets")
         reply = self._open({"op": "open", "icmp_id": int(ident)})
-        self.binding = Binding(reply["address"], ICMP, icmp_id=int(ident))
+        self.binding = Binding(reply["address"], ICMP, icmp_id=int(ident),
+                               allow_link_local=reply.get("allow_link_local") is True)
 
     def _sniff(self, port: int) -> None:
         reply = self._open({"op": "sniff", "port": int(port)})

@@ -19,6 +19,26 @@ PROTO_NAMES = {v: k for k, v in PROTOS.items()}
 
 #: ICMP messages that quote the packet that caused them.
 ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
+#: ... of which a sliver may send: destination unreachable, time exceeded, parameter
+#: problem (never a redirect, which would steer the peer's routing, nor a source quench).
+SENDABLE_ICMP_ERRORS = frozenset({3, 11, 12})
+
+#: IP options a sliver may send: end of list, no-op, record route, timestamp (what
+#: measurement tools use). Everything else is refused, the source routes (LSRR 131,
+#: SSRR 137) first: they would let a packet pick its own path past the node's routing.
+ALLOWED_OPTIONS = {0: "end of list", 1: "no-op", 7: "record route", 68: "timestamp"}
+SOURCE_ROUTES = {131: "LSRR (loose source route)", 137: "SSRR (strict source route)"}
+
+#: Destinations a sliver may never send to (first octet, or prefix and length):
+#: this network (0/8), loopback (127/8), multicast (224/4), reserved and broadcast (240/4)
+#: and link-local (169.254/16, where cloud metadata servers answer) unless allowed.
+RESERVED_DESTINATIONS: tuple[tuple[int, int, str], ...] = (
+    (0x00000000, 8, "0.0.0.0/8 (this network)"),
+    (0x7F000000, 8, "127.0.0.0/8 (loopback)"),
+    (0xE0000000, 4, "224.0.0.0/4 (multicast)"),
+    (0xF0000000, 4, "240.0.0.0/4 (reserved, broadcast)"),
+)
+LINK_LOCAL = (0xA9FE0000, 16, "169.254.0.0/16 (link-local, cloud metadata)")
 #: ICMP query messages carrying an identifier: echo, timestamp, information, mask.
 ICMP_QUERIES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
@@ -42,6 +62,8 @@ class Binding:
     proto: int
     port: int = 0
     icmp_id: int = -1
+    #: Node policy ``allow_link_local``: may this socket send to 169.254.0.0/16?
+    allow_link_local: bool = False
 
     @functools.cached_property
     def addr_bytes(self) -> bytes:
@@ -91,12 +113,19 @@ def parse_ip(pkt: bytes) -> IPv4:
     return IPv4(ihl, total, ttl, proto, frag, src, dst)
 
 
-def check_options(opts: bytes) -> None:
+def option_kinds(opts: bytes) -> list[int]:
+    """The kinds of the IP options in ``opts`` (the header past its 20 bytes), in order.
+
+    Raises:
+        PacketRefused: an option's length runs past the header or is under 2.
+    """
+    kinds = []
     i = 0
     while i < len(opts):
         kind = opts[i]
+        kinds.append(kind)
         if kind == 0:
-            return
+            break
         if kind == 1:
             i += 1
             continue
@@ -104,6 +133,33 @@ def check_options(opts: bytes) -> None:
             raise PacketRefused("malformed", f"expected well-formed IP options, found option "
                                              f"{kind} with a bad length")
         i += opts[i + 1]
+    return kinds
+
+
+def check_options(opts: bytes) -> None:
+    option_kinds(opts)
+
+
+def check_sendable_options(opts: bytes) -> None:
+    """Refuse IP options a sliver may not send (see :data:`ALLOWED_OPTIONS`)."""
+    allowed = ", ".join(f"{k} ({n})" for k, n in ALLOWED_OPTIONS.items())
+    for kind in option_kinds(opts):
+        if kind in SOURCE_ROUTES:
+            raise PacketRefused("source-route", f"expected IP options among {allowed}, found "
+                                                f"{kind} {SOURCE_ROUTES[kind]}")
+        if kind not in ALLOWED_OPTIONS:
+            raise PacketRefused("ip-option", f"expected IP options among {allowed}, found "
+                                             f"option {kind}")
+
+
+def reserved_destination(dst: bytes, allow_link_local: bool = False) -> str | None:
+    """What a reserved destination address is, or None for one a sliver may send to."""
+    addr = int.from_bytes(dst, "big")
+    ranges = RESERVED_DESTINATIONS if allow_link_local else (*RESERVED_DESTINATIONS, LINK_LOCAL)
+    for net, length, name in ranges:
+        if addr >> (32 - length) == net >> (32 - length):
+            return name
+    return None
 
 
 def _ports(pkt: bytes, off: int, proto: int) -> tuple[int, int]:
@@ -120,21 +176,41 @@ def _ports(pkt: bytes, off: int, proto: int) -> tuple[int, int]:
     return sport, dport
 
 
-def _icmp_quote(pkt: bytes, off: int) -> tuple[int, bytes, bytes, int, int, int]:
-    """(proto, src, dst, sport, dport, icmp id) of the packet an ICMP error quotes."""
+@dataclass(frozen=True)
+class Quote:
+    """The packet an ICMP error quotes: its header's fields and first 8 payload bytes."""
+
+    proto: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    #: For a quoted ICMP message: its type and identifier.
+    icmp_type: int
+    icmp_id: int
+
+
+def quoted(pkt: bytes, off: int) -> Quote:
+    """The packet the ICMP error at ``off`` quotes.
+
+    Raises:
+        PacketRefused: the quote is not an IPv4 header and 8 bytes.
+    """
     inner = off + 8
     if len(pkt) - inner < 28:
         raise PacketRefused("malformed", "expected an ICMP error quoting an IP header and "
                                          "8 bytes")
+    if pkt[inner] >> 4 != 4 or (pkt[inner] & 15) < 5:
+        raise PacketRefused("malformed", "expected the ICMP error to quote an IPv4 header, "
+                                         f"found version {pkt[inner] >> 4} length "
+                                         f"{(pkt[inner] & 15) * 4}")
     ihl = (pkt[inner] & 15) * 4
-    proto = pkt[inner + 9]
-    src, dst = pkt[inner + 12:inner + 16], pkt[inner + 16:inner + 20]
     l4 = inner + ihl
     if len(pkt) - l4 < 8:
         raise PacketRefused("malformed", "expected 8 quoted bytes after the quoted header")
-    sport, dport = struct.unpack_from("!HH", pkt, l4)
-    ident = struct.unpack_from("!H", pkt, l4 + 4)[0]
-    return proto, src, dst, sport, dport, ident
+    sport, dport, ident = struct.unpack_from("!HHH", pkt, l4)
+    return Quote(pkt[inner + 9], pkt[inner + 12:inner + 16], pkt[inner + 16:inner + 20],
+                 sport, dport, pkt[l4], ident)
 
 
 def check_outgoing(pkt: bytes, b: Binding) -> IPv4:
@@ -146,40 +222,31 @@ def check_outgoing(pkt: bytes, b: Binding) -> IPv4:
     if ip.src != b.addr_bytes:
         raise PacketRefused("spoofed-source", f"expected source address {b.address}, found "
                                               f"{socket.inet_ntoa(ip.src)}")
-    first = ip.dst[0]
-    if first == 0 or first == 127 or 224 <= first <= 239 or ip.dst == b"\xff\xff\xff\xff":
-        raise PacketRefused("destination", f"expected a unicast destination, found "
-                                           f"{socket.inet_ntoa(ip.dst)}")
+    reserved = reserved_destination(ip.dst, b.allow_link_local)
+    if reserved is not None:
+        raise PacketRefused("destination", f"expected a unicast destination outside the "
+                                           f"reserved ranges, found {socket.inet_ntoa(ip.dst)} "
+                                           f"in {reserved}")
     if ip.ttl == 0:
         raise PacketRefused("malformed", "expected a TTL of at least 1, found 0")
+    check_sendable_options(pkt[20:ip.ihl])
     off = ip.ihl
     if ip.proto == ICMP:
         if len(pkt) - off < 8:
             raise PacketRefused("malformed", "expected an ICMP header of 8 bytes")
         icmp_type = pkt[off]
-        if b.proto == ICMP:
-            if icmp_type in ICMP_QUERIES:
-                ident = struct.unpack_from("!H", pkt, off + 4)[0]
-                if ident != b.icmp_id:
-                    raise PacketRefused("foreign-port", f"expected ICMP id {b.icmp_id}, found "
-                                                        f"{ident}")
-                return ip
-            if icmp_type in ICMP_ERRORS:
-                proto, _src, _dst, _sp, _dp, ident = _icmp_quote(pkt, off)
-                if proto == ICMP and ident == b.icmp_id:
-                    return ip
-                raise PacketRefused("foreign-port", "expected an ICMP error quoting this "
-                                                    f"socket's ICMP id {b.icmp_id}")
-            raise PacketRefused("wrong-protocol", f"expected an ICMP query or error, found "
-                                                  f"ICMP type {icmp_type}")
+        if b.proto == ICMP and icmp_type in ICMP_QUERIES:
+            ident = struct.unpack_from("!H", pkt, off + 4)[0]
+            if ident != b.icmp_id:
+                raise PacketRefused("foreign-port", f"expected ICMP id {b.icmp_id}, found "
+                                                    f"{ident}")
+            return ip
         if icmp_type in ICMP_ERRORS:
-            proto, _src, qdst, _sp, dport, _ = _icmp_quote(pkt, off)
-            if proto == b.proto and qdst == b.addr_bytes and dport == b.port:
-                return ip
-            raise PacketRefused("foreign-port", f"expected an ICMP error quoting "
-                                                f"{PROTO_NAMES[b.proto]} port {b.port}")
-        raise PacketRefused("wrong-protocol", f"expected {PROTO_NAMES[b.proto]} (or an ICMP "
-                                              f"error quoting its port), found ICMP type {icmp_type}")
+            check_icmp_error(pkt, off, ip, b)
+            return ip
+        want = "an ICMP query or error" if b.proto == ICMP else \
+            f"{PROTO_NAMES[b.proto]} (or an ICMP error quoting its port)"
+        raise PacketRefused("wrong-protocol", f"expected {want}, found ICMP type {icmp_type}")
     if ip.proto != b.proto:
         raise PacketRefused("wrong-protocol", f"expected {PROTO_NAMES.get(b.proto)}, found IP "
                                               f"protocol {PROTO_NAMES.get(ip.proto, ip.proto)}")
@@ -187,6 +254,44 @@ def check_outgoing(pkt: bytes, b: Binding) -> IPv4:
     if sport != b.port:
         raise PacketRefused("foreign-port", f"expected source port {b.port}, found {sport}")
     return ip
+
+
+def check_icmp_error(pkt: bytes, off: int, ip: IPv4, b: Binding) -> None:
+    """An ICMP error is about a packet its sender received: the quoted packet must be one
+    this socket could have received from the error's destination. So its source is the
+    error's destination (the peer), its destination is the sliver's address, and it is of
+    the socket's protocol, to the socket's port (TCP, UDP) or an ICMP query carrying the
+    socket's id (never an error about an error).
+
+    Raises:
+        PacketRefused: naming the first field that does not fit.
+    """
+    icmp_type = pkt[off]
+    if icmp_type not in SENDABLE_ICMP_ERRORS:
+        raise PacketRefused("icmp-type", f"expected an ICMP error of type "
+                                         f"{', '.join(map(str, sorted(SENDABLE_ICMP_ERRORS)))}, "
+                                         f"found type {icmp_type}")
+    q = quoted(pkt, off)
+    if q.dst != b.addr_bytes:
+        raise PacketRefused("foreign-quote", f"expected the quoted packet's destination to be "
+                                             f"this sliver's {b.address}, found "
+                                             f"{socket.inet_ntoa(q.dst)}")
+    if q.src != ip.dst:
+        raise PacketRefused("foreign-quote", f"expected the quoted packet's source to be the "
+                                             f"error's destination {socket.inet_ntoa(ip.dst)}, "
+                                             f"found {socket.inet_ntoa(q.src)}")
+    if q.proto != b.proto:
+        raise PacketRefused("foreign-quote", f"expected the quoted packet to be "
+                                             f"{PROTO_NAMES[b.proto]}, found IP protocol "
+                                             f"{PROTO_NAMES.get(q.proto, q.proto)}")
+    if b.proto == ICMP:
+        if q.icmp_type not in ICMP_QUERIES or q.icmp_id != b.icmp_id:
+            raise PacketRefused("foreign-quote", f"expected the quote to be an ICMP query "
+                                                 f"with this socket's id {b.icmp_id}, found "
+                                                 f"type {q.icmp_type} id {q.icmp_id}")
+    elif q.dport != b.port:
+        raise PacketRefused("foreign-quote", f"expected the quoted packet's destination port "
+                                             f"to be this socket's {b.port}, found {q.dport}")
 
 
 def incoming_matches(pkt: bytes, b: Binding) -> bool:
@@ -202,12 +307,12 @@ def incoming_matches(pkt: bytes, b: Binding) -> bool:
         icmp_type = pkt[ihl]
         if icmp_type in ICMP_ERRORS:
             try:
-                qproto, qsrc, _dst, sport, _dp, ident = _icmp_quote(pkt, ihl)
+                q = quoted(pkt, ihl)
             except PacketRefused:
                 return False
-            if qsrc != b.addr_bytes or qproto != b.proto:
+            if q.src != b.addr_bytes or q.proto != b.proto:
                 return False
-            return ident == b.icmp_id if b.proto == ICMP else sport == b.port
+            return q.icmp_id == b.icmp_id if b.proto == ICMP else q.sport == b.port
         if b.proto == ICMP and icmp_type in ICMP_QUERIES:
             return bool(struct.unpack_from("!H", pkt, ihl + 4)[0] == b.icmp_id)
         return False

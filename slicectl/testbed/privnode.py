@@ -11,18 +11,27 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import docker.errors
+import yaml
 
 from slicectl.core.errors import EngineError
 from slicectl.core.labels import LABEL_NODE
+from slicectl.core.policy import parse_policy
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import HOST_DAEMONS, start_host_daemons, start_nm, stop_host_daemons
+from slicectl.node.daemons import (
+    HOST_DAEMONS,
+    install_programs,
+    remove_programs,
+    start_host_daemons,
+    start_nm,
+    supervisor,
+)
 from slicectl.node.dockerd import Say, ensure_network
 from slicectl.node.network import NodeNetwork
 from slicectl.node.services import node_services, start_services
@@ -74,8 +83,9 @@ def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
         accounts.remove(name, cfg.slivers_dir / name)
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    for d, _ in HOST_DAEMONS:
-        log_path(cfg, d.name).unlink(missing_ok=True)
+    for d, _ in HOST_DAEMONS:  # with the supervisor's rotated copies (.1, .2, ...)
+        for p in log_path(cfg, d.name).parent.glob(log_path(cfg, d.name).name + "*"):
+            p.unlink(missing_ok=True)
 
 
 def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8) -> NodeConfig:
@@ -110,26 +120,40 @@ def service_ports() -> dict[str, int]:
 @contextmanager
 def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
                  say: Say | None = None, daemons: bool = False,
-                 services: dict[str, int] | None = None) -> Iterator[NodeConfig]:
+                 services: dict[str, int] | None = None,
+                 policy: Mapping[str, object] | None = None) -> Iterator[NodeConfig]:
     """Start a private node manager (with ``daemons``, also its admin sniffer and
     raw-socket shim; given ``services``, its service sidecars on those ports, see
-    :func:`service_ports`); stop them and remove all they made on exit (the sidecars carry
-    the node id's label, so cleanup finds them)."""
+    :func:`service_ports`; given ``policy``, with that node policy file); stop them and
+    remove all they made on exit (the sidecars carry the node id's label, so cleanup
+    finds them).
+
+    Its daemons run under the node's supervisor as programs named with its node id, owned
+    by this process: removed on exit, and, should this process die without exiting, by
+    the next private node's start."""
     cfg = private_config(base, engine, kind)
+    if services is not None and "sensors" in services:
+        cfg = cfg.with_(sensors_port=services["sensors"])
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
     say = say or Say(quiet=True)
     try:
+        supervisor().remove_orphans()
+        if policy is not None:
+            parse_policy(dict(policy))  # refuse a bad policy before anything is made
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            cfg.policy_path.write_text(yaml.safe_dump(dict(policy)))
         cfg = create_network(cfg, engine)
         if daemons:
-            start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name))
+            start_host_daemons(cfg, say, lambda d: log_path(cfg, d.name), os.getpid())
         else:
+            install_programs(cfg, lambda d: log_path(cfg, d.name), os.getpid())
             start_nm(cfg, say, log_path=log_path(cfg))
         if services is not None:
             start_services(cfg, engine, os.environ, say, services)
         yield cfg
     finally:
         try:
-            stop_host_daemons(cfg)
+            remove_programs(cfg)
         finally:
             cleanup(cfg, engine)

@@ -26,7 +26,7 @@ import pytest
 from slicectl.core.netplan import node_gateway
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import nm_pid, prepare, start_nm, stop_nm
+from slicectl.node.daemons import NM, daemon_state, prepare, start_nm, stop_nm
 from slicectl.node.dockerd import Say
 from slicectl.testbed.privnode import free_port as free_port  # re-exported for the tests
 from slicectl.testbed.privnode import log_path, private_node
@@ -76,7 +76,8 @@ class NMHandle:
 
     @property
     def pid(self) -> int | None:
-        return nm_pid(self.cfg)
+        """The node manager's pid as its supervisor reports it."""
+        return daemon_state(self.cfg, NM).pid
 
     def start(self) -> int:
         return start_nm(self.cfg, Say(quiet=True), log_path=self.log_path)
@@ -95,9 +96,10 @@ class NMHandle:
         stop_nm(self.cfg)
 
     def env(self) -> dict[str, str]:
-        from slicectl.node.daemons import config_env
+        """This node's configuration, and this checkout's code first on the path."""
+        from slicectl.node.daemons import config_env, source_root
 
-        return {**os.environ, **config_env(self.cfg)}
+        return {**os.environ, **config_env(self.cfg), "PYTHONPATH": str(source_root())}
 
     def cli(self, *argv: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real ``slicectl`` CLI against this node manager."""
@@ -139,12 +141,14 @@ class Outside:
                               text=True, timeout=timeout, check=False)
 
 
-@pytest.fixture
-def outside() -> Iterator[Outside]:
+@contextlib.contextmanager
+def veth_namespace(kind: str, prefix: str) -> Iterator[Outside]:
+    """A namespace behind a veth from the host: the host holds ``<prefix>.1/30``, the
+    namespace ``<prefix>.2/30`` (``prefix``: three octets) and routes through the host.
+    Removed on exit."""
     tag = secrets.token_hex(3)
-    ns, host_if, ns_if = f"slicectl-out-{tag}", f"slco{tag}", f"slci{tag}"
-    third = int(tag[:2], 16)
-    node_addr, out_addr = f"198.18.{third}.1", f"198.18.{third}.2"
+    ns, host_if, ns_if = f"slicectl-{kind}-{tag}", f"slc{kind[0]}h{tag}", f"slc{kind[0]}n{tag}"
+    node_addr, out_addr = f"{prefix}.1", f"{prefix}.2"
     cmds = [
         f"ip netns add {ns}",
         f"ip link add {host_if} type veth peer name {ns_if}",
@@ -163,6 +167,12 @@ def outside() -> Iterator[Outside]:
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    with veth_namespace("out", f"198.18.{secrets.randbelow(256)}") as o:
+        yield o
 
 
 def make_sliver(nm: NMHandle, name: str, **rspec: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Network virtualization against the real kernel: HTB classes on the IFB, the port
-manager's DNAT/SNAT, counters. Peers are real: iperf3 on the host, a network namespace
-acting as the outside world."""
+manager's DNAT/SNAT, counters. Peers are real: network namespaces acting as the outside
+world (iperf3 runs there: slivers cannot reach listeners on the host)."""
 
 from __future__ import annotations
 
@@ -36,22 +36,31 @@ def iperf(engine: docker.DockerClient, info: dict[str, Any], server: str, port: 
     return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1000
 
 
-@pytest.fixture
-def iperf_servers(nm: NMHandle) -> Iterator[Any]:
-    procs: list[subprocess.Popen[bytes]] = []
+class IperfServers:
+    """iperf3 servers in the outside namespace (slivers cannot reach host listeners)."""
 
-    def start(count: int = 1) -> list[int]:
+    def __init__(self, outside: Outside) -> None:
+        self.outside = outside
+        self.address = outside.address
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __call__(self, count: int = 1) -> list[int]:
         ports = []
         for _ in range(count):
             port = free_port()
-            procs.append(subprocess.Popen(["iperf3", "-s", "-B", gateway(nm), "-p", str(port)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", self.outside.ns, "iperf3", "-s", "-B", self.address,
+                 "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             ports.append(port)
         time.sleep(0.5)
         return ports
 
-    yield start
-    for p in procs:
+
+@pytest.fixture
+def iperf_servers(outside: Outside) -> Iterator[IperfServers]:
+    servers = IperfServers(outside)
+    yield servers
+    for p in servers.procs:
         p.terminate()
         p.wait(10)
 
@@ -83,12 +92,12 @@ def test_classes_follow_the_rspec_and_go_with_the_sliver(nm: NMHandle,
     assert f"slicectl {info['name']}" not in rules
 
 
-def test_cap_is_held(nm: NMHandle, engine: docker.DockerClient, iperf_servers: Any) -> None:
+def test_cap_is_held(nm: NMHandle, engine: docker.DockerClient, iperf_servers: IperfServers) -> None:
     info = make_sliver(nm, "cap", net_max_kbit=4000)
     (port,) = iperf_servers(1)
     before = tc.read_classes(nm.cfg.ifb)[handle(0xC000 + info["xid"])].bytes
     t0 = time.monotonic()
-    goodput = iperf(engine, info, gateway(nm), port, seconds=5)
+    goodput = iperf(engine, info, iperf_servers.address, port, seconds=5)
     elapsed = time.monotonic() - t0
     sent = tc.read_classes(nm.cfg.ifb)[handle(0xC000 + info["xid"])].bytes - before
     wire_kbit = sent * 8 / 1000 / elapsed
@@ -109,14 +118,14 @@ def class_rates(nm: NMHandle, infos: list[dict[str, Any]], window_s: float) -> l
 
 
 def test_excess_shared_in_proportion_to_rates(nm: NMHandle, engine: docker.DockerClient,
-                                              iperf_servers: Any) -> None:
+                                              iperf_servers: IperfServers) -> None:
     nm.call("set_node", "net_cap_kbit", 8000)
     a = make_sliver(nm, "slow", net_min_kbit=1000, net_max_kbit=8000)
     b = make_sliver(nm, "fast", net_min_kbit=3000, net_max_kbit=8000)
     pa, pb = iperf_servers(2)
     # UDP offered above the cap keeps both classes backlogged, so the split is HTB's own
     # (TCP flows behind a long queue are window-limited and split it their own way).
-    threads = [threading.Thread(target=iperf, args=(engine, i, gateway(nm), p, 8),
+    threads = [threading.Thread(target=iperf, args=(engine, i, iperf_servers.address, p, 8),
                                 kwargs={"udp_kbit": 12_000}) for i, p in ((a, pa), (b, pb))]
     for t in threads:
         t.start()
@@ -131,17 +140,17 @@ def test_excess_shared_in_proportion_to_rates(nm: NMHandle, engine: docker.Docke
 
 
 def test_guarantee_holds_against_a_flood(nm: NMHandle, engine: docker.DockerClient,
-                                         iperf_servers: Any) -> None:
+                                         iperf_servers: IperfServers) -> None:
     nm.call("set_node", "net_cap_kbit", 10_000)
     calm = make_sliver(nm, "calm", net_min_kbit=6000, net_max_kbit=6000)
     flood = make_sliver(nm, "flood", net_max_kbit=10_000)
     pc, pf = iperf_servers(2)
     got: dict[str, float] = {}
     hog = threading.Thread(target=lambda: got.__setitem__(
-        "flood", iperf(engine, flood, gateway(nm), pf, seconds=8, streams=4)))
+        "flood", iperf(engine, flood, iperf_servers.address, pf, seconds=8, streams=4)))
     hog.start()
     time.sleep(1.5)
-    got["calm"] = iperf(engine, calm, gateway(nm), pc, seconds=4)
+    got["calm"] = iperf(engine, calm, iperf_servers.address, pc, seconds=4)
     hog.join(60)
     assert got["calm"] >= 6000 * 0.85, got
 
@@ -205,10 +214,10 @@ def test_port_grab_is_refused_and_freed_with_the_sliver(nm: NMHandle) -> None:
 
 
 def test_counters_survive_a_restart(nm: NMHandle, engine: docker.DockerClient,
-                                    iperf_servers: Any) -> None:
+                                    iperf_servers: IperfServers) -> None:
     info = make_sliver(nm, "count", net_max_kbit=8000)
     (port,) = iperf_servers(1)
-    iperf(engine, info, gateway(nm), port, seconds=2)
+    iperf(engine, info, iperf_servers.address, port, seconds=2)
     deadline = time.monotonic() + 10
     while nm.call("get_sliver", info["name"])["net"]["bytes_sent_today"] < 1_000_000:
         assert time.monotonic() < deadline, "counters never reached the database"
@@ -225,7 +234,7 @@ def test_counters_survive_a_restart(nm: NMHandle, engine: docker.DockerClient,
     # day's total keeps growing.
     nm.call("stop", info["name"])
     nm.call("start", info["name"])
-    iperf(engine, info, gateway(nm), port, seconds=1)
+    iperf(engine, info, iperf_servers.address, port, seconds=1)
     time.sleep(3)
     assert nm.call("get_sliver", info["name"])["net"]["bytes_sent_today"] > after["bytes_sent_today"]
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import os
+import secrets
 import subprocess
 import time
 import urllib.error
@@ -83,20 +85,22 @@ def test_nm_lets_services_read_only(snm: tuple[NMHandle, int], engine: docker.Do
 
 
 def test_a_cpu_loop_and_an_iperf3_stream_show(snm: tuple[NMHandle, int],
-                                              engine: docker.DockerClient) -> None:
+                                              engine: docker.DockerClient,
+                                              outside: Outside) -> None:
     nm, port = snm
     cpu = make_sliver(nm, "cpu", cpu_share=20)
     net = make_sliver(nm, "net", net_max_kbit=4000)
     sliver_exec(engine, cpu["container"], ["sh", "-c", "timeout 30 sh -c 'while :; do :; done' "
                                            ">/dev/null 2>&1 &"])
-    gw, iperf_port = node_gateway(nm.cfg.subnet), free_port()
-    server = subprocess.Popen(["iperf3", "-s", "-1", "-B", gw, "-p", str(iperf_port)],
+    # The server is beyond the node: slivers cannot reach listeners on the host.
+    iperf_port = free_port()
+    server = subprocess.Popen(["ip", "netns", "exec", outside.ns, "iperf3", "-s", "-1", "-B",
+                               outside.address, "-p", str(iperf_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: subprocess.run(["ss", "-ltnH", f"sport = :{iperf_port}"],
-                                        capture_output=True, text=True).stdout.strip() != "",
-                 what="iperf3 server listening")
-        kbit = iperf(engine, net, gw, iperf_port, seconds=4)
+        wait_for(lambda: outside.run("ss", "-ltnH", f"sport = :{iperf_port}").stdout.strip()
+                 != "", what="iperf3 server listening")
+        kbit = iperf(engine, net, outside.address, iperf_port, seconds=4)
     finally:
         server.kill()
         server.wait()
@@ -168,3 +172,97 @@ def test_a_connect_shows_in_connects_within_a_second(snm: tuple[NMHandle, int],
     rows = get(port, "/connects")
     assert {"slice": info["name"], "proto": "tcp", "dst": gw, "port": str(target)}.items() \
         <= rows[-1].items()
+
+
+def connect_from(engine: docker.DockerClient, info: dict[str, object], gw: str, port: int) -> None:
+    code, out = sliver_exec(engine, str(info["container"]), [
+        "python3", "-c", "import socket; s = socket.socket(); s.settimeout(2); "
+        f"s.connect_ex(('{gw}', {port}))"])
+    assert code == 0, out
+
+
+def connects_seen_from(engine: docker.DockerClient, info: dict[str, object],
+                       port: int) -> tuple[int, list[dict[str, str]]]:
+    code, out = sliver_exec(engine, str(info["container"]), [
+        "curl", "-sS", "-m", "5", "-w", "\\n%{http_code}", f"http://node:{port}/connects"])
+    assert code == 0, out
+    body, _, status = out.rpartition("\n")
+    return int(status), list(csv.DictReader(io.StringIO(body)))
+
+
+STREAM_UNTIL = """
+import sys, urllib.request
+s = urllib.request.urlopen(sys.argv[1], timeout=30)
+for _ in range(50):
+    line = s.readline().decode().strip()
+    print(line, flush=True)
+    if line.endswith("," + sys.argv[2]):
+        break
+"""
+
+
+def test_connects_shows_a_sliver_only_its_own_slice(snm: tuple[NMHandle, int],
+                                                    engine: docker.DockerClient) -> None:
+    nm, port = snm
+    a, b = make_sliver(nm, "seea"), make_sliver(nm, "seeb")
+    admin = make_sliver(nm, "seeadm", admin_sniffer=True)
+    gw, target = node_gateway(nm.cfg.subnet), free_port()
+    connect_from(engine, a, gw, target)
+    connect_from(engine, b, gw, target)
+    names = {str(a["name"]), str(b["name"])}
+    wait_for(lambda: names <= {r["slice"] for r in get(port, "/connects")},
+             what="both connects at the node")
+    for info, expected in ((a, {a["name"]}), (b, {b["name"]}), (admin, names)):
+        status, rows = connects_seen_from(engine, info, port)
+        assert status == 200
+        assert {r["slice"] for r in rows} & (names | {admin["name"]}) == expected, info["name"]
+
+    # the stream: a's reader gets its own connect, not b's that came first
+    engine.containers.get(str(a["container"])).exec_run(
+        ["sh", "-c", f"python3 -c '{STREAM_UNTIL}' 'http://node:{port}/connects?stream=1' "
+         f"{target} >/tmp/stream.out 2>&1"], detach=True)
+
+    def stream_lines() -> list[str]:
+        return sliver_exec(engine, str(a["container"]), ["cat", "/tmp/stream.out"])[1].split()
+
+    def streams() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return int(next(ln for ln in text.splitlines()
+                        if ln.startswith('slicectl_stream_clients{sensor="connects"}')).split()[1])
+
+    # (the stream's own connection to the sensor server is a connect of a's too)
+    wait_for(lambda: stream_lines()[:1] == ["time,slice,proto,dst,port"],
+             what="a's stream subscribed and its header line read")
+    connect_from(engine, b, gw, target)
+    connect_from(engine, a, gw, target)
+    wait_for(lambda: stream_lines()[-1:] and stream_lines()[-1].endswith(f",{target}"),
+             what="a's own connect on a's stream")
+    rows = stream_lines()[1:]
+    assert rows and all(r.split(",")[1] == a["name"] for r in rows), rows  # never b's
+
+
+def test_an_address_on_the_bridge_that_is_no_sliver_gets_403(snm: tuple[NMHandle, int]) -> None:
+    nm, port = snm
+    net = ipaddress.ip_network(nm.cfg.subnet)
+    tag = secrets.token_hex(3)
+    ns, host_if, ns_if = f"slicectl-unk-{tag}", f"slcu{tag}", f"slcv{tag}"
+    stranger = str(net.network_address + 200)  # below the slivers' half: no sliver has it
+    gw = node_gateway(nm.cfg.subnet)
+    cmds = [f"ip netns add {ns}", f"ip link add {host_if} type veth peer name {ns_if}",
+            f"ip link set {ns_if} netns {ns}", f"ip link set {host_if} master {nm.cfg.bridge}",
+            f"ip link set {host_if} up", f"ip -n {ns} addr add {stranger}/{net.prefixlen} dev {ns_if}",
+            f"ip -n {ns} link set {ns_if} up"]
+    try:
+        for c in cmds:
+            subprocess.run(c.split(), check=True, capture_output=True)
+        for uri in ("/connects", "/connects?stream=1", "/load"):
+            res = subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", "-m", "5", "-w",
+                                  "\n%{http_code}", f"http://{gw}:{port}{uri}"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            assert res.returncode == 0, res.stderr
+            assert res.stdout == (f"source {stranger}: expected the node or a sliver of node "
+                                  f"{nm.cfg.node_id}, found neither\n\n403"), res.stdout
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -9,6 +9,8 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from auditd.config import AuditConfig
 from auditd.directory import nm_directory
+from auditd.store import Limits
 from auditd.web import LINK, WRITER, make_app
 from slicectl.core import sniffrecord as sr
 
@@ -238,10 +241,11 @@ async def test_drops_are_shown(aiohttp_client: MakeClient, tmp_path: Path, nm_so
 async def test_search_redirects_to_the_destination(
         aiohttp_client: MakeClient, tmp_path: Path, nm_sock: Path, sniffer: FakeSniffer) -> None:
     client = await fed(aiohttp_client, tmp_path, nm_sock, sniffer)
-    resp = await client.get("/search?ip=198.18.0.2&from=2026-11-27T10:00Z&to=",
+    since = datetime.fromtimestamp(NOW - 7200, UTC)
+    resp = await client.get(f"/search?ip=198.18.0.2&from={since:%Y-%m-%dT%H:%MZ}&to=",
                             allow_redirects=False)
     assert resp.status == 302
-    assert resp.headers["Location"].startswith("/dst/198.18.0.2?from=2026-11-27T10:00:00Z")
+    assert resp.headers["Location"].startswith(f"/dst/198.18.0.2?from={since:%Y-%m-%dT%H:%M:%SZ}")
 
 
 @pytest.mark.parametrize(("path", "field"), [
@@ -249,6 +253,17 @@ async def test_search_redirects_to_the_destination(
     ("/dst/<b>.csv", "ip"),
     ("/dst/198.18.0.2?from=yesterday", "from"),
     ("/dst/198.18.0.2?to=soon", "to"),
+    ("/dst/198.18.0.2?from=nan", "from"),
+    ("/dst/198.18.0.2?from=inf", "from"),
+    ("/dst/198.18.0.2?from=1e20", "from"),
+    ("/dst/198.18.0.2?from=-1", "from"),
+    ("/dst/198.18.0.2?to=nan", "to"),
+    ("/index.json?from=1e20", "from"),
+    ("/slice/site_one?from=nan", "from"),
+    ("/chart.svg?to=inf", "to"),
+    ("/search?ip=198.18.0.2&from=nan", "from"),
+    (f"/dst/198.18.0.2?from={NOW - 31 * 86400:.0f}", "from"),  # past the 30-day roll-ups
+    (f"/dst/198.18.0.2?from={NOW - 600:.0f}&to={NOW - 1200:.0f}", "from"),  # reversed
     ("/dst/198.18.0.2?format=xml", "format"),
     ("/slice/Bad!Name", "slice"),
     ("/search?ip=nowhere", "ip"),
@@ -324,3 +339,32 @@ async def test_records_and_counts_cover_the_same_whole_minutes(
     # A window ending mid-minute (as a link made a second after the packets does).
     doc = await (await client.get(f"/dst/198.18.0.2.json?to={NOW + 2:.0f}")).json()
     assert sum(r["packets"] for r in doc["rows"]) == doc["records_total"] == 4
+
+
+async def test_folded_destinations_are_shown_not_hidden(
+        aiohttp_client: MakeClient, tmp_path: Path, nm_sock: Path, sniffer: FakeSniffer) -> None:
+    scan = records(*(rec(NOW + 10 + i, 1, f"203.0.113.{10 + i}", 80, length=50)
+                     for i in range(5)))
+    await sniffer.send(hello(), sr.json_frame(sr.SLICES, {"1": "site_one", "2": "site_two"}),
+                       records(*TRAFFIC), scan)
+    cfg = replace(config(tmp_path, nm_sock), limits=Limits(rollup_rows=2))
+    client = await start(aiohttp_client, cfg, sniffer)
+    await settle(client, sniffer)
+
+    page = parse(await (await client.get("/")).text())
+    assert [row[:4] for row in page.tables["folded"]] == [
+        ["slice", "other_destinations", "packets", "bytes"], ["site_one", "5", "5", "250"]]
+    assert "at most 2 destinations" in "".join(page.text)
+    by_slice = {row[0]: row for row in page.tables["by-slice"][1:]}
+    assert by_slice["site_one"][1:5] == ["8", "450", "1", "5"]  # 3 rolled up + 5 folded
+    assert by_slice["site_two"][4] == "0"
+
+    doc = await (await client.get("/dst/203.0.113.10.json")).json()
+    assert doc["rows"] == [] and doc["records_total"] == 1  # its full record is kept
+    assert [(f["slice"], f["other_destinations"]) for f in doc["folded"]] == [("site_one", "5")]
+    html = await (await client.get("/dst/203.0.113.10")).text()
+    assert "may have sent to this address too" in html and 'id="folded"' in html
+    one = await (await client.get("/slice/site_one.json")).json()
+    assert [f["packets"] for f in one["folded"]] == [5]
+    two = await (await client.get("/slice/site_two.json")).json()
+    assert two["folded"] == []

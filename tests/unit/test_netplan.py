@@ -13,6 +13,7 @@ from slicectl.core.netplan import (
     firewall_rules,
     handle,
     handle_text,
+    host_rules,
     port_grants,
     quantum,
     root_classes,
@@ -114,10 +115,92 @@ def test_firewall_rules() -> None:
     assert any(ln.startswith("-A SLICECTL-FWD -d 172.30.128.1/32 -o slicectl0 -p tcp") and
                "--ctstate DNAT" in ln for ln in lines)
     assert lines.count("COMMIT") == 2
-    # No grants: the chains are declared (and so emptied) all the same.
+    # No grants: the chains are declared (and so emptied) all the same; only the walls stay.
     empty = firewall_rules([], "slicectl0", "172.30.0.0/16", chain_names("node")).splitlines()
-    assert [ln for ln in empty if ln.startswith("-A")] == []
+    assert [ln for ln in empty if ln.startswith("-A")] == [ln for ln in lines if any(
+        w in ln for w in ("--ctstate INVALID", "169.254.0.0/16"))]
+    assert len([ln for ln in empty if ln.startswith("-A")]) == 2
     assert ":SLICECTL-FWD - [0:0]" in empty
+
+
+WALLS = {
+    "invalid": ('-A SLICECTL-FWD -i slicectl0 -m conntrack --ctstate INVALID -m comment '
+                '--comment "slicectl no private source leaves the node" -j DROP'),
+    "link-local": ('-A SLICECTL-FWD -i slicectl0 -d 169.254.0.0/16 -m comment --comment '
+                   '"slicectl link-local is not for slivers" -j REJECT --reject-with '
+                   'icmp-admin-prohibited'),
+}
+
+
+@pytest.mark.parametrize(
+    ("allow_link_local", "grants", "walls"),
+    [
+        (False, [], ["invalid", "link-local"]),
+        (True, [], ["invalid"]),
+        (False, [PortGrant("pl_web", "172.30.128.1", "tcp", 8080)], ["invalid", "link-local"]),
+        (True, [PortGrant("pl_web", "172.30.128.1", "udp", 53)], ["invalid"]),
+    ],
+)
+def test_forward_walls_come_before_any_accept(allow_link_local: bool, grants: list[PortGrant],
+                                              walls: list[str]) -> None:
+    """INVALID packets from slivers never reach NAT (they would leave with a private
+    source); link-local is refused unless node policy allows it. Both precede the accepts."""
+    text = firewall_rules(grants, "slicectl0", "172.30.0.0/16", chain_names("node"),
+                          allow_link_local=allow_link_local)
+    fwd = [ln for ln in text.splitlines() if ln.startswith("-A SLICECTL-FWD ")]
+    assert fwd[:len(walls)] == [WALLS[w] for w in walls]
+    assert len(fwd) == len(walls) + len(grants)
+    assert all("-j ACCEPT" in ln for ln in fwd[len(walls):])
+
+
+HOST_HEAD = ["-A SLICECTL-HOST ! -i br0 -j RETURN",
+             "-A SLICECTL-HOST -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+             "-A SLICECTL-HOST -p icmp -m icmp --icmp-type 8 -j RETURN"]
+HOST_TAIL = ['-A SLICECTL-HOST -p tcp -m comment --comment "slicectl host walled off from '
+             'slivers" -j REJECT --reject-with tcp-reset',
+             '-A SLICECTL-HOST -m comment --comment "slicectl host walled off from slivers" '
+             '-j REJECT --reject-with icmp-admin-prohibited']
+
+
+def svc(proto: str, port: int) -> str:
+    return (f"-A SLICECTL-HOST -p {proto} -m {proto} --dport {port} -m comment --comment "
+            '"slicectl service for slivers" -j RETURN')
+
+
+LL = ('-A SLICECTL-HOST -d 169.254.0.0/16 -m comment --comment "slicectl policy '
+      'allow_link_local" -j RETURN')
+
+
+@pytest.mark.parametrize(
+    ("services", "allow_link_local", "middle"),
+    [
+        ([], False, []),
+        ([("tcp", 33080)], False, [svc("tcp", 33080)]),
+        ([("tcp", 33080), ("udp", 53), ("tcp", 53), ("tcp", 33080)], False,
+         [svc("tcp", 53), svc("tcp", 33080), svc("udp", 53)]),
+        ([("tcp", 33080)], True, [svc("tcp", 33080), LL]),
+    ],
+)
+def test_host_rules(services: list[tuple[str, int]], allow_link_local: bool,
+                    middle: list[str]) -> None:
+    """From the bridge only replies, echo, the services for slivers (and link-local if
+    policy allows) pass; every other host address and port is refused; other interfaces
+    are not this chain's business."""
+    text = host_rules("br0", chain_names("node"), services, allow_link_local)
+    lines = text.splitlines()
+    assert lines[:2] == ["*filter", ":SLICECTL-HOST - [0:0]"]
+    assert text.endswith("\nCOMMIT\n")
+    assert [ln for ln in lines if ln.startswith("-A")] == [*HOST_HEAD, *middle, *HOST_TAIL]
+
+
+@pytest.mark.parametrize(("services", "message"), [
+    ([("sctp", 9)], "sliver service: expected tcp or udp and a port from 1 to 65535, found sctp/9"),
+    ([("tcp", 0)], "sliver service: expected tcp or udp and a port from 1 to 65535, found tcp/0"),
+])
+def test_host_rules_refuse_bad_services(services: list[tuple[str, int]], message: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        host_rules("br0", chain_names("node"), services)
+    assert str(e.value) == message
 
 
 def test_chain_names_fit_iptables() -> None:

@@ -51,8 +51,35 @@ def with_byte(pkt: bytes, index: int, value: int) -> bytes:
     return pkt[:index] + bytes([value]) + pkt[index + 1:]
 
 
+def to(dst: str) -> bytes:
+    return packet(ME, dst, UDP, udp_segment(ME, dst, 5000, 9, b""))
+
+
+def icmp_err_to(dst: str, quoted: bytes, icmp_type: int = 3) -> bytes:
+    return packet(ME, dst, ICMP, struct.pack("!BBHI", icmp_type, 3, 0, 0) + quoted[:28])
+
+
+LL_B = Binding(ME, UDP, port=5000, allow_link_local=True)
+#: An echo request PEER sent to this sliver (what an ICMP socket's error may quote).
+ECHO_IN = packet(PEER, ME, ICMP, struct.pack("!BBHHH", 8, 0, 0, 77, 1))
+UDP_IN = packet(PEER, ME, UDP, udp_segment(PEER, ME, 53, 5000, b"q"))
+LSRR = bytes([131, 7, 4, 198, 18, 0, 9, 0])
+SSRR = bytes([137, 7, 4, 198, 18, 0, 9, 0])
+
 ALLOWED = [
     ("udp from the bound port", udp(), UDP_B),
+    ("udp with no-ops", udp(options=bytes([1, 1, 1, 0])), UDP_B),
+    ("udp with a timestamp option", udp(options=bytes([68, 12, 5, 0] + [0] * 8)), UDP_B),
+    ("udp to the last unicast address", to("223.255.255.254"), UDP_B),
+    ("udp to 1.0.0.1, next to 0/8", to("1.0.0.1"), UDP_B),
+    ("udp to 126.255.255.255, next to 127/8", to("126.255.255.255"), UDP_B),
+    ("udp to 169.253.255.255, next to link-local", to("169.253.255.255"), UDP_B),
+    ("udp to 169.255.0.1, next to link-local", to("169.255.0.1"), UDP_B),
+    ("udp to the metadata server when policy allows", to("169.254.169.254"), LL_B),
+    ("icmp socket: time exceeded quoting an echo request to it", icmp_err_to(PEER, ECHO_IN, 11),
+     ICMP_B),
+    ("udp socket: parameter problem quoting a packet to its port", icmp_err_to(PEER, UDP_IN, 12),
+     UDP_B),
     ("udp with ttl 1", udp(ttl=1), UDP_B),
     ("udp with IP options (record route)", udp(options=bytes([7, 7, 4, 0, 0, 0, 0, 0])), UDP_B),
     ("tcp syn from the bound port", tcp(), TCP_B),
@@ -75,7 +102,7 @@ REFUSED = [
     ("icmp echo with another id", packet(ME, PEER, ICMP, icmp_echo(78, 1)), ICMP_B, "foreign-port"),
     ("icmp echo on a udp socket", packet(ME, PEER, ICMP, icmp_echo(77, 1)), UDP_B, "wrong-protocol"),
     ("icmp error quoting another port",
-     icmp_error(packet(PEER, ME, UDP, udp_segment(PEER, ME, 53, 5001, b"q"))), UDP_B, "foreign-port"),
+     icmp_error(packet(PEER, ME, UDP, udp_segment(PEER, ME, 53, 5001, b"q"))), UDP_B, "foreign-quote"),
     ("too short", b"\x45\x00\x00", UDP_B, "malformed"),
     ("IPv6 version nibble", with_byte(udp(), 0, 0x65), UDP_B, "malformed"),
     ("header length under 20", with_byte(udp(), 0, 0x44), UDP_B, "malformed"),
@@ -90,6 +117,55 @@ REFUSED = [
      "destination"),
     ("multicast destination",
      packet(ME, "224.0.0.1", UDP, udp_segment(ME, "224.0.0.1", 5000, 9, b"")), UDP_B, "destination"),
+    ("this network 0/8", to("0.1.2.3"), UDP_B, "destination"),
+    ("loopback 127/8", to("127.0.0.1"), UDP_B, "destination"),
+    ("loopback 127.255.255.254", to("127.255.255.254"), UDP_B, "destination"),
+    ("multicast 239.255.255.255", to("239.255.255.255"), UDP_B, "destination"),
+    ("reserved 240/4", to("240.0.0.1"), UDP_B, "destination"),
+    ("reserved 250.1.2.3", to("250.1.2.3"), UDP_B, "destination"),
+    ("link-local 169.254.0.1", to("169.254.0.1"), UDP_B, "destination"),
+    ("cloud metadata 169.254.169.254", to("169.254.169.254"), UDP_B, "destination"),
+    ("loopback even when link-local is allowed", to("127.0.0.1"), LL_B, "destination"),
+    ("LSRR", udp(options=LSRR), UDP_B, "source-route"),
+    ("SSRR", udp(options=SSRR), UDP_B, "source-route"),
+    ("LSRR after a no-op", udp(options=bytes([1]) + LSRR[:7]), UDP_B, "source-route"),
+    ("SSRR after record route", udp(options=bytes([7, 3, 4]) + SSRR[:7] + bytes(2)), UDP_B,
+     "source-route"),
+    ("router alert option", udp(options=bytes([148, 4, 0, 0])), UDP_B, "ip-option"),
+    ("security option", udp(options=bytes([130, 4, 0, 0])), UDP_B, "ip-option"),
+    ("stream id option", udp(options=bytes([136, 4, 0, 0])), UDP_B, "ip-option"),
+    ("LSRR on an ICMP socket", packet(ME, PEER, ICMP, icmp_echo(77, 1), options=LSRR), ICMP_B,
+     "source-route"),
+    # ICMP errors are about packets the sliver received: the quote is to the sliver, from
+    # the error's destination.
+    ("icmp error quoting a packet the sliver sent", icmp_err_to(PEER, udp()), UDP_B,
+     "foreign-quote"),
+    ("icmp error quoting a packet to another sliver",
+     icmp_err_to(PEER, packet(PEER, OTHER, UDP, udp_segment(PEER, OTHER, 53, 5000, b"q"))),
+     UDP_B, "foreign-quote"),
+    ("icmp error to a third party about the peer's packet", icmp_err_to("198.18.0.9", UDP_IN),
+     UDP_B, "foreign-quote"),
+    ("icmp error quoting tcp on a udp socket",
+     icmp_err_to(PEER, packet(PEER, ME, TCP, tcp_segment(PEER, ME, 53, 5000, 1, 0, 2))), UDP_B,
+     "foreign-quote"),
+    ("icmp socket: error quoting an echo with another id",
+     icmp_err_to(PEER, packet(PEER, ME, ICMP, struct.pack("!BBHHH", 8, 0, 0, 78, 1))), ICMP_B,
+     "foreign-quote"),
+    ("icmp socket: error quoting an echo the sliver sent",
+     icmp_err_to(PEER, packet(ME, PEER, ICMP, icmp_echo(77, 1))), ICMP_B, "foreign-quote"),
+    ("icmp socket: error about an error",
+     icmp_err_to(PEER, packet(PEER, ME, ICMP, struct.pack("!BBHHH", 3, 3, 0, 77, 0) + UDP_IN[:28])),
+     ICMP_B, "foreign-quote"),
+    ("icmp error quoting a udp packet on an icmp socket", icmp_err_to(PEER, UDP_IN), ICMP_B,
+     "foreign-quote"),
+    ("icmp error quoting an IPv6 header", icmp_err_to(PEER, with_byte(UDP_IN, 0, 0x65)), UDP_B,
+     "malformed"),
+    ("icmp error quoting a header under 20 bytes", icmp_err_to(PEER, with_byte(UDP_IN, 0, 0x44)),
+     UDP_B, "malformed"),
+    ("icmp error too short to quote", icmp_err_to(PEER, UDP_IN[:20]), UDP_B, "malformed"),
+    ("icmp redirect", icmp_err_to(PEER, UDP_IN, 5), UDP_B, "icmp-type"),
+    ("icmp source quench", icmp_err_to(PEER, UDP_IN, 4), UDP_B, "icmp-type"),
+    ("icmp redirect on an icmp socket", icmp_err_to(PEER, ECHO_IN, 5), ICMP_B, "icmp-type"),
 ]
 
 

@@ -12,7 +12,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensors.app import SENSORS, STATE, Bandwidth, Settings, make_app
+from sensors.app import (
+    SENSORS,
+    STATE,
+    Bandwidth,
+    Settings,
+    make_app,
+    visible_rows,
+)
+from sensors.callers import TooManyStreams, Viewer, admit_stream, node_viewer, sliver_viewer
+from sensors.sources import local_addresses
 from sensors.streams import ConnectDetector, Hub
 from slicectl.core import sniffrecord
 from slicectl.core.errors import PermissionDenied
@@ -278,7 +287,7 @@ async def test_bandwidth_snapshot(client: Client) -> None:
 
 
 async def test_bandwidth_stream_one_line_per_interval(client: Client, fake_nm: FakeNM) -> None:
-    r = await client.get("/bandwidth/pl_cpu?stream=1&interval=0.05")
+    r = await client.get("/bandwidth/pl_cpu?stream=1&interval=0.5")
     assert r.status == 200
     assert r.headers["Transfer-Encoding"] == "chunked"
     assert (await r.content.readline()).decode().strip() == ",".join(SENSORS["bandwidth"].columns)
@@ -336,7 +345,7 @@ class FakeSniffer:
             w.write(sniffrecord.json_frame(sniffrecord.HELLO, {
                 "version": 1, "node": "n1", "record": sniffrecord.RECORD.format,
                 "record_size": sniffrecord.RECORD.size}))
-            w.write(sniffrecord.json_frame(sniffrecord.SLICES, {"5": "pl_cpu"}))
+            w.write(sniffrecord.json_frame(sniffrecord.SLICES, {"5": "pl_cpu", "6": "pl_idle"}))
             await w.drain()
             self.writers.append(w)
             self.connected.set()
@@ -456,3 +465,278 @@ def test_settings_from_env() -> None:
     assert (s.node_id, s.nm_sock, s.cgroup_parent) == ("n9", Path("/x/nm.sock"), "/p")
     assert replace(s, node_id="n8").node_id == "n8"
     assert Hub().subscribers == set()
+
+
+# callers: who sees what, stream bounds -------------------------------------------------------
+
+A_ADDR, B_ADDR, ADMIN_ADDR = "172.30.128.5", "172.30.128.6", "172.30.128.7"
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 4
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 172.30.0.0/15 2 0 1
+           |-- 172.30.0.0
+              /16 link UNICAST
+           |-- 172.30.0.1
+              /32 host LOCAL
+           |-- 192.0.2.2
+              /32 host LOCAL
+"""
+
+
+def addressed(name: str, address: str | None, *, planned: str | None = None,
+              admin: object = False) -> dict[str, Any]:
+    s = sliver(name, CID, 0)
+    s["rspec"]["admin_sniffer"] = admin
+    if address is not None:
+        s["address"] = address
+    if planned is not None:
+        s["net"]["address"] = planned
+    return s
+
+
+SLIVERS = [addressed("pl_cpu", A_ADDR), addressed("pl_idle", None, planned=B_ADDR),
+           addressed("pl_admin", ADMIN_ADDR, admin=True),
+           addressed("pl_truthy", "172.30.128.8", admin="yes")]
+LOCAL = frozenset({"127.0.0.1", "172.30.0.1", "192.0.2.2"})
+
+
+@pytest.mark.parametrize(
+    ("source", "slice_name", "sees_all"),
+    [
+        ("127.0.0.1", None, True),
+        ("127.9.8.7", None, True),              # all of 127/8 is the node's loopback
+        ("::1", None, True),
+        ("::ffff:127.0.0.1", None, True),
+        ("172.30.0.1", None, True),             # the node's own address on the bridge
+        ("192.0.2.2", None, True),              # another address of the host's
+        (A_ADDR, "pl_cpu", False),
+        ("::ffff:172.30.128.5", "pl_cpu", False),
+        (B_ADDR, "pl_idle", False),             # the planned address when the engine gives none
+        (ADMIN_ADDR, "pl_admin", True),         # admin_sniffer
+        ("172.30.128.8", "pl_truthy", False),   # only a real true grants it
+    ],
+)
+def test_a_caller_is_known_by_its_source_address(source: str, slice_name: str | None,
+                                                 sees_all: bool) -> None:
+    v = node_viewer(source, LOCAL) or sliver_viewer(source, SLIVERS, "n1")
+    assert (v.slice, v.sees_all) == (slice_name, sees_all)
+    assert v.is_node == (slice_name is None)
+
+
+@pytest.mark.parametrize("source", ["172.30.9.9", "172.30.128.9", "198.51.100.1", "10.0.0.1",
+                                    "", "not-an-address", "::2"])
+def test_an_unknown_source_is_refused(source: str) -> None:
+    assert node_viewer(source, LOCAL) is None
+    with pytest.raises(PermissionDenied) as err:
+        sliver_viewer(source, SLIVERS, "n1")
+    assert "expected the node or a sliver of node n1, found neither" in str(err.value)
+
+
+def test_the_hosts_addresses_come_from_fib_trie(root: Path) -> None:
+    (root / "net").mkdir()
+    assert local_addresses(root) == frozenset()  # unreadable: nobody is the node by address
+    (root / "net" / "fib_trie").write_text(FIB_TRIE)
+    assert local_addresses(root) == LOCAL
+
+
+@pytest.mark.parametrize(
+    ("viewer", "from_source", "total", "refused"),
+    [
+        (Viewer(A_ADDR, "pl_cpu", False), 7, 100, None),
+        (Viewer(A_ADDR, "pl_cpu", False), 8, 100, 429),
+        (Viewer(ADMIN_ADDR, "pl_admin", True), 8, 100, 429),  # admin_sniffer is no exemption
+        (Viewer("127.0.0.1", None, True), 500, 500, None),    # the node: only the total
+        (Viewer("127.0.0.1", None, True), 1000, 1000, 503),
+        (Viewer(A_ADDR, "pl_cpu", False), 0, 1000, 503),
+    ],
+)
+def test_stream_admission(viewer: Viewer, from_source: int, total: int,
+                          refused: int | None) -> None:
+    if refused is None:
+        admit_stream(viewer, from_source, total, per_source=8, total=1000)
+        return
+    with pytest.raises(TooManyStreams) as err:
+        admit_stream(viewer, from_source, total, per_source=8, total=1000)
+    assert err.value.status == refused
+    assert "expected at most" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("viewer", "slices"),
+    [
+        (Viewer("127.0.0.1", None, True), ["pl_cpu", "pl_idle", "xid9"]),
+        (Viewer(A_ADDR, "pl_cpu", False), ["pl_cpu"]),
+        (Viewer(B_ADDR, "pl_idle", False), ["pl_idle"]),
+        (Viewer(ADMIN_ADDR, "pl_admin", True), ["pl_cpu", "pl_idle", "xid9"]),
+    ],
+)
+def test_connects_rows_a_caller_sees(viewer: Viewer, slices: list[str]) -> None:
+    rows: list[tuple[Any, ...]] = [("1.0", n, "tcp", "192.0.2.1", 80)
+                                   for n in ("pl_cpu", "pl_idle", "xid9")]
+    assert [r[1] for r in visible_rows(SENSORS["connects"], rows, viewer)] == slices
+    assert visible_rows(SENSORS["slices"], rows, viewer) == rows  # no slice column: all
+
+
+@web.middleware
+async def test_source(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
+    """Stands in for the network: the request's source address from ``X-Test-Source``
+    (a sliver's address cannot be bound in a test without root)."""
+    source = request.headers.get("X-Test-Source")
+    return await handler(request if source is None else request.clone(remote=source))
+
+
+test_source.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def sclient(aiohttp_client: Any, settings: Settings, fake_nm: FakeNM) -> Client:
+    """The server with callers from any source address (``X-Test-Source``)."""
+    fake_nm.slivers = [addressed("pl_cpu", A_ADDR), addressed("pl_idle", B_ADDR),
+                       addressed("pl_admin", ADMIN_ADDR, admin=True)]
+    app = make_app(replace(settings, max_streams_per_source=3, max_streams=8))
+    app.middlewares.append(test_source)
+    c: Client = await aiohttp_client(app)
+    return c
+
+
+def src(address: str) -> dict[str, str]:
+    return {"X-Test-Source": address}
+
+
+async def feed_two_slices(client: Client, sniffer: FakeSniffer) -> None:
+    await asyncio.wait_for(sniffer.connected.wait(), 10)
+    state = client.app[STATE]
+    await wait_until(lambda: len(state.detector.slices) == 2, "the slice map arrives")
+    await sniffer.send(rec(1.0, 5, 6, SYN, "192.0.2.1", 80), rec(2.0, 6, 6, SYN, "192.0.2.2", 22))
+    await wait_until(lambda: len(state.detector.ring) == 2, "both connects are seen")
+
+
+@pytest.mark.parametrize(
+    ("source", "slices"),
+    [(None, ["pl_cpu", "pl_idle"]), (A_ADDR, ["pl_cpu"]), (B_ADDR, ["pl_idle"]),
+     (ADMIN_ADDR, ["pl_cpu", "pl_idle"])],
+)
+async def test_connects_shows_a_sliver_its_own_slice(sclient: Client, sniffer: FakeSniffer,
+                                                     source: str | None,
+                                                     slices: list[str]) -> None:
+    await feed_two_slices(sclient, sniffer)
+    r = await sclient.get("/connects", headers=src(source) if source else {})
+    assert r.status == 200
+    assert [row[1] for row in parse(await r.text())[1:]] == slices
+
+
+async def test_an_unknown_sliver_address_gets_nothing(sclient: Client, sniffer: FakeSniffer,
+                                                      fake_nm: FakeNM) -> None:
+    await feed_two_slices(sclient, sniffer)
+    calls = fake_nm.calls
+    for uri in ("/connects", "/connects?stream=1", "/load", "/", "/metrics"):
+        r = await sclient.get(uri, headers=src("172.30.9.9"))
+        text = await r.text()
+        assert r.status == 403, (uri, text)
+        assert text == "source 172.30.9.9: expected the node or a sliver of node n1, " \
+                       "found neither\n"
+    assert fake_nm.calls > calls  # asked the NM again before refusing
+    assert not sclient.app[STATE].connects.subscribers
+
+
+async def test_a_sliver_made_since_the_last_nm_answer_is_known(sclient: Client,
+                                                               fake_nm: FakeNM) -> None:
+    assert (await sclient.get("/load", headers=src(A_ADDR))).status == 200  # view cached
+    fake_nm.slivers = [*fake_nm.slivers, addressed("pl_new", "172.30.128.20")]
+    r = await sclient.get("/load", headers=src("172.30.128.20"))
+    assert r.status == 200, await r.text()
+
+
+async def test_a_sliver_caller_without_the_nm_is_503(sclient: Client, root: Path) -> None:
+    (root / "nm.sock").unlink()
+    await asyncio.sleep(0.1)  # let the NM view age past max-age 0 fetches
+    r = await sclient.get("/load", headers={**src("172.30.128.99")})
+    assert r.status == 503 and "cannot identify the caller" in await r.text()
+    assert (await sclient.get("/load")).status == 200  # the node needs no NM to be known
+
+
+async def test_the_connects_stream_is_filtered_the_same_way(sclient: Client,
+                                                            sniffer: FakeSniffer) -> None:
+    await asyncio.wait_for(sniffer.connected.wait(), 10)
+    state = sclient.app[STATE]
+    await wait_until(lambda: len(state.detector.slices) == 2, "the slice map arrives")
+    streams = {who: await sclient.get("/connects?stream=1", headers=src(addr) if addr else {})
+               for who, addr in (("a", A_ADDR), ("b", B_ADDR), ("admin", ADMIN_ADDR),
+                                 ("node", None))}
+    for r in streams.values():
+        assert (await r.content.readline()).decode().strip() == "time,slice,proto,dst,port"
+    await wait_until(lambda: len(state.connects.subscribers) == 4, "four subscribers")
+    await sniffer.send(rec(1.0, 6, 6, SYN, "192.0.2.2", 22))   # pl_idle's
+    await sniffer.send(rec(2.0, 5, 6, SYN, "192.0.2.1", 80))   # pl_cpu's
+    first = {who: (await asyncio.wait_for(r.content.readline(), 10)).decode().split(",")[1]
+             for who, r in streams.items()}
+    assert first == {"a": "pl_cpu", "b": "pl_idle", "admin": "pl_idle", "node": "pl_idle"}
+    for r in streams.values():
+        r.close()
+
+
+async def test_streams_per_source_are_capped(sclient: Client, sniffer: FakeSniffer) -> None:
+    await asyncio.wait_for(sniffer.connected.wait(), 10)
+    state = sclient.app[STATE]
+    held = [await sclient.get("/connects?stream=1", headers=src(A_ADDR)),
+            await sclient.get("/bandwidth/pl_cpu?stream=1", headers=src(A_ADDR)),
+            await sclient.get("/connects?stream=1", headers=src(A_ADDR))]
+    assert [r.status for r in held] == [200, 200, 200]
+    await wait_until(lambda: state.streams.by_source[A_ADDR] == 3, "three streams held")
+    for uri in ("/connects?stream=1", "/bandwidth/pl_cpu?stream=1&interval=1"):
+        r = await sclient.get(uri, headers=src(A_ADDR))
+        assert r.status == 429
+        assert await r.text() == f"streaming clients from {A_ADDR}: expected at most 3, " \
+                                 "found 3 open\n"
+    assert (await sclient.get("/connects", headers=src(A_ADDR))).status == 200  # snapshots
+    assert (await sclient.head("/connects?stream=1", headers=src(A_ADDR))).status == 200
+    other = await sclient.get("/connects?stream=1", headers=src(B_ADDR))
+    assert other.status == 200  # another sliver is not held back
+    held[0].close()
+    await wait_until(lambda: state.streams.by_source[A_ADDR] == 2, "a closed stream frees")
+    again = await sclient.get("/connects?stream=1", headers=src(A_ADDR))
+    assert again.status == 200
+    node = [await sclient.get("/connects?stream=1") for _ in range(4)]  # 8 open in all
+    assert [r.status for r in node] == [200] * 4  # the node is past 3 from its address
+    await wait_until(lambda: state.streams.total == 8, "eight streams open")
+    full = await sclient.get("/connects?stream=1")
+    assert full.status == 503 and "expected at most 8 on this server" in await full.text()
+    assert state.streams.refused == 3
+    for r in [*held, other, again, *node]:
+        r.close()
+    await wait_until(lambda: state.streams.total == 0 and not state.streams.by_source,
+                     "every slot is given back")
+
+
+@pytest.mark.parametrize(("interval", "status"), [("0.4", 400), ("0.0", 400), ("-1", 400),
+                                                  ("nan", 400), ("inf", 400), ("3601", 400),
+                                                  ("0.5", 200), ("3600", 200)])
+async def test_the_interval_has_a_floor(sclient: Client, interval: str, status: int) -> None:
+    r = await sclient.get(f"/bandwidth/pl_cpu?stream=1&interval={interval}", headers=src(A_ADDR))
+    assert r.status == status
+    if status == 400:
+        assert await r.text() == f"interval: expected seconds from 0.5 to 3600, " \
+                                 f"found '{interval}'\n"
+    r.close()
+
+
+@pytest.mark.parametrize("uri", ["/bandwidth/pl_cpu?stream=1&interval=3600",
+                                 "/connects?stream=1"])
+async def test_a_closed_stream_gives_its_slot_back_at_once(sclient: Client, uri: str) -> None:
+    state = sclient.app[STATE]
+    r = await sclient.get(uri, headers=src(A_ADDR))
+    await r.content.readline()
+    await wait_until(lambda: state.streams.by_source[A_ADDR] == 1, "the stream is held")
+    r.close()  # no line will come for an hour: only the disconnect can free it
+    await wait_until(lambda: not state.streams.by_source and not state.connects.subscribers,
+                     "the slot is free", tries=200)

@@ -89,7 +89,8 @@ def build_node_manager(cfg: NodeConfig) -> NodeParts:
     capacity = node_capacity(root, cfg.policy())
     store = Store(cfg.db_path)
     net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
-                      ifb=cfg.ifb)
+                      ifb=cfg.ifb, sliver_services=cfg.sliver_services(),
+                      allow_link_local=cfg.policy().allow_link_local)
     accounts = HostAccounts()
     nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net,
                      host_ports=host_listeners)
