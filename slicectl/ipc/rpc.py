@@ -7,7 +7,6 @@ slivers whose rspec has ``nm_privileged`` (the socket's directory is mounted int
 from __future__ import annotations
 
 import contextlib
-import errno
 import http.client
 import logging
 import os
@@ -23,6 +22,8 @@ from typing import Any
 from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
 
 from slicectl.core.errors import ConnectionFailed, PermissionDenied, SlicectlError, from_fault
+from slicectl.ipc.accepting import OUT_OF_RESOURCES
+from slicectl.ipc.lingering import linger_close
 from slicectl.ipc.peer import Peer
 from slicectl.ipc.refusals import Refusals
 
@@ -137,7 +138,7 @@ class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
         try:
             sock, _ = self.socket.accept()
         except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if e.errno in OUT_OF_RESOURCES:
                 log.warning("accept: %s; backing off", e.strerror)
                 time.sleep(0.1)  # the listener stays readable: do not spin
             raise
@@ -161,9 +162,9 @@ class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
                 return True
             self._release(client_address, count=False)
         self.refusals.count(str(owner), "connections")
-        refuse(request, 503, f"connections of {owner[:12]}: expected at most "
-                             f"{self.max_per_owner} open at once, found that many")
-        return False
+        answer_refusal(request, 503, f"connections of {owner[:12]}: expected at most "
+                                     f"{self.max_per_owner} open at once, found that many")
+        return False  # socketserver closes it (shutdown_request)
 
     def _release(self, who: Any, count: bool = True) -> None:
         close = getattr(who, "close", None)
@@ -184,6 +185,9 @@ class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
             with self._open_lock:
                 self._release(client_address)
 
+    def shutdown_request(self, request: Any) -> None:
+        linger_close(request)  # the last answer arrives even if the peer still writes
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.warning("connection of %s ended with an error", getattr(client_address, "owner", "?"),
                     exc_info=True)
@@ -191,7 +195,7 @@ class UnixXMLRPCServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
 
 def answer_refusal(sock: socket.socket, status: int, reason: str) -> None:
     """Write one HTTP error naming ``reason`` (in the body and a header), without
-    blocking; a peer that does not read loses it."""
+    blocking; a peer that does not read loses it. Close with :func:`linger_close`."""
     text = reason.replace("\r", " ").replace("\n", " ")[:300]
     body = f"{text}\n".encode()
     head = (f"HTTP/1.0 {status} {http.client.responses.get(status, 'Refused')}\r\n"
@@ -200,33 +204,13 @@ def answer_refusal(sock: socket.socket, status: int, reason: str) -> None:
             "Connection: close\r\n\r\n").encode()
     with contextlib.suppress(OSError):
         sock.send(head + body, socket.MSG_DONTWAIT)
-    drain(sock)
-
-
-def drain(sock: socket.socket, limit: int = 1 << 16) -> None:
-    """Read what the peer has sent so far (without blocking): a unix socket closed with
-    unread data resets the peer, which then never reads the answer."""
-    timeout = sock.gettimeout()
-    sock.setblocking(False)  # a socket with a timeout would wait for data despite DONTWAIT
-    try:
-        while limit > 0:
-            data = sock.recv(min(limit, 65536))
-            if not data:
-                return
-            limit -= len(data)
-    except OSError:
-        return
-    finally:
-        with contextlib.suppress(OSError):
-            sock.settimeout(timeout)
 
 
 def refuse(sock: socket.socket, status: int, reason: str) -> None:
-    """Answer a connection that will not be served (:func:`answer_refusal`) and close it."""
+    """Answer a connection that will not be served (:func:`answer_refusal`) and close it
+    so that the answer arrives (:func:`linger_close`)."""
     answer_refusal(sock, status, reason)
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
+    linger_close(sock)
 
 
 class _UnixConnection(http.client.HTTPConnection):

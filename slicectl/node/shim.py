@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -45,6 +44,8 @@ from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError
 from slicectl.core.policy import NodePolicy
 from slicectl.core.requests import loads_bounded, shim_request
 from slicectl.core.wire import NetEntry, from_struct
+from slicectl.ipc.accepting import Accepts
+from slicectl.ipc.lingering import linger_close
 from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
@@ -218,6 +219,14 @@ class Session:
         return self.peer.pid
 
 
+def refuse_client(client: socket.socket, errno_name: str, message: str) -> None:
+    """Tell a connection that will not be served why (without blocking) and close it."""
+    with contextlib.suppress(OSError):
+        client.send(json.dumps({"ok": False, "errno": errno_name, "error": message}).encode(),
+                    socket.MSG_DONTWAIT)
+    linger_close(client)
+
+
 class Shim:
     """All sessions of a node, driven by one selector loop."""
 
@@ -226,7 +235,7 @@ class Shim:
         self.cfg = cfg
         self.nm = nm
         self.policy = policy or NodePolicy()
-        self.accept_paused_until = 0.0
+        self.accepts: Accepts | None = None
         self.sel = selectors.DefaultSelector()
         self.sessions: dict[int, Session] = {}
         self.slivers: dict[str, NetEntry] = {}
@@ -491,23 +500,14 @@ class Shim:
     def accept(self, listener: socket.socket) -> None:
         """Take a connection and pin its peer. Out of file descriptors, stop accepting
         for a moment (the listener would stay readable and the loop spin)."""
-        try:
-            client, _ = listener.accept()
-        except BlockingIOError:
-            return
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning("accept: %s; pausing accepts for 0.1 s", e.strerror)
-                self.sel.unregister(listener)
-                self.accept_paused_until = time.monotonic() + 0.1
+        assert self.accepts is not None
+        client = self.accepts.accept()
+        if client is None:
             return
         try:
             peer = pin(client)
         except SlicectlError as e:
-            with contextlib.suppress(OSError):
-                client.send(json.dumps({"ok": False, "errno": "EPERM", "error": str(e)}).encode(),
-                            socket.MSG_DONTWAIT)
-            client.close()
+            refuse_client(client, "EPERM", str(e))
             return
         mine = [o for o in self.sessions.values() if o.peer.owner == peer.owner]
         refusal = None
@@ -522,11 +522,7 @@ class Shim:
                        "buffers at the shim (node policy), found them taken")
         if refusal is not None:
             self.refusals.count(peer.owner[:12], refusal[1])
-            with contextlib.suppress(OSError):
-                client.send(json.dumps({"ok": False, "errno": refusal[0],
-                                        "error": f"container {peer.owner[:12]}: {refusal[2]}"}
-                                       ).encode(), socket.MSG_DONTWAIT)
-            client.close()
+            refuse_client(client, refusal[0], f"container {peer.owner[:12]}: {refusal[2]}")
             peer.close()
             return
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_BUFFER)
@@ -545,12 +541,6 @@ class Shim:
                                        f"{held >> 20} MiB held")
         s.buffers += more
 
-    def resume_accepts(self) -> None:
-        if self.accept_paused_until and time.monotonic() >= self.accept_paused_until \
-                and self.listener is not None:
-            self.accept_paused_until = 0.0
-            self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
-
     def listen(self) -> None:
         self.cfg.shim_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.sock_path.with_suffix(".new")
@@ -561,7 +551,7 @@ class Shim:
         listener.listen(256)
         os.replace(tmp, self.sock_path)
         listener.setblocking(False)
-        self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
+        self.accepts = Accepts(self.sel, listener, ("listen", listener), log)
         self.listener = listener
 
     def cleanup_stale(self) -> None:
@@ -599,7 +589,8 @@ class Shim:
                 budget -= time.monotonic() - now
             if events:
                 busy_until = time.monotonic() + BUSY_POLL_S
-            self.resume_accepts()
+            if self.accepts is not None:
+                self.accepts.resume()
             for key, _mask in events:
                 kind, obj = key.data
                 try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import mmap
 import os
@@ -46,6 +45,7 @@ from slicectl.core.sniffrecord import (
     json_frame,
 )
 from slicectl.core.wire import NetEntry, from_struct
+from slicectl.ipc.accepting import Accepts
 from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
@@ -177,7 +177,7 @@ class Sniffer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self.listener: socket.socket | None = None
-        self.accept_paused_until = 0.0
+        self.accepts: Accepts | None = None
         self.pending: list[Consumer] = []
 
     @property
@@ -237,15 +237,9 @@ class Sniffer:
     # consumers ----------------------------------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
-        try:
-            sock, _ = listener.accept()
-        except BlockingIOError:
-            return
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning("accept: %s; pausing accepts for 0.1 s", e.strerror)
-                self.sel.unregister(listener)
-                self.accept_paused_until = time.monotonic() + 0.1
+        assert self.accepts is not None
+        sock = self.accepts.accept()
+        if sock is None:
             return
         try:
             pinned = pin(sock)
@@ -386,10 +380,8 @@ class Sniffer:
             self.send_drops(c)
             if c.out:
                 self.flush(c)
-        if self.accept_paused_until and time.monotonic() >= self.accept_paused_until \
-                and self.listener is not None:
-            self.accept_paused_until = 0.0
-            self.sel.register(self.listener, selectors.EVENT_READ, ("listen", self.listener))
+        if self.accepts is not None:
+            self.accepts.resume()
 
     # the loop -----------------------------------------------------------------------
 
@@ -403,7 +395,7 @@ class Sniffer:
         listener.listen(64)
         os.replace(tmp, self.sock_path)
         listener.setblocking(False)
-        self.sel.register(listener, selectors.EVENT_READ, ("listen", listener))
+        self.accepts = Accepts(self.sel, listener, ("listen", listener), log)
         self.listener = listener
         return listener
 

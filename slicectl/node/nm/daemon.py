@@ -73,6 +73,8 @@ class NodeParts:
     accounts: HostAccounts
     net: NodeNetwork
     store: Store
+    #: the node policy as read once at start (every part sees the same one)
+    policy: NodePolicy
 
 
 def build_node_manager(cfg: NodeConfig) -> NodeParts:
@@ -86,15 +88,16 @@ def build_node_manager(cfg: NodeConfig) -> NodeParts:
         subnet=cfg.subnet, quota_counts_image=quota_mode(Path(root)) == "qgroup",
         shim_dir=cfg.shim_dir, sniffer_dir=cfg.sniffer_dir,
     )
-    capacity = node_capacity(root, cfg.policy())
+    policy = cfg.policy()
+    capacity = node_capacity(root, policy)
     store = Store(cfg.db_path)
     net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
                       ifb=cfg.ifb, sliver_services=cfg.sliver_services(),
-                      allow_link_local=cfg.policy().allow_link_local)
+                      allow_link_local=policy.allow_link_local)
     accounts = HostAccounts()
     nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net,
                      host_ports=host_listeners)
-    return NodeParts(nm, engine, accounts, net, store)
+    return NodeParts(nm, engine, accounts, net, store, policy)
 
 
 def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
@@ -116,7 +119,7 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     raise_host_limits()
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm), identify=pin,
-                              max_per_owner=cfg.policy().nm_connections_per_owner)
+                              max_per_owner=parts.policy.nm_connections_per_owner)
     os.chmod(cfg.nm_sock_dir, 0o711)  # traversable: the socket's owner decides who connects
     open_to_sliver_root(cfg.nm_sock)
     write_pidfile(cfg.nm_pidfile)
