@@ -98,6 +98,8 @@ def populate(db: Database, scale: float) -> dict[str, int]:
                                ("slice_tags", "slice_tag_id")):
                 c.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "
                                f"(SELECT max({col}) FROM {table}))"))
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text("ANALYZE"))  # what autovacuum does to a real PLC's bulk-loaded tables
     return {"sites": n_sites, "persons": len(persons), "slices": len(slices),
             "nodes": n_sites, "slice_tags": len(slices) * len(TAGS),
             "slivers_per_node": spread * len(slices) // n_sites}
@@ -223,6 +225,10 @@ def run_kind(kind: str, url: str | None, scale: float, n: int, state: Path) -> l
         row, res = measure("GetSlivers (100 slivers)", pid, n, slivers)
         assert len(res["slivers"]) == sizes["slivers_per_node"], len(res["slivers"])
         rows.append(row)
+        # the same nodes again, nothing changed since their last poll: the cached answer
+        row, again = measure("GetSlivers, unchanged since last poll", pid, n, slivers)
+        assert {**again, "timestamp": 0} == {**res, "timestamp": 0}
+        rows.append(row)
         payloads = {"GetSlices by name": p.GetSlices(session, names[0]),
                     "GetSlivers (100 slivers)": res}
     finally:
@@ -242,8 +248,10 @@ def report(kind: str, rows: list[Row]) -> None:
         per_s = 1000 / r.cpu_ms if r.cpu_ms > 0 else float("inf")
         print(f"{r.name:42} {r.p50:8.2f} {r.p99:8.2f} {r.cpu_ms:14.2f} {per_s:13.0f} {r.size:8}")
     gs = next(r for r in rows if r.name.startswith("GetSlivers"))
-    print(f"1,000 nodes calling GetSlivers once a minute: {1000 / 60 * gs.cpu_ms / 10:.1f}% of a core "
-          f"(target < 10%)")
+    warm = next(r for r in rows if r.name.startswith("GetSlivers, unchanged"))
+    print(f"1,000 nodes calling GetSlivers once a minute: {1000 / 60 * warm.cpu_ms / 10:.1f}% of a "
+          f"core when their views are unchanged since their last poll, "
+          f"{1000 / 60 * gs.cpu_ms / 10:.1f}% when every poll follows a change (target < 10%)")
     by_id = next(r for r in rows if r.name == "GetSlices by id")
     print(f"targets: Get by id p50 {by_id.p50:.2f} ms (<= 5), GetSlivers p50 {gs.p50:.2f} ms (<= 20)")
 

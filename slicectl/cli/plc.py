@@ -17,6 +17,7 @@ from typing import Any
 from slicectl.cli.common import AddCommand, output_flag, print_json, read_text
 from slicectl.core.errors import UsageError
 from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import remove_pidfile, write_pidfile
 from slicectl.plc import tls
 from slicectl.plc.api import PLCAPI
 from slicectl.plc.bootstrap import ROOT_EMAIL, RootCredentials, ensure_root, seed
@@ -61,12 +62,16 @@ def cmd_serve(args: argparse.Namespace, cfg: NodeConfig) -> int:
                   "not writing root credentials", file=sys.stderr)
         else:
             RootCredentials(url, cafile, args.root_email, password).write(root_file)
+        if args.pidfile:
+            write_pidfile(Path(args.pidfile))
         print(f"PLCAPI serving {url}", flush=True)
 
     try:
         asyncio.run(serve(make_app(api, args.threads), Listen(args.host, args.port, ctx), ready))
     finally:
         db.close()
+        if args.pidfile:
+            remove_pidfile(Path(args.pidfile))
     return 0
 
 
@@ -200,6 +205,8 @@ def register(add: AddCommand) -> None:
     s.add_argument("--cert", help="certificate file (default: one made under the state dir)")
     s.add_argument("--key", help="its private key")
     s.add_argument("--threads", type=int, default=8, help="XML-RPC worker threads")
+    s.add_argument("--pidfile", help="write pid and code hash here while serving "
+                                     "(how the node's supervisor tells stale code apart)")
     s.add_argument("--root-email", default=ROOT_EMAIL)
     s.add_argument("--scrypt-n", type=int, default=2**14,
                    help="scrypt cost for new passwords (tests and benches lower it)")

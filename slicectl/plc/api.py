@@ -35,6 +35,7 @@ from .errors import (
 from .methods import TABLE, Method, Table
 from .objects import ROLES
 from .policy import ANONYMOUS, Caller
+from .views import ViewCache
 from .wire import dumps_response
 
 log = logging.getLogger("slicectl.plc")
@@ -60,6 +61,10 @@ def depth(value: object, limit: int) -> int:
     return deepest
 
 
+#: Write methods whose writes no GetSlivers answer shows (GetSlivers' own last contact).
+VIEW_NEUTRAL = frozenset({"GetSlivers"})
+
+
 class PLCAPI:
     """PLCAPI over one database."""
 
@@ -75,6 +80,8 @@ class PLCAPI:
                                     self.settings.login_failures_per_source,
                                     self.settings.login_window_s)
         self.passwords = VerifiedCache()
+        #: GetSlivers answers as sent, per node (see :mod:`slicectl.plc.views`).
+        self.views = ViewCache(self.settings.view_cache_bytes)
         #: Checked when no such person exists, so that a miss costs what a hit costs.
         self._dummy_hash = hash_password("slicectl-dummy", n=self.settings.scrypt_n)
 
@@ -96,7 +103,7 @@ class PLCAPI:
         if name is None:
             raise BadRequest("not an XML-RPC call: no methodName")
         try:
-            result = self.call(name, list(params), source)
+            result = self.call(name, list(params), source, wire=True)
             return dumps_response(result)
         except PLCFault as f:
             return xmlrpc.client.dumps(xmlrpc.client.Fault(f.fault_code, f.message),
@@ -106,15 +113,17 @@ class PLCAPI:
             return xmlrpc.client.dumps(xmlrpc.client.Fault(err.fault_code, err.message),
                                        methodresponse=True, allow_none=True).encode()
 
-    def call(self, name: str, params: list[Any], source: str = "local") -> Any:
-        """Run one method; raises :class:`PLCFault` with PLCAPI's code."""
+    def call(self, name: str, params: list[Any], source: str = "local", wire: bool = False
+             ) -> Any:
+        """Run one method; raises :class:`PLCFault` with PLCAPI's code. ``wire``: the result
+        goes out as XML-RPC (:func:`wire.dumps_response`), so it may be pre-rendered."""
         if depth(params, self.settings.max_depth) > self.settings.max_depth:
             raise InvalidArgument(f"Invalid params value: expected values nested at most "
                                   f"{self.settings.max_depth} deep, got deeper")
         if name == "system.multicall":
-            return self.multicall(params, source)
+            return self.multicall(params, source, wire)
         try:
-            return self._run(self.table.get(name), params, source)
+            return self._run(self.table.get(name), params, source, wire)
         except PLCFault:
             raise
         except IntegrityError as e:
@@ -127,7 +136,7 @@ class PLCAPI:
             log.exception("%s: internal error", name)
             raise InternalError(type(e).__name__) from e
 
-    def multicall(self, params: list[Any], source: str) -> list[Any]:
+    def multicall(self, params: list[Any], source: str, wire: bool = False) -> list[Any]:
         if len(params) != 1:
             raise WrongArgCount(f"expected 1 argument, got {len(params)}")
         calls = params[0]
@@ -145,12 +154,12 @@ class PLCAPI:
                 if c["methodName"] == "system.multicall":
                     raise InvalidArgument("Invalid methodName value: expected a method other "
                                           "than system.multicall, got a nested multicall")
-                out.append([self.call(c["methodName"], list(c.get("params", [])), source)])
+                out.append([self.call(c["methodName"], list(c.get("params", [])), source, wire)])
             except PLCFault as f:
                 out.append({"faultCode": f.fault_code, "faultString": f.message})
         return out
 
-    def _run(self, m: Method, params: list[Any], source: str) -> Any:
+    def _run(self, m: Method, params: list[Any], source: str, wire: bool = False) -> Any:
         if not m.min_args <= len(params) <= m.max_args:
             want = (str(m.min_args) if m.min_args == m.max_args
                     else f"{m.min_args} to {m.max_args}")
@@ -166,10 +175,13 @@ class PLCAPI:
                     raise PermissionDenied(f"Not allowed to call {m.name}")
             checked = m.check_args(args)
             call = Call(conn, caller, m.name, now, self.settings, api=self,
-                        auth=params[0] if m.auth and isinstance(params[0], dict) else {})
+                        auth=params[0] if m.auth and isinstance(params[0], dict) else {},
+                        wire=wire)
             result = m.handler(call, *checked)
             call.flush_events()
-            return result
+        if m.writes and m.name not in VIEW_NEUTRAL:
+            self.views.wrote()  # committed: cached GetSlivers answers are stale
+        return result
 
     # authentication ---------------------------------------------------------------------
 

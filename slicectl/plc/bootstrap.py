@@ -21,6 +21,17 @@ from .objects import ROLE_IDS
 ROOT_EMAIL = "root@localhost"
 
 
+def write_secret(path: Path, data: dict[str, object]) -> None:
+    """``data`` as JSON, written whole (a temporary file renamed), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class RootCredentials:
     """The root admin's login, as ``/etc/slicectl/plc-root.json`` holds it."""
@@ -40,14 +51,7 @@ class RootCredentials:
         return cls(data["url"], data.get("cafile"), data["Username"], data["AuthString"])
 
     def write(self, path: Path) -> None:
-        """Written whole (a temporary file renamed), mode 0600."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_json(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_secret(path, self.to_json())
 
 
 def seed(db: Database) -> None:

@@ -25,6 +25,8 @@ class Settings:
     login_failures_per_account: int = 10
     login_failures_per_source: int = 50
     login_window_s: float = 300.0
+    #: Bytes of rendered GetSlivers answers kept (0: none).
+    view_cache_bytes: int = 256 << 20
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Call:
     #: The auth struct the call came with (DeleteSession ends its session).
     auth: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: The result goes out as XML-RPC text (so it may be pre-rendered, wire.Prerendered).
+    wire: bool = False
 
     def event(self, object_type: str, ids: list[int], fields: dict[str, Any] | None = None) -> None:
         """Record a write: who, when, which method, which objects, which fields."""

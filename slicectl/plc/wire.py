@@ -20,6 +20,11 @@ def _dump(value: object, out: list[str]) -> None:
         if not INT_MIN <= value <= INT_MAX:  # type: ignore[operator]
             raise OverflowError("int exceeds XML-RPC limits")
         out.append(f"<value><int>{value}</int></value>\n")
+    elif kind is Prerendered:
+        out.append("<value><struct>\n")
+        out.append(render_members(value))  # type: ignore[arg-type]
+        out.append(value.tail)  # type: ignore[attr-defined]
+        out.append("</struct></value>\n")
     elif kind is dict:
         out.append("<value><struct>\n")
         for k, v in value.items():  # type: ignore[attr-defined]
@@ -62,3 +67,23 @@ def dumps_response(value: object) -> bytes:
     _dump(value, out)
     out.append("</param>\n</params>\n</methodResponse>\n")
     return "".join(out).encode("utf-8", "xmlcharrefreplace")
+
+
+class Prerendered(dict[str, object]):
+    """A struct whose members are ``head`` (rendered at each call) followed by ``tail``,
+    members already rendered as XML-RPC text (``<member>...</member>``): how a cached
+    GetSlivers answer goes out with a fresh timestamp and nothing else rendered again."""
+
+    def __init__(self, head: dict[str, object], tail: str) -> None:
+        super().__init__(head)
+        self.tail = tail
+
+
+def render_members(struct: dict[str, object]) -> str:
+    """``struct``'s members as XML-RPC text (for :class:`Prerendered`)."""
+    out: list[str] = []
+    for k, v in struct.items():
+        out.append(f"<member>\n<name>{k.translate(_ESCAPE)}</name>\n")
+        _dump(v, out)
+        out.append("</member>\n")
+    return "".join(out)

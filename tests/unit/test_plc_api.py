@@ -462,3 +462,62 @@ def test_wire_handle(plc_api: PLCAPI) -> None:
     with pytest.raises(xmlrpc.client.Fault) as e:
         xmlrpc.client.loads(out)
     assert e.value.faultCode == 102
+
+
+def _wire_getslivers(world: World) -> dict[str, Any]:
+    """GetSlivers as the node sends it over the wire: through api.handle, parsed back."""
+    auth = world.node.auth([]) if callable(world.node.auth) else world.node.auth
+    body = xmlrpc.client.dumps((auth,), "GetSlivers", allow_none=True).encode()
+    (view,), _ = xmlrpc.client.loads(world.api.handle(body, "127.0.0.1"))
+    return dict(view)
+
+
+def test_getslivers_on_the_wire_is_cached_until_anything_changes(
+        world: World, plc_clock: Clock) -> None:
+    pi, r = world.pi, world.root
+    uid = world.user.person_id  # type: ignore[attr-defined]
+    sid = pi.AddSlice({"name": "pu_c"})
+    pi.AddPersonToSlice(uid, sid)
+    pi.AddSliceToNodes(sid, [world.node_id])
+    views = world.api.views
+    first = _wire_getslivers(world)
+    assert first == world.node.GetSlivers()  # the cached text says what the dict says
+    plc_clock.now += 10
+    again = _wire_getslivers(world)
+    assert views.hits == 1 and again["timestamp"] == first["timestamp"] + 10
+    assert {**again, "timestamp": 0} == {**first, "timestamp": 0}
+    # every kind of change reaches the next poll: a key, a tag, a member disabled
+    world.user.AddPersonKey(uid, {"key_type": "ssh", "key": ED25519})
+    assert _wire_getslivers(world)["slivers"][0]["keys"] == [{"key_type": "ssh", "key": ED25519}]
+    r.AddSliceTag(sid, "vref", "debian")
+    assert _wire_getslivers(world)["slivers"][0]["attributes"] == [
+        {"tagname": "vref", "value": "debian"}]
+    r.UpdatePerson(uid, {"enabled": False})
+    assert _wire_getslivers(world)["slivers"][0]["keys"] == []
+    # a write the cache did not see (another PLC process on the same database) shows
+    # through the event it records
+    with world.api.db.transaction(write=True) as conn:
+        from sqlalchemy import insert
+
+        from slicectl.plc import schema as s
+        conn.execute(s.slice_node.delete().where(s.slice_node.c.slice_id == sid))
+        conn.execute(insert(s.events).values(time=int(plc_clock.now), caller="other-plc",
+                                             method="DeleteSliceFromNodes",
+                                             object_type="Slice", object_ids="[]", fields="{}"))
+    assert _wire_getslivers(world)["slivers"] == []
+    # and time alone: a slice that expires leaves the answer without any write
+    pi.AddSliceToNodes(sid, [world.node_id])
+    assert [x["name"] for x in _wire_getslivers(world)["slivers"]] == ["pu_c"]
+    plc_clock.now = first["slivers"][0]["expires"]
+    assert _wire_getslivers(world)["slivers"] == []
+
+
+def test_the_view_cache_is_bounded_by_bytes() -> None:
+    from slicectl.plc.views import CachedView, ViewCache
+
+    cache = ViewCache(max_bytes=250)
+    for node in range(5):
+        cache.put(node, CachedView((0, 0), 100, "x" * 100))
+    assert len(cache) == 2  # the least recently used went first
+    assert cache.get(4, (0, 0), 0) is not None and cache.get(0, (0, 0), 0) is None
+    assert cache.get(4, (1, 0), 0) is None and cache.get(4, (0, 0), 100) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 
 from .. import crud
 from .. import schema as s
@@ -16,6 +16,8 @@ from ..methods import TABLE, Fields, Ref, arg
 from ..objects import BOOT_STATES, NODE, NODE_TYPES, ROLE_IDS, SITE
 from ..policy import ADMIN, EVERYONE, check_write_node, deny
 from ..policy import NODE as NODE_ROLE
+from ..views import CachedView
+from ..wire import Prerendered, render_members
 from .common import key_free, lookup, register_delete, register_get
 
 WRITERS = frozenset({"admin", "pi", "tech"})
@@ -85,45 +87,49 @@ def regenerate_node_key(call: Call, ref: object) -> str:
 
 # GetSlivers -----------------------------------------------------------------------------------
 
-def _keys_of(call: Call, person_ids: list[int]) -> dict[int, list[dict[str, str]]]:
+def _keys_of(call: Call, persons: Any) -> dict[int, list[dict[str, str]]]:
+    """The keys of the enabled persons among ``persons`` (a subquery of person ids), by
+    person, in key_id order."""
     out: dict[int, list[dict[str, str]]] = defaultdict(list)
-    if not person_ids:
-        return out
     rows = call.conn.execute(
         select(s.keys.c.key_id, s.keys.c.person_id, s.keys.c.key_type, s.keys.c.key)
         .join(s.persons, s.persons.c.person_id == s.keys.c.person_id)
-        .where(s.keys.c.person_id.in_(person_ids), s.persons.c.enabled.is_(True)))
+        .where(s.keys.c.person_id.in_(persons), s.persons.c.enabled.is_(True)))
     for _, pid, kt, key in sorted(rows):  # by key_id
         out[pid].append({"key_type": kt, "key": key})
     return out
 
 
 def slivers_view(call: Call, node: dict[str, Any]) -> dict[str, Any]:
-    """GetSlivers' answer for ``node`` (pure reads)."""
+    """GetSlivers' answer for ``node`` (pure reads). Every query names the node's live
+    slices as a subquery, not as a list of ids: the statements stay the same from call
+    to call, so the database plans each once (psycopg prepares them)."""
     conn, now, nid = call.conn, call.now, node["node_id"]
+    live = (select(s.slice_node.c.slice_id)
+            .join(s.slices, s.slices.c.slice_id == s.slice_node.c.slice_id)
+            .where(s.slice_node.c.node_id == nid, s.slices.c.expires > now))
     slices = [dict(r) for r in conn.execute(
         select(s.slices.c.slice_id, s.slices.c.name, s.slices.c.instantiation,
                s.slices.c.expires)
-        .join(s.slice_node, s.slice_node.c.slice_id == s.slices.c.slice_id)
-        .where(s.slice_node.c.node_id == nid, s.slices.c.expires > now)
+        .where(s.slices.c.slice_id.in_(live))
         .order_by(s.slices.c.name)).mappings()]
-    ids = [x["slice_id"] for x in slices]
     members: dict[int, list[int]] = defaultdict(list)
     tags: dict[int, list[tuple[bool, int, str, str]]] = defaultdict(list)
-    if ids:
+    if slices:
         for sid, pid in conn.execute(select(s.slice_person.c.slice_id, s.slice_person.c.person_id)
-                                     .where(s.slice_person.c.slice_id.in_(ids))):
+                                     .where(s.slice_person.c.slice_id.in_(live))):
             members[sid].append(pid)
         for sid, tnid, tid, name, value in conn.execute(
                 select(s.slice_tags.c.slice_id, s.slice_tags.c.node_id, s.slice_tags.c.slice_tag_id,
                        s.tag_types.c.tagname, s.slice_tags.c.value)
                 .join(s.tag_types, s.tag_types.c.tag_type_id == s.slice_tags.c.tag_type_id)
-                .where(s.slice_tags.c.slice_id.in_(ids))):
+                .where(s.slice_tags.c.slice_id.in_(live))):
             # the node scope is filtered here: an OR with "node_id IS NULL" in SQL made
             # SQLite walk the node_id index over every global tag of every slice
             if tnid is None or tnid == nid:
                 tags[sid].append((tnid is None, tid, name, value))
-    keys = _keys_of(call, sorted({p for v in members.values() for p in v}))
+    keys = _keys_of(call, select(s.slice_person.c.person_id)
+                    .where(s.slice_person.c.slice_id.in_(live))) if members else {}
     slivers = []
     for sl in slices:
         local = {name for glob, _, name, _ in tags[sl["slice_id"]] if not glob}
@@ -184,8 +190,26 @@ def get_slivers(call: Call, ref: object) -> dict[str, Any]:
         raise InvalidArgument("Invalid node_id_or_hostname value: expected a node, got nil")
     node = crud.resolve(call.conn, NODE, ref)
     if call.caller.kind == "node":
+        if call.conn.dialect.name == "postgresql":
+            # a last contact lost in a crash is harmless: do not wait for its flush to disk
+            call.conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
         call.conn.execute(update(s.nodes).where(s.nodes.c.node_id == node["node_id"])
                           .values(last_contact=call.now))
-    return slivers_view(call, node)
+    if not call.wire or call.api is None:
+        return slivers_view(call, node)
+    views = call.api.views
+    version = views.version(call.conn.execute(select(func.max(s.events.c.event_id))).scalar() or 0)
+    cached = views.get(node["node_id"], version, call.now)
+    if cached is None:
+        view = slivers_view(call, node)
+        del view["timestamp"]
+        cached = CachedView(version, min((sl["expires"] for sl in view["slivers"]),
+                                         default=NEVER), render_members(view))
+        views.put(node["node_id"], cached)
+    return Prerendered({"timestamp": call.now}, cached.tail)
+
+
+#: A view that lists no slice never stops being true by itself.
+NEVER = 2**62
 
 
