@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test host venv lint unit docker bench clean-test
+.PHONY: up test host venv lint unit plc docker bench clean-test
 
 up: host venv
 	$(BIN)/slicectl node up
@@ -13,6 +13,7 @@ up: host venv
 test: host venv lint
 	$(BIN)/slicectl node prepare
 	$(BIN)/pytest -q -m unit
+	$(BIN)/pytest -q -m plc
 	$(BIN)/pytest -q -m "docker or testbed" --durations=15
 
 host:
@@ -33,6 +34,9 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q -m unit
 
+plc: venv
+	$(BIN)/pytest -q -m plc
+
 docker: venv
 	$(BIN)/pytest -q -m docker
 
@@ -42,3 +46,4 @@ bench: venv
 	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/sensor_bench.py
 	$(BIN)/python bench/raw_bench.py
+	$(BIN)/python bench/plc_bench.py

@@ -1,4 +1,4 @@
-"""The ``slicectl`` command line: one module per area (rcaps, slivers, node), each
+"""The ``slicectl`` command line: one module per area (rcaps, slivers, node, plc), each
 registering its commands; errors become one line and a non-zero exit."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from slicectl.cli import node, rcaps, slivers
+from slicectl.cli import node, plc, rcaps, slivers
 from slicectl.cli.common import Handler
 from slicectl.core.errors import SlicectlError
 from slicectl.node.config import NodeConfig
 
-AREAS = (rcaps, slivers, node)
+AREAS = (rcaps, slivers, node, plc)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from slicectl.node.dockerd import Say
 from slicectl.node.engine import engine_client
 from slicectl.node.services import ServiceRunner, start_services
 from slicectl.node.sshd import stop_sshd
+from slicectl.plc.hosting import host_plc, plc_daemon, stop_plc
 
 DEMO_SLICE = "demo_slice"
 DEMO_KEY = Path("/root/.ssh/slicectl_demo")
@@ -86,6 +87,8 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         start_host_daemons(cfg, say)
         with _engine(cfg) as client:
             start_services(cfg, client, os.environ, say)
+        if args.plc:
+            host_plc(cfg, say)
         if args.demo:
             _demo_slice(cfg, say)
         say(f"node up in {time.monotonic() - started:.1f}s")
@@ -99,6 +102,8 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
             n = ServiceRunner(client, cfg).stop_all()
         say(f"stopped {n} node service(s)")
         stopped = stop_host_daemons(cfg)
+        if stop_plc(cfg):
+            stopped.append("plc")
         stop_sshd(cfg)
         say(f"stopped {', '.join(stopped)}; slivers and the engine keep running" if stopped
             else "no node daemon was running")
@@ -112,12 +117,16 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
             info = nm_client(cfg, timeout=10).call("status")
         except ConnectionFailed as e:
             info = {"nm": str(e)}
-        states = [daemon_state(cfg, d) for d, _ in HOST_DAEMONS]
+        daemons = [d for d, _ in HOST_DAEMONS]
+        plc = plc_daemon(cfg)
+        if daemon_state(cfg, plc).state != "ABSENT":
+            daemons.append(plc)  # PLC, where this machine hosts it
+        states = [daemon_state(cfg, d) for d in daemons]
         if args.output == "json":
             info["daemons"] = {d.name: _state_struct(st)
-                               for (d, _), st in zip(HOST_DAEMONS, states, strict=True)}
+                               for d, st in zip(daemons, states, strict=True)}
         else:
-            for (d, _), st in zip(HOST_DAEMONS, states, strict=True):
+            for d, st in zip(daemons, states, strict=True):
                 info[d.name] = _state_line(st)
         with _engine(cfg) as client:
             info["services"] = [f"{s.name} {s.state} port {s.port} ({s.container})"
@@ -135,6 +144,8 @@ def register(add: AddCommand) -> None:
     nsub = sp.add_subparsers(dest="node_cmd", required=True, metavar="ACTION")
     up = nsub.add_parser("up", help="engine, image, sshd, node daemons and a demo slice")
     up.add_argument("--no-demo", dest="demo", action="store_false")
+    up.add_argument("--no-plc", dest="plc", action="store_false",
+                    help="do not host PLC here (by default PLC serves HTTPS on port 443)")
     up.add_argument("--quiet", action="store_true")
     nsub.add_parser("prepare", help="everything but the node manager")
     nsub.add_parser("restart", help="restart the node daemons (slivers keep running)")

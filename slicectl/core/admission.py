@@ -14,9 +14,10 @@ from slicectl.core.errors import AdmissionError
 from slicectl.core.rspec import TOTAL_CPU_SHARES, RSpec
 from slicectl.core.units import iso
 
-#: Node service ports no sliver may reserve: ssh, the traffic auditor, the sensor server.
+#: Node service ports no sliver may reserve: ssh, the traffic auditor, PLC (where the
+#: machine hosts it, HTTPS), the sensor server.
 NODE_SERVICE_PORTS: frozenset[tuple[str, int]] = frozenset(
-    {("tcp", 22), ("tcp", 80), ("tcp", 33080), ("udp", 33080)}
+    {("tcp", 22), ("tcp", 80), ("tcp", 443), ("tcp", 33080), ("udp", 33080)}
 )
 
 

@@ -1,0 +1,44 @@
+"""``make up``'s PLC step against a real server: this node registered once, however often
+it runs, and credentials that log the node in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slicectl.node.config import NodeConfig
+from slicectl.plc.auth import hmac_value
+from slicectl.plc.client import PLC, Login
+from slicectl.plc.hosting import NodeCredentials, plc_hostname, register_node
+from slicectl.testbed.plc import Server
+
+
+def _cfg(tmp_path: Path, hostname: str) -> NodeConfig:
+    return NodeConfig(node_id="t", state_dir=tmp_path, run_dir=tmp_path,
+                      engine_sock=tmp_path / "e.sock", hostname=hostname,
+                      operator="ops@example.org")
+
+
+def test_registering_this_node_is_idempotent_and_its_key_logs_it_in(
+        server: Server, tmp_path: Path) -> None:
+    plc = PLC(Login(server.url, server.root, server.cafile))
+    cfg = _cfg(tmp_path, "Hosted_Node")
+    first = register_node(plc, cfg)
+    again = register_node(plc, cfg)
+    assert first == again  # one site, one node, the same key
+    assert first.hostname == "hosted-node.localdomain"
+    assert [n["hostname"] for n in plc.GetNodes({"hostname": first.hostname})] == [first.hostname]
+    assert len(plc.GetSites({"login_base": "local"})) == 1
+
+    path = tmp_path / "plc-node.json"
+    first.write(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    creds = NodeCredentials.read(path)
+    auth = {"AuthMethod": "hmac", "node_id": creds.node_id, "value": hmac_value(creds.key, [])}
+    assert server.proxy().GetSlivers(auth)["node_id"] == creds.node_id
+
+
+def test_hostnames_become_fully_qualified() -> None:
+    cfg = _cfg(Path("/nonexistent"), "")
+    assert plc_hostname(cfg) == "node.localdomain"
+    assert plc_hostname(cfg.with_(hostname="n1.example.org")) == "n1.example.org"
+    assert plc_hostname(cfg.with_(hostname="-a b.")) == "a-b.localdomain"
