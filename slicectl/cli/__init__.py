@@ -8,12 +8,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from slicectl.cli import node, plc, rcaps, slivers
+from slicectl.cli import agent, node, plc, rcaps, slivers
 from slicectl.cli.common import Handler
 from slicectl.core.errors import SlicectlError
 from slicectl.node.config import NodeConfig
 
-AREAS = (rcaps, slivers, node, plc)
+AREAS = (rcaps, slivers, node, plc, agent)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from typing import Any
 from xml.parsers.expat import ExpatError
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from . import schema as s
 from .auth import LoginLimiter, VerifiedCache, hash_password, hmac_value, session_hash
 from .call import Call, Settings
+from .changes import ChangeFeed, Pending
 from .db import Database
 from .errors import (
     AuthFailure,
@@ -82,13 +83,16 @@ class PLCAPI:
         self.passwords = VerifiedCache()
         #: GetSlivers answers as sent, per node (see :mod:`slicectl.plc.views`).
         self.views = ViewCache(self.settings.view_cache_bytes)
+        #: The change number nodes wait on (WaitForChange; see :mod:`slicectl.plc.changes`).
+        self.changes = ChangeFeed(self._last_event_id())
         #: Checked when no such person exists, so that a miss costs what a hit costs.
         self._dummy_hash = hash_password("slicectl-dummy", n=self.settings.scrypt_n)
 
     # wire -------------------------------------------------------------------------------
 
-    def handle(self, body: bytes, source: str = "local") -> bytes:
-        """One HTTP body in, one methodResponse out; :class:`BadRequest` if it is no call."""
+    def handle(self, body: bytes, source: str = "local") -> bytes | Pending:
+        """One HTTP body in, one methodResponse out; :class:`BadRequest` if it is no call.
+        A WaitForChange that must wait comes back as :class:`Pending` (the server waits)."""
         if len(body) > self.settings.max_body_bytes:
             raise BadRequest(f"request body of {len(body)} bytes exceeds "
                              f"{self.settings.max_body_bytes}")
@@ -104,6 +108,8 @@ class PLCAPI:
             raise BadRequest("not an XML-RPC call: no methodName")
         try:
             result = self.call(name, list(params), source, wire=True)
+            if isinstance(result, Pending):
+                return result  # the server waits on the event loop, then answers
             return dumps_response(result)
         except PLCFault as f:
             return xmlrpc.client.dumps(xmlrpc.client.Fault(f.fault_code, f.message),
@@ -154,7 +160,8 @@ class PLCAPI:
                 if c["methodName"] == "system.multicall":
                     raise InvalidArgument("Invalid methodName value: expected a method other "
                                           "than system.multicall, got a nested multicall")
-                out.append([self.call(c["methodName"], list(c.get("params", [])), source, wire)])
+                r = self.call(c["methodName"], list(c.get("params", [])), source, wire)
+                out.append([self.changes.current if isinstance(r, Pending) else r])
             except PLCFault as f:
                 out.append({"faultCode": f.fault_code, "faultString": f.message})
         return out
@@ -178,10 +185,20 @@ class PLCAPI:
                         auth=params[0] if m.auth and isinstance(params[0], dict) else {},
                         wire=wire)
             result = m.handler(call, *checked)
+            wrote = bool(call.events)
             call.flush_events()
+            last = self._last_event_id(conn) if wrote else None
         if m.writes and m.name not in VIEW_NEUTRAL:
             self.views.wrote()  # committed: cached GetSlivers answers are stale
+        if last is not None:
+            self.changes.bump(last)  # committed: nodes waiting for a change learn of it
         return result
+
+    def _last_event_id(self, conn: Any = None) -> int:
+        if conn is None:
+            with self.db.transaction(False) as c:
+                return self._last_event_id(c)
+        return int(conn.execute(select(func.max(s.events.c.event_id))).scalar() or 0)
 
     # authentication ---------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .api import PLCAPI, BadRequest
+from .changes import Pending
 from .errors import InvalidArgument
+from .wire import dumps_response
 
 log = logging.getLogger("slicectl.plc.server")
 
@@ -43,6 +45,8 @@ async def _xmlrpc(request: web.Request) -> web.Response:
                                          request.remote or "unknown")
     except BadRequest as e:
         return web.Response(status=400, text=f"{e}\n")
+    if isinstance(out, Pending):  # WaitForChange: wait here, holding no thread
+        out = dumps_response(await api.changes.wait(out.since, out.timeout_s))
     return web.Response(body=out, content_type="text/xml", charset="utf-8")
 
 
@@ -59,6 +63,7 @@ def make_app(api: PLCAPI, threads: int = 8) -> web.Application:
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="plcapi")
         app[POOL_KEY] = pool
+        api.changes.attach(asyncio.get_running_loop())
         yield
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, func, insert, select
 
 from .. import schema as s
 from ..auth import new_session, session_hash
 from ..call import Call
+from ..changes import MAX_WAIT_S, Pending
 from ..errors import InvalidArgument
 from ..fields import Field
 from ..methods import TABLE, arg
@@ -42,6 +43,22 @@ def method_help(call: Call, name: str) -> str:
                 "[value] or {faultCode, faultString}. Nested multicall is a fault.")
     text: str = call.api.table.get(name).help()
     return text
+
+
+@TABLE.method("WaitForChange", ADMIN | NODE, arg("since", Field("int", None)),
+              arg("timeout", Field("int", None, min_value=0), optional=True),
+              returns="int", writes=False)
+def wait_for_change(call: Call, since: int, timeout: int | None) -> int | Pending:
+    """slicectl's extension for nodes: returns PLC's change number (the highest event id)
+    as soon as it differs from ``since``, or after ``timeout`` seconds (at most 60,
+    default 30). A node calls GetSlivers when the number it gets differs from the one it
+    had; pass -1 to learn the current number at once."""
+    wait = min(MAX_WAIT_S, 30 if timeout is None else timeout)
+    current = int(call.conn.execute(select(func.max(s.events.c.event_id))).scalar() or 0)
+    call.api.changes.bump(current)
+    if current != since or not call.wire or wait == 0:
+        return current
+    return Pending(since, wait)
 
 
 @TABLE.method("AuthCheck", EVERYONE, returns="int", writes=False)

@@ -1,0 +1,121 @@
+"""The agent's loop: fetch the node's view from PLC, converge, say how it went, wait.
+
+PLC unreachable: nothing on the node changes (the node manager keeps every sliver
+running, and brings them back after a reboot), the agent retries with a growing backoff
+and says so in its status file; when PLC answers again the node converges. The status
+file (JSON, written whole) is what ``slicectl node status`` and the sensors show.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from slicectl.core.errors import ConnectionFailed, SlicectlError
+
+from .sync import NM, Record, converge
+
+log = logging.getLogger("slicectl.agent")
+
+#: Seconds between polls when nothing wakes the agent earlier, and the jitter added.
+PERIOD_S = 60.0
+JITTER_S = 15.0
+#: Backoff while PLC is unreachable: first wait, and at most.
+BACKOFF_S = (1.0, 60.0)
+
+
+#: Longest single wait for a change notice (a stop request waits at most this long).
+NOTICE_WAIT_S = 20
+
+
+class Source(Protocol):
+    def slivers(self) -> dict[str, Any]: ...
+
+    def change_number(self) -> int: ...
+
+    def wait_for_change(self, since: int, timeout_s: int) -> int: ...
+
+
+@dataclass
+class Status:
+    plc: str = "never reached"
+    last_contact: float | None = None
+    last_error: str = ""
+    failures_in_a_row: int = 0
+    slivers: int = 0
+    last_changes: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+
+def step(plc: Source, nm: NM, record_path: Path, status: Status,
+         clock: Callable[[], float] = time.time) -> bool:
+    """One poll and, if PLC answered, one convergence. False if PLC did not answer."""
+    record = Record.load(record_path)
+    try:
+        view = plc.slivers()
+    except ConnectionFailed as e:
+        status.failures_in_a_row += 1
+        status.plc = "unreachable"
+        status.last_error = str(e)
+        log.warning("%s (try %d); the node keeps what it runs", e, status.failures_in_a_row)
+        return False
+    status.plc, status.last_contact, status.failures_in_a_row = "ok", clock(), 0
+    try:
+        out = converge(nm, view, record, record_path, clock())
+    except SlicectlError as e:  # the node manager did not answer: try again next time
+        status.last_error = f"node manager: {e}"
+        log.warning("converge: %s", e)
+        return True
+    status.slivers = len(record.made)
+    if out.done:
+        status.last_changes = out.done[-50:]
+        log.info("converged: %s", ", ".join(out.done))
+    status.failed = out.failed[-50:]
+    status.last_error = out.failed[-1] if out.failed else ""
+    return True
+
+
+def run(plc: Source, nm: NM, record_path: Path, status_path: Path, stop: threading.Event,
+        period_s: float = PERIOD_S, jitter_s: float = JITTER_S,
+        clock: Callable[[], float] = time.monotonic) -> None:
+    """Poll until ``stop`` is set. Between polls the agent long-polls PLC's change number
+    (WaitForChange) and polls at once when it moves; without it (an older PLC, or PLC
+    away) it waits for the period, or the backoff."""
+    status = Status()
+    backoff = BACKOFF_S[0]
+    while not stop.is_set():
+        try:
+            seen: int | None = plc.change_number()  # before GetSlivers: no change is missed
+        except ConnectionFailed:
+            seen = None
+        ok = step(plc, nm, record_path, status)
+        status.save(status_path)
+        if ok:
+            backoff = BACKOFF_S[0]
+            deadline = clock() + period_s + random.uniform(0, jitter_s)
+        else:
+            deadline, backoff = clock() + backoff, min(BACKOFF_S[1], backoff * 2)
+        while not stop.is_set() and (left := deadline - clock()) > 0:
+            if seen is None or not ok:
+                stop.wait(left)
+                break
+            try:
+                if plc.wait_for_change(seen, max(1, min(NOTICE_WAIT_S, int(left)))) != seen:
+                    break  # something changed in PLC: poll now
+            except ConnectionFailed:
+                stop.wait(min(left, backoff))
+                break

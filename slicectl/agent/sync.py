@@ -1,0 +1,162 @@
+"""Apply a plan on the node: the agent's calls on the node manager, and its record of
+what it made (on disk, written whole after every change, so a crash or a reboot finds
+it), together with PLC's last good view of the node.
+
+The record names each sliver the agent made with the keys and initscript it gave it:
+the node manager shows a sliver's key count, not the keys, and the agent must not read
+another creator's slivers to learn what to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slicectl.core.errors import SlicectlError
+from slicectl.core.units import iso, parse_instant
+
+from .plan import Action, Have, Want, Wants, plan, wants
+
+log = logging.getLogger("slicectl.agent")
+
+#: ``nm(method, *args)``: a call on the node manager (ipc.rpc.Client.call).
+NM = Callable[..., Any]
+
+
+@dataclass
+class Record:
+    """What the agent keeps on disk."""
+
+    #: slice -> {"keys": [...], "initscript": "..."} for every sliver it made.
+    made: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: PLC's last good GetSlivers answer (None before the first).
+    view: dict[str, Any] | None = None
+    #: Problems already reported, so each is logged once per slice.
+    reported: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> Record:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as e:
+            log.warning("record %s: expected JSON, found %s; starting afresh", path, e)
+            return cls()
+        return cls(dict(data.get("made", {})), data.get("view"), list(data.get("reported", [])))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"made": self.made, "view": self.view, "reported": self.reported}, f)
+        os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    done: list[str]
+    failed: list[str]
+
+
+def haves(nm: NM, record: Record, now: float) -> tuple[dict[str, Have], set[str]]:
+    """The agent's slivers as the node manager shows them, and the names of the others it
+    can see. A sliver the record names but the node no longer has is forgotten."""
+    mine: dict[str, Have] = {}
+    others: set[str] = set()
+    for s in nm("list"):
+        name = str(s["name"])
+        if name not in record.made:
+            others.add(name)
+            continue
+        rspec = dict(s.get("rspec") or {})
+        end = int(parse_instant("end", rspec.get("end", s.get("expires", "now")), now))
+        mine[name] = Have(name, s.get("desired") == "running",
+                          tuple(sorted((k, v) for k, v in rspec.items()
+                                       if k not in ("start", "end"))), end,
+                          tuple(record.made[name].get("keys", [])),
+                          str(record.made[name].get("initscript", "")),
+                          tuple(s.get("rcaps") or ()))
+    for gone in set(record.made) - set(mine):
+        del record.made[gone]  # destroyed by someone with the right (root), or lost
+    return mine, others
+
+
+def _acquire(nm: NM, w: Want) -> str:
+    return str(nm("acquire", {**dict(w.rspec), "end": iso(w.end)}))
+
+
+def apply(nm: NM, action: Action, record: Record) -> None:
+    """One action; the record follows what the node now has."""
+    w, name = action.want, action.name
+    if action.kind == "destroy":
+        nm("destroy", name)
+        record.made.pop(name, None)
+        return
+    assert w is not None
+    if action.kind == "create":
+        rcap = _acquire(nm, w)
+        try:
+            nm("bind", name, rcap, {"keys": list(w.keys), "initscript": w.initscript,
+                                    "description": "made by the node agent from PLC"})
+        except SlicectlError:
+            nm("release", rcap)  # nothing half-done: the rcap goes back
+            raise
+        record.made[name] = {"keys": list(w.keys), "initscript": w.initscript}
+    elif action.kind == "resize":
+        rcap = _acquire(nm, w)
+        try:
+            nm("bind", name, rcap)
+        except SlicectlError:
+            nm("release", rcap)
+            raise
+        for old in action.old_rcaps:
+            nm("release", old)
+    elif action.kind == "set_keys":
+        nm("set_keys", name, list(w.keys))
+        record.made[name]["keys"] = list(w.keys)
+    elif action.kind == "set_initscript":
+        nm("set_initscript", name, w.initscript)
+        record.made[name]["initscript"] = w.initscript
+    elif action.kind in ("stop", "start"):
+        nm(action.kind, name)
+
+
+def converge(nm: NM, view: dict[str, Any], record: Record, path: Path,
+             now: float | None = None) -> Outcome:
+    """Make the node run what ``view`` lists (the agent's slivers only); the record is
+    saved after every action. One failing action does not stop the others."""
+    now = time.time() if now is None else now
+    want: Wants = wants(view, now)
+    for slice_name, problem in want.problems:
+        line = f"{slice_name}: {problem}"
+        if line not in record.reported:
+            log.warning("slice %s", line)
+            record.reported.append(line)
+    record.reported = record.reported[-1000:]
+    have, others = haves(nm, record, now)
+    for name in sorted(set(want.slivers) & others):
+        line = f"{name}: held on this node by another creator; not made"
+        if line not in record.reported:
+            log.warning("slice %s", line)
+            record.reported.append(line)
+    record.view = view
+    done: list[str] = []
+    failed: list[str] = []
+    for action in plan(want.slivers, have, others):
+        try:
+            apply(nm, action, record)
+            done.append(f"{action.kind} {action.name}")
+        except SlicectlError as e:
+            failed.append(f"{action.kind} {action.name}: {e}")
+            log.warning("%s %s failed: %s", action.kind, action.name, e)
+        record.save(path)
+    record.save(path)
+    return Outcome(done, failed)
