@@ -9,7 +9,7 @@ from typing import Any
 
 from slicectl.core.errors import ConnectionFailed
 from slicectl.plc.auth import hmac_value
-from slicectl.plc.hosting import NodeCredentials
+from slicectl.plc.credentials import NodeCredentials
 
 
 class _Timed(xmlrpc.client.SafeTransport):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from slicectl.core.errors import SlicectlError
 from slicectl.core.units import iso, parse_instant
+from slicectl.plc.credentials import write_secret
 
 from .plan import Action, Have, Want, Wants, plan, wants
 
@@ -52,12 +52,8 @@ class Record:
         return cls(dict(data.get("made", {})), data.get("view"), list(data.get("reported", [])))
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"made": self.made, "view": self.view, "reported": self.reported}, f)
-        os.replace(tmp, path)
+        """Written whole, mode 0600 (it holds PLC's view of the node)."""
+        write_secret(path, {"made": self.made, "view": self.view, "reported": self.reported})
 
 
 @dataclass(frozen=True)

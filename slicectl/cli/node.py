@@ -12,8 +12,9 @@ from pathlib import Path
 
 import docker
 
+from slicectl.agent.install import AGENT_SLICE, ensure_agent_sliver
 from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_json
-from slicectl.core.errors import ConnectionFailed, UsageError
+from slicectl.core.errors import ConnectionFailed, NotFoundError, StateError, UsageError
 from slicectl.core.supervision import DaemonState
 from slicectl.core.wire import SliverView, from_struct
 from slicectl.node.config import NodeConfig
@@ -29,7 +30,10 @@ from slicectl.node.dockerd import Say
 from slicectl.node.engine import engine_client
 from slicectl.node.services import ServiceRunner, start_services
 from slicectl.node.sshd import stop_sshd
-from slicectl.plc.hosting import host_plc, plc_daemon, stop_plc
+from slicectl.plc.credentials import NodeCredentials
+from slicectl.plc.demo import USER as DEMO_USER
+from slicectl.plc.demo import ensure_demo_slice
+from slicectl.plc.hosting import PLC_PORT, host_plc, plc_daemon, root_plc, sliver_url, stop_plc
 
 DEMO_SLICE = "demo_slice"
 DEMO_KEY = Path("/root/.ssh/slicectl_demo")
@@ -46,12 +50,8 @@ def _engine(cfg: NodeConfig) -> Iterator[docker.DockerClient]:
 
 def _demo_slice(cfg: NodeConfig, say: Say) -> None:
     nm = nm_client(cfg)
-    if not DEMO_KEY.exists():
-        DEMO_KEY.parent.mkdir(mode=0o700, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "slicectl-demo",
-                        "-f", str(DEMO_KEY)], check=True)
     names = {from_struct(SliverView, s).name for s in nm.call("list")}
-    keys = keys_from_files([f"{DEMO_KEY}.pub"])
+    keys = [_demo_key()]
     if DEMO_SLICE not in names:
         rcap = nm.call("acquire", {"cpu_share": 10, "mem_mb": 512, "end": "52w"})
         nm.call("bind", DEMO_SLICE, rcap, {
@@ -62,9 +62,50 @@ def _demo_slice(cfg: NodeConfig, say: Say) -> None:
     elif keys[0] not in nm.call("get_keys", DEMO_SLICE):
         nm.call("set_keys", DEMO_SLICE, keys)  # the key printed below is the one that works
         say(f"gave the demo slice {DEMO_SLICE} the key {DEMO_KEY}.pub")
+    _say_ready(cfg, say)
+
+
+def _say_ready(cfg: NodeConfig, say: Say) -> None:
     port = "" if cfg.ssh_port == 22 else f" -p {cfg.ssh_port}"
     say(f"ready. Log into the demo sliver with:\n\n    ssh -i {DEMO_KEY}{port} "
         f"{DEMO_SLICE}@localhost\n")
+
+
+def _demo_key() -> str:
+    if not DEMO_KEY.exists():
+        DEMO_KEY.parent.mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "slicectl-demo",
+                        "-f", str(DEMO_KEY)], check=True)
+    return keys_from_files([f"{DEMO_KEY}.pub"])[0]
+
+
+def _demo_slice_via_plc(cfg: NodeConfig, node_id: int, say: Say, timeout_s: float = 120) -> None:
+    """The demo slice made in PLC; the node agent makes its sliver."""
+    nm = nm_client(cfg)
+    key = _demo_key()
+    with contextlib.suppress(NotFoundError):
+        info = nm.call("get_sliver", DEMO_SLICE)
+        if info["created_by"] != f"slice:{AGENT_SLICE}":  # made by an older make up
+            nm.call("destroy", DEMO_SLICE)
+            say(f"removed {DEMO_SLICE} made before PLC made it")
+    with contextlib.suppress(NotFoundError):
+        nm.call("release_name", DEMO_SLICE)  # a name root held from an older make up
+    ensure_demo_slice(root_plc(), node_id, key)
+    say(f"{DEMO_SLICE} is in PLC (site demo, user {DEMO_USER}); waiting for the node agent")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            info = nm.call("get_sliver", DEMO_SLICE)
+            if info["state"] == "running" and info["keys"] >= 1:
+                break
+        except NotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise StateError(f"{DEMO_SLICE}: expected the node agent to make it within "
+                             f"{timeout_s:.0f}s, found no sliver; see the agent's log: "
+                             f"slicectl exec {AGENT_SLICE} -- cat /var/log/slicectl-agent.log")
+        time.sleep(0.2)
+    _say_ready(cfg, say)
 
 
 def _state_struct(st: DaemonState) -> dict[str, object]:
@@ -83,13 +124,20 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
     say = Say(quiet=getattr(args, "quiet", False))
     if args.node_cmd == "up":
         started = time.monotonic()
-        cfg = cfg.with_(image=prepare(cfg, os.environ, say))
+        cfg = cfg.with_(image=prepare(cfg, os.environ, say),
+                        plc_port=PLC_PORT if args.plc else cfg.plc_port)
         start_host_daemons(cfg, say)
         with _engine(cfg) as client:
             start_services(cfg, client, os.environ, say)
         if args.plc:
-            host_plc(cfg, say)
-        if args.demo:
+            creds = host_plc(cfg, say)
+            inside = NodeCredentials(sliver_url(cfg), creds.cafile, creds.node_id,
+                                     creds.hostname, creds.key)
+            ensure_agent_sliver(nm_client(cfg).call, inside, Path(creds.cafile or "/nonexistent"),
+                                cfg.state_dir, say)
+            if args.demo:
+                _demo_slice_via_plc(cfg, creds.node_id, say)
+        elif args.demo:
             _demo_slice(cfg, say)
         say(f"node up in {time.monotonic() - started:.1f}s")
     elif args.node_cmd == "prepare":

@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace, cfg: NodeConfig) -> int:
         cert = Path(args.cert) if args.cert else state / "plc.crt"
         key = Path(args.key) if args.key else state / "plc.key"
         if not args.cert:
-            tls.ensure_certificate(cert, key, tls.default_names(args.host))
+            tls.ensure_certificate(cert, key, tls.default_names(args.host) + args.cert_name)
         ctx = tls.server_context(cert, key)
         cafile = str(cert)
     root_file = Path(args.root_file)
@@ -204,6 +204,8 @@ def register(add: AddCommand) -> None:
     s.add_argument("--plain", action="store_true", help="plain HTTP (loopback only)")
     s.add_argument("--cert", help="certificate file (default: one made under the state dir)")
     s.add_argument("--key", help="its private key")
+    s.add_argument("--cert-name", action="append", default=[],
+                   help="one more name or address the made certificate is for (repeatable)")
     s.add_argument("--threads", type=int, default=8, help="XML-RPC worker threads")
     s.add_argument("--pidfile", help="write pid and code hash here while serving "
                                      "(how the node's supervisor tells stale code apart)")

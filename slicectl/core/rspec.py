@@ -14,8 +14,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from slicectl.core.errors import StateError, UsageError, ValidationError
 from slicectl.core.units import iso, parse_instant
 
@@ -184,6 +182,8 @@ def load_rspec_mapping(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as e:
         raise UsageError(f"rspec file {path}: cannot read it ({e.strerror})") from e
+    import yaml  # here, not at the top: the node agent carries this module into a sliver without PyYAML
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

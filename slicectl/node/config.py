@@ -45,11 +45,15 @@ class NodeConfig:
     #: Whether the node runs a DNS server for its slivers (then they may reach port 53 on
     #: the host; by default they resolve through the engine's resolver in their own netns).
     offers_dns: bool = False
+    #: The host port where this machine serves PLC (then slivers may reach it, as they
+    #: would reach a PLC elsewhere: the node agent's sliver does); 0: PLC is elsewhere.
+    plc_port: int = 0
 
     def sliver_services(self) -> tuple[tuple[str, int], ...]:
         """(proto, port) of the host services meant for slivers."""
         dns = (("tcp", 53), ("udp", 53)) if self.offers_dns else ()
-        return (("tcp", self.sensors_port), *dns)
+        plc = (("tcp", self.plc_port),) if self.plc_port else ()
+        return (("tcp", self.sensors_port), *dns, *plc)
 
     @property
     def db_path(self) -> Path:
@@ -127,6 +131,11 @@ class NodeConfig:
         sensors_text = env.get("SLICECTL_SENSORS_PORT", "33080")
         if not sensors_text.isdigit() or not 1 <= int(sensors_text) <= 65535:
             raise ValidationError("SLICECTL_SENSORS_PORT", "a port number", sensors_text)
+        # PLC hosted here (make up): its state directory exists
+        plc_text = env.get("SLICECTL_PLC_PORT",
+                           "443" if (state / "plc" / "plc.crt").exists() else "0")
+        if not plc_text.isdigit() or not 0 <= int(plc_text) <= 65535:
+            raise ValidationError("SLICECTL_PLC_PORT", "a port number, or 0 for none", plc_text)
         dns_text = env.get("SLICECTL_OFFERS_DNS", "0")
         if dns_text not in ("0", "1"):
             raise ValidationError("SLICECTL_OFFERS_DNS", "0 or 1", dns_text)
@@ -146,6 +155,7 @@ class NodeConfig:
             operator=env.get("SLICECTL_OPERATOR", f"root@{socket.gethostname()}"),
             sensors_port=int(sensors_text),
             offers_dns=dns_text == "1",
+            plc_port=int(plc_text),
         )
 
 

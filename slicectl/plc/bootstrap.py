@@ -4,7 +4,6 @@ root admin whose credentials go into a file only root can read."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -14,22 +13,12 @@ from sqlalchemy import insert, select
 
 from . import schema as s
 from .auth import hash_password
+from .credentials import write_secret
 from .db import Database
 from .handlers.slices import seed_tag_types
 from .objects import ROLE_IDS
 
 ROOT_EMAIL = "root@localhost"
-
-
-def write_secret(path: Path, data: dict[str, object]) -> None:
-    """``data`` as JSON, written whole (a temporary file renamed), mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

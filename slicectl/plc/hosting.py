@@ -13,22 +13,21 @@ and the node a record with its key; the node's PLC credentials go to
 
 from __future__ import annotations
 
-import json
 import re
 import ssl
 import time
 import xmlrpc.client
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from slicectl.core.errors import EngineError
+from slicectl.core.netplan import node_gateway
 from slicectl.node.config import NodeConfig
 from slicectl.node.daemons import HostDaemon, program, start_daemon, stop_daemon, supervisor
 from slicectl.node.dockerd import Say
 
-from .bootstrap import RootCredentials, write_secret
+from .bootstrap import RootCredentials
 from .client import PLC, ROOT_FILE, Login
+from .credentials import NodeCredentials
 
 #: The port PLC serves on when this machine hosts it (a node service port: no sliver
 #: may reserve it).
@@ -43,7 +42,18 @@ def plc_daemon(cfg: NodeConfig, port: int = PLC_PORT, root_file: Path = ROOT_FIL
     """``slicectl plc serve`` as a host daemon of node ``cfg`` (state under its state dir)."""
     return HostDaemon("plc", "slicectl.cli", (
         "plc", "--root-file", str(root_file), "serve", "--port", str(port),
-        "--state-dir", str(cfg.state_dir / "plc"), "--pidfile", str(cfg.run_dir / "plc.pid")))
+        "--state-dir", str(cfg.state_dir / "plc"), "--pidfile", str(cfg.run_dir / "plc.pid"),
+        "--cert-name", sliver_address(cfg)))
+
+
+def sliver_address(cfg: NodeConfig) -> str:
+    """The address slivers reach PLC at on this host: the node bridge's (the gateway)."""
+    return node_gateway(cfg.subnet)
+
+
+def sliver_url(cfg: NodeConfig, port: int = PLC_PORT) -> str:
+    """PLC's URL as a sliver of this node (the node agent's) uses it."""
+    return f"https://{sliver_address(cfg)}:{port}/PLCAPI/"
 
 
 def supervisor_key(cfg: NodeConfig) -> str:
@@ -93,32 +103,6 @@ def plc_hostname(cfg: NodeConfig) -> str:
     return name if "." in name else f"{name or 'node'}.localdomain"
 
 
-@dataclass(frozen=True)
-class NodeCredentials:
-    """What a node needs to log into PLC (hmac auth): PLC's URL and certificate, the
-    node's id and key."""
-
-    url: str
-    cafile: str | None
-    node_id: int
-    hostname: str
-    key: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "cafile": self.cafile, "node_id": self.node_id,
-                "hostname": self.hostname, "key": self.key}
-
-    @classmethod
-    def read(cls, path: Path) -> NodeCredentials:
-        data = json.loads(path.read_text())
-        return cls(str(data["url"]), data.get("cafile"), int(data["node_id"]),
-                   str(data["hostname"]), str(data["key"]))
-
-    def write(self, path: Path) -> None:
-        """Mode 0600, written whole."""
-        write_secret(path, self.to_json())
-
-
 def register_node(plc: PLC, cfg: NodeConfig, site: str = NODE_SITE) -> NodeCredentials:
     """Make sure PLC has the operator's site and this node in it (idempotent); the
     node's credentials."""
@@ -141,11 +125,16 @@ def host_plc(cfg: NodeConfig, say: Say, port: int = PLC_PORT, root_file: Path = 
         raise EngineError(f"PLC runs but {root_file} is missing: expected the root "
                           "credentials written at its first start; restore that file or "
                           f"remove {cfg.state_dir / 'plc'} to start PLC afresh")
-    root = RootCredentials.read(root_file)
-    login = Login(root.url, {"AuthMethod": "password", "Username": root.username,
-                             "AuthString": root.password}, root.cafile)
-    creds = register_node(PLC(login), cfg)
+    plc = root_plc(root_file)
+    creds = register_node(plc, cfg)
     creds.write(credentials)
-    say(f"PLC at {root.url} (root credentials {root_file}); node {creds.hostname} is "
+    say(f"PLC at {plc.login.url} (root credentials {root_file}); node {creds.hostname} is "
         f"node {creds.node_id} there ({time.monotonic() - started:.1f}s)")
     return creds
+
+
+def root_plc(root_file: Path = ROOT_FILE) -> PLC:
+    """A client logged in as PLC's root admin (from the root credentials file)."""
+    root = RootCredentials.read(root_file)
+    return PLC(Login(root.url, {"AuthMethod": "password", "Username": root.username,
+                                "AuthString": root.password}, root.cafile))

@@ -12,11 +12,29 @@ from pathlib import Path
 from .errors import InternalError
 
 
+def certificate_names(cert: Path) -> set[str]:
+    """The DNS names and IP addresses ``cert`` is for (its subjectAltName); empty if it
+    cannot be read."""
+    run = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext",
+                          "subjectAltName"], capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        return set()
+    out = set()
+    for part in run.stdout.replace("\n", ",").split(","):
+        kind, _, value = part.strip().partition(":")
+        if kind in ("DNS", "IP Address") and value:
+            out.add(str(ipaddress.ip_address(value)) if kind == "IP Address" else value)
+    return out
+
+
 def ensure_certificate(cert: Path, key: Path, names: list[str]) -> None:
     """Make ``cert`` and ``key`` (EC P-256, ten years, the names as subjectAltName) unless
-    both exist. The key is mode 0600."""
+    both exist and the certificate is for every one of ``names`` (a name added later, such
+    as the address slivers reach PLC at, makes a new one). The key is mode 0600."""
     if cert.exists() and key.exists():
-        return
+        have = certificate_names(cert)
+        if {str(ipaddress.ip_address(n)) if _is_ip(n) else n for n in names} <= have:
+            return
     cert.parent.mkdir(parents=True, exist_ok=True)
     alt = []
     for n in dict.fromkeys(names):
@@ -37,6 +55,14 @@ def ensure_certificate(cert: Path, key: Path, names: list[str]) -> None:
     if run.returncode != 0:
         raise InternalError(f"openssl could not make the certificate {cert}: "
                             f"{run.stderr.strip()[-200:]}")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def default_names(host: str) -> list[str]:

@@ -61,7 +61,8 @@ def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "t
     tag = tag or secrets.token_hex(3)
     return base.with_(node_id=f"{kind}-{tag}", state_dir=PRIVATE_STATE / tag,
                       run_dir=PRIVATE_RUN / tag, network=f"slicectl-t{tag}",
-                      subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}")
+                      subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}",
+                      plc_port=0)  # a private node hosts no PLC (the host's may)
 
 
 def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:

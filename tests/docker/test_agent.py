@@ -13,7 +13,8 @@ from slicectl.agent.daemon import Status, step
 from slicectl.agent.plcview import PLCView
 from slicectl.agent.sync import Record
 from slicectl.plc.client import PLC, Login
-from slicectl.plc.hosting import NodeCredentials, register_node
+from slicectl.plc.credentials import NodeCredentials
+from slicectl.plc.hosting import register_node
 from slicectl.testbed.plc import Server, start_server, stop_server
 
 from .conftest import NMHandle

@@ -8,7 +8,8 @@ from pathlib import Path
 from slicectl.node.config import NodeConfig
 from slicectl.plc.auth import hmac_value
 from slicectl.plc.client import PLC, Login
-from slicectl.plc.hosting import NodeCredentials, plc_hostname, register_node
+from slicectl.plc.credentials import NodeCredentials
+from slicectl.plc.hosting import plc_hostname, register_node
 from slicectl.testbed.plc import Server
 
 
