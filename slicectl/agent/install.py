@@ -39,38 +39,40 @@ def agent_initscript(creds: NodeCredentials, ca_file: Path | None) -> str:
 
 
 def ensure_agent_sliver(nm: NM, creds: NodeCredentials, ca_file: Path | None, state: Path,
-                        say: Callable[[str], None], now: float | None = None) -> str:
-    """Make the agent's sliver, or bring it up to date; what was done (one line).
+                        say: Callable[[str], None], now: float | None = None,
+                        name: str = AGENT_SLICE) -> str:
+    """Make the agent's sliver ``name``, or bring it up to date; what was done (one line).
 
     ``state``: where the digest of the initscript it was given is kept (the node manager
-    does not give initscripts back)."""
+    does not give initscripts back). ``name``: another than :data:`AGENT_SLICE` only for
+    private test nodes, which share the host's accounts."""
     now = time.time() if now is None else now
     script = agent_initscript(creds, ca_file)
     digest = hashlib.sha256(script.encode()).hexdigest()
-    mark = state / "agent-initscript.sha256"
+    mark = state / f"{name}-initscript.sha256"
     try:
-        info = nm("get_sliver", AGENT_SLICE)
+        info = nm("get_sliver", name)
     except NotFoundError:
         info = None
     if info is None:
         rcap = nm("acquire", {**AGENT_RSPEC, "end": iso(now + LIFETIME_S)})
-        nm("bind", AGENT_SLICE, rcap, {"initscript": script, "keys": [],
+        nm("bind", name, rcap, {"initscript": script, "keys": [],
                                        "description": "the node agent (PLC's node manager)"})
         mark.write_text(digest)
-        done = f"made the agent's sliver {AGENT_SLICE}"
+        done = f"made the agent's sliver {name}"
     else:
-        done = f"the agent's sliver {AGENT_SLICE} is up to date"
+        done = f"the agent's sliver {name} is up to date"
         if (mark.read_text().strip() if mark.exists() else "") != digest:
-            nm("set_initscript", AGENT_SLICE, script)
-            nm("stop", AGENT_SLICE)
-            nm("start", AGENT_SLICE)
+            nm("set_initscript", name, script)
+            nm("stop", name)
+            nm("start", name)
             mark.write_text(digest)
-            done = f"gave the agent's sliver {AGENT_SLICE} new code or credentials and restarted it"
+            done = f"gave the agent's sliver {name} new code or credentials and restarted it"
         end = info.get("rspec", {}).get("end")
         if isinstance(end, str) and _epoch(end) - now < RENEW_BEFORE_S:
             old = list(info.get("rcaps") or [])
             rcap = nm("acquire", {**AGENT_RSPEC, "end": iso(now + LIFETIME_S)})
-            nm("bind", AGENT_SLICE, rcap)
+            nm("bind", name, rcap)
             for r in old:
                 nm("release", r)
             done += "; renewed its rcap"

@@ -35,12 +35,17 @@ class Server:
         return xmlrpc.client.ServerProxy(self.url, allow_none=True, context=ctx)
 
 
-def start_server(state: Path, db: str | None, plain: bool, threads: int = 8) -> Server:
-    """Serve ``db`` (SQLite under ``state`` if None) over HTTPS, or plain HTTP."""
+def start_server(state: Path, db: str | None, plain: bool, threads: int = 8,
+                 host: str = "127.0.0.1", port: int = 0, cert_names: tuple[str, ...] = ()
+                 ) -> Server:
+    """Serve ``db`` (SQLite under ``state`` if None) over HTTPS, or plain HTTP; on
+    ``host``:``port`` (0: a free one), with ``cert_names`` also in its certificate."""
     root_file = state / "root.json"
     cmd = [sys.executable, "-m", "slicectl.cli", "plc", "--root-file", str(root_file), "serve",
-           "--state-dir", str(state), "--host", "127.0.0.1", "--port", "0", "--scrypt-n", "1024",
+           "--state-dir", str(state), "--host", host, "--port", str(port), "--scrypt-n", "1024",
            "--threads", str(threads)]
+    for name in cert_names:
+        cmd += ["--cert-name", name]
     if db:
         cmd += ["--db", db]
     if plain:

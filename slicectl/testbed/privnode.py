@@ -122,17 +122,18 @@ def service_ports() -> dict[str, int]:
 def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "test",
                  say: Say | None = None, daemons: bool = False,
                  services: dict[str, int] | None = None,
-                 policy: Mapping[str, object] | None = None) -> Iterator[NodeConfig]:
+                 policy: Mapping[str, object] | None = None,
+                 plc_port: int = 0) -> Iterator[NodeConfig]:
     """Start a private node manager (with ``daemons``, also its admin sniffer and
     raw-socket shim; given ``services``, its service sidecars on those ports, see
     :func:`service_ports`; given ``policy``, with that node policy file); stop them and
     remove all they made on exit (the sidecars carry the node id's label, so cleanup
-    finds them).
+    finds them). ``plc_port``: a host port its slivers may reach (a test's PLC).
 
     Its daemons run under the node's supervisor as programs named with its node id, owned
     by this process: removed on exit, and, should this process die without exiting, by
     the next private node's start."""
-    cfg = private_config(base, engine, kind)
+    cfg = private_config(base, engine, kind).with_(plc_port=plc_port)
     if services is not None and "sensors" in services:
         cfg = cfg.with_(sensors_port=services["sensors"])
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
