@@ -43,6 +43,25 @@ class Source(Protocol):
 
     def wait_for_change(self, since: int, timeout_s: int) -> int: ...
 
+    def report(self, slivers: list[dict[str, str]]) -> None: ...
+
+
+#: Sliver states PLC takes in a report; any other is reported as stopped or failed.
+REPORTED = ("running", "stopped", "starting", "missing", "failed", "dormant")
+
+
+def reported(listing: list[dict[str, Any]], made: Any) -> list[dict[str, str]]:
+    """What the agent tells PLC of the slivers it made (pure)."""
+    out = []
+    for s in listing:
+        if s["name"] not in made:
+            continue
+        state = str(s.get("state", ""))
+        if state not in REPORTED:
+            state = "stopped" if s.get("desired") == "stopped" else "failed"
+        out.append({"name": str(s["name"]), "state": state})
+    return out
+
 
 @dataclass
 class Status:
@@ -81,6 +100,10 @@ def step(plc: Source, nm: NM, record_path: Path, status: Status,
         log.warning("converge: %s", e)
         return True
     status.slivers = len(record.made)
+    try:
+        plc.report(reported(nm("list"), record.made))
+    except SlicectlError as e:  # an older PLC, or it went away: the next step reports
+        log.info("report to PLC: %s", e)
     if out.done:
         status.last_changes = out.done[-50:]
         log.info("converged: %s", ", ".join(out.done))

@@ -73,6 +73,10 @@ class PLCView:
         """PLC's change number once it differs from ``since``, or after ``timeout_s``."""
         return int(self._call("WaitForChange", since, timeout_s))
 
+    def report(self, slivers: list[dict[str, str]]) -> None:
+        """Tell PLC what the node runs (ReportSlivers: [{name, state}])."""
+        self._call("ReportSlivers", slivers)
+
     def slivers(self) -> dict[str, Any]:
         view = self._call("GetSlivers")
         if not isinstance(view, dict) or not isinstance(view.get("slivers"), list):

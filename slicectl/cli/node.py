@@ -87,9 +87,8 @@ def _demo_slice_via_plc(cfg: NodeConfig, node_id: int, say: Say, timeout_s: floa
         info = nm.call("get_sliver", DEMO_SLICE)
         if info["created_by"] != f"slice:{AGENT_SLICE}":  # made by an older make up
             nm.call("destroy", DEMO_SLICE)
+            nm.call("release_name", DEMO_SLICE)  # root held the name: the agent may take it
             say(f"removed {DEMO_SLICE} made before PLC made it")
-    with contextlib.suppress(NotFoundError):
-        nm.call("release_name", DEMO_SLICE)  # a name root held from an older make up
     ensure_demo_slice(root_plc(), node_id, key)
     say(f"{DEMO_SLICE} is in PLC (site demo, user {DEMO_USER}); waiting for the node agent")
     deadline = time.monotonic() + timeout_s

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,31 @@ def cmd_client(args: argparse.Namespace, cfg: NodeConfig) -> int:
     return 0
 
 
+def _slice_show(plc: PLC, args: argparse.Namespace) -> None:
+    """The slice and where it is live: each node PLC lists it on (or that reports it),
+    with the state the node's agent last reported."""
+    found = plc.GetSlices(args.slice, ["slice_id", "name", "expires", "description", "url",
+                                       "person_ids", "node_ids"])
+    if not found:
+        raise UsageError(f"slice {args.slice}: expected a live slice in PLC, found none")
+    sl = found[0]
+    nodes = plc.GetSliverStates(sl["slice_id"])
+    if args.output == "json":
+        print_json({**sl, "nodes": nodes})
+        return
+    print(f"{sl['name']}: expires {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(sl['expires']))}, "
+          f"{len(sl['person_ids'])} member(s), on {len(sl['node_ids'])} node(s)")
+    print(f"{'NODE':32} {'STATE':12} {'LISTED':7} REPORTED")
+    for n in nodes:
+        age = "never" if n["updated"] is None else f"{int(time.time()) - n['updated']}s ago"
+        print(f"{n['hostname']:32} {n['state']:12} {'yes' if n['listed'] else 'no':7} {age}")
+
+
 def _slice_action(plc: PLC, args: argparse.Namespace) -> None:
     name, what = args.slice, args.slice_cmd
-    if what == "add-nodes":
+    if what == "show":
+        _slice_show(plc, args)
+    elif what == "add-nodes":
         plc.AddSliceToNodes(name, [_value(n) for n in args.nodes])
     elif what == "remove-nodes":
         plc.DeleteSliceFromNodes(name, [_value(n) for n in args.nodes])
@@ -246,6 +269,7 @@ def register(add: AddCommand) -> None:
     a = sub.add_parser("slice", help="add/remove nodes and members, renew, tag")
     a.add_argument("slice")
     ss = a.add_subparsers(dest="slice_cmd", required=True, metavar="WHAT")
+    output_flag(ss.add_parser("show", help="the slice, and on which nodes it is live"))
     for w in ("add-nodes", "remove-nodes"):
         ss.add_parser(w).add_argument("nodes", nargs="+")
     for w in ("add-members", "remove-members"):

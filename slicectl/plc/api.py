@@ -62,8 +62,9 @@ def depth(value: object, limit: int) -> int:
     return deepest
 
 
-#: Write methods whose writes no GetSlivers answer shows (GetSlivers' own last contact).
-VIEW_NEUTRAL = frozenset({"GetSlivers"})
+#: Write methods whose writes no GetSlivers answer shows (a node's last contact and
+#: reports, sessions).
+VIEW_NEUTRAL = frozenset({"GetSlivers", "ReportSlivers", "GetSession", "DeleteSession"})
 
 
 class PLCAPI:

@@ -328,6 +328,17 @@ key_blacklist = Table(
     Column("time", Integer, nullable=False),
 )
 
+# revision 0003: what nodes report they run (slicectl's extension) -----------------------
+
+sliver_reports = Table(
+    "sliver_reports", metadata,
+    Column("node_id", Integer, ForeignKey("nodes.node_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("slice_name", String(64), primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("updated", Integer, nullable=False),
+)
+
 #: Tables of revision 0001 (the first); the rest came with 0002.
 FIRST_REVISION_TABLES = ("sites", "persons", "person_site", "person_role", "keys", "nodes",
                          "slices", "slice_node", "slice_person", "tag_types", "tag_type_role",

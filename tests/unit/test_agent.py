@@ -156,7 +156,8 @@ class FakeNM:
             out = []
             for s in self.slivers.values():
                 spec = self.rcaps[s["rcaps"][-1]]
-                out.append({**s, "rspec": {**spec, "end": spec["end"]}})
+                out.append({**s, "rspec": {**spec, "end": spec["end"]},
+                            "state": "running" if s["desired"] == "running" else "exited"})
             return out
         name = args[0]
         if method == "destroy":
@@ -192,6 +193,18 @@ def test_converge_makes_renews_rekeys_and_removes(tmp_path: Path) -> None:
     # the view lists nothing: all the agent's slivers go
     assert converge(nm, {"slivers": []}, Record.load(path), path, NOW).done == ["destroy pu_a"]
     assert nm.slivers == {} and nm.rcaps == {}
+
+
+def test_reports_name_only_the_agents_slivers_in_states_plc_takes() -> None:
+    from slicectl.agent.daemon import reported
+
+    listing = [{"name": "a", "state": "running", "desired": "running"},
+               {"name": "b", "state": "exited", "desired": "stopped"},
+               {"name": "c", "state": "exited", "desired": "running"},
+               {"name": "other", "state": "running", "desired": "running"}]
+    assert reported(listing, {"a": {}, "b": {}, "c": {}}) == [
+        {"name": "a", "state": "running"}, {"name": "b", "state": "stopped"},
+        {"name": "c", "state": "failed"}]
 
 
 def test_slivers_of_another_creator_are_never_touched(tmp_path: Path) -> None:
@@ -241,6 +254,7 @@ class FakePLC:
         self.changed = threading.Condition()
         self.polls = 0
         self.up = True
+        self.reports: list[list[dict[str, str]]] = []
 
     def _check(self) -> None:
         if not self.up:
@@ -260,6 +274,10 @@ class FakePLC:
         with self.changed:
             self.changed.wait_for(lambda: self.number != since, timeout=min(timeout_s, 0.5))
             return self.number
+
+    def report(self, slivers: list[dict[str, str]]) -> None:
+        self._check()
+        self.reports.append(slivers)
 
     def change(self, view: dict[str, Any]) -> None:
         with self.changed:
@@ -286,6 +304,7 @@ def test_a_change_notice_converges_at_once_and_plc_away_changes_nothing(tmp_path
     assert _until(lambda: plc.polls == 1)
     plc.change({"slivers": [sliver("pu_a", expires=2**31 - 1)], "initscripts": []})
     assert _until(lambda: "pu_a" in nm.slivers)  # long before the hour's poll
+    assert _until(lambda: plc.reports[-1:] == [[{"name": "pu_a", "state": "running"}]])
     plc.up = False
     plc.change({"slivers": [], "initscripts": []})
     assert _until(lambda: json.loads(status.read_text())["plc"] == "unreachable")

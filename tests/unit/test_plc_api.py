@@ -521,3 +521,28 @@ def test_the_view_cache_is_bounded_by_bytes() -> None:
     assert len(cache) == 2  # the least recently used went first
     assert cache.get(4, (0, 0), 0) is not None and cache.get(0, (0, 0), 0) is None
     assert cache.get(4, (1, 0), 0) is None and cache.get(4, (0, 0), 100) is None
+
+
+def test_nodes_report_their_slivers_and_people_see_where_a_slice_is_live(
+        world: World, plc_clock: Clock) -> None:
+    pi, r = world.pi, world.root
+    sid = pi.AddSlice({"name": "pu_live"})
+    pi.AddSliceToNodes(sid, [world.node_id])
+    events = len(r.GetEvents())
+    assert r.GetSliverStates("pu_live") == [
+        {"node_id": world.node_id, "hostname": "node1.pu.edu", "listed": True,
+         "state": "unreported", "updated": None, "last_contact": None}]
+    assert world.node.ReportSlivers([{"name": "pu_live", "state": "running"},
+                                     {"name": "pu_gone", "state": "stopped"}]) == 2
+    got = pi.GetSliverStates(sid)
+    assert [(g["state"], g["listed"], g["updated"]) for g in got] == [
+        ("running", True, int(plc_clock.now))]
+    assert len(r.GetEvents()) == events  # a report wakes no waiting node
+    # a report replaces the last one; bad reports are refused whole
+    assert world.node.ReportSlivers([]) == 0
+    assert pi.GetSliverStates(sid)[0]["state"] == "unreported"
+    assert code(world.node.ReportSlivers, [{"name": "pu_live", "state": "on fire"}]) == 102
+    assert code(world.node.ReportSlivers, [{"name": "x", "state": "running"}] * 2) == 102
+    assert code(world.node.ReportSlivers, "everything") == 102
+    assert code(pi.ReportSlivers, []) == 108  # only nodes report
+    assert code(world.outsider.GetSliverStates, sid) == 108  # not of the slice's site

@@ -1,0 +1,93 @@
+"""What nodes run, as they report it (slicectl's extension of PLCAPI): ``ReportSlivers``
+from a node's agent after each convergence, ``GetSliverStates`` for the people of a slice
+("where is my slice live?"). A report records no event: it changes no node's view, and
+nodes waiting for a change (WaitForChange) must not be woken by one another's reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+
+from .. import schema as s
+from ..call import Call
+from ..errors import bad_value
+from ..methods import TABLE, Ref, arg
+from ..objects import SLICE
+from ..policy import ADMIN, NODE, PERSONS, deny
+from .slices import live_slice
+
+#: What a node may report of a sliver.
+STATES = ("running", "stopped", "starting", "missing", "failed", "dormant")
+#: Most slivers one report may carry.
+MAX_REPORTED = 20_000
+
+
+class Reports:
+    """The ReportSlivers argument: [{name, state}], names unique."""
+
+    xmlrpc = "array"
+
+    def describe(self) -> str:
+        return f"array of {{name, state}} (state one of {', '.join(STATES)})"
+
+    def check(self, name: str, value: object) -> object:
+        if not isinstance(value, list) or len(value) > MAX_REPORTED:
+            raise bad_value(name, f"array of at most {MAX_REPORTED} structs", value)
+        out: dict[str, str] = {}
+        for item in value:
+            if not isinstance(item, dict) or set(item) != {"name", "state"}:
+                raise bad_value(name, "struct with name and state", item)
+            sl, st = item["name"], item["state"]
+            if not isinstance(sl, str) or not 1 <= len(sl) <= 64 or sl in out:
+                raise bad_value(f"{name} name", "a distinct slice name of 1 to 64 chars", sl)
+            if st not in STATES:
+                raise bad_value(f"{name} state", f"one of {', '.join(STATES)}", st)
+            out[sl] = st
+        return out
+
+
+@TABLE.method("ReportSlivers", NODE, arg("slivers", Reports()), returns="int", writes=True)
+def report_slivers(call: Call, slivers: dict[str, str]) -> int:
+    """slicectl's extension for node agents: what the node runs now (every sliver the
+    agent made, with its state); replaces the node's previous report. Returns how many."""
+    if call.caller.node_id is None:
+        raise deny("Only a node reports its slivers")
+    nid = call.caller.node_id
+    call.conn.execute(delete(s.sliver_reports).where(s.sliver_reports.c.node_id == nid))
+    if slivers:
+        call.conn.execute(insert(s.sliver_reports), [
+            {"node_id": nid, "slice_name": n, "state": st, "updated": call.now}
+            for n, st in sorted(slivers.items())])
+    return len(slivers)
+
+
+@TABLE.method("GetSliverStates", ADMIN | PERSONS, arg("slice_id_or_name", Ref(SLICE)),
+              returns="array", writes=False)
+def get_sliver_states(call: Call, ref: object) -> list[dict[str, Any]]:
+    """slicectl's extension: where a slice is live. One struct per node PLC lists the
+    slice on or that reports a sliver of it: {node_id, hostname, listed, state, updated,
+    last_contact}; state 'unreported' where the node has not reported it. Admins, the
+    slice's members and the persons of its site may ask."""
+    row = live_slice(call, ref)
+    c = call.caller
+    if not (c.is_admin or row["site_id"] in c.site_ids or c.person_id in row["person_ids"]):
+        raise deny("Not a member of this slice or a person of its site")
+    listed = set(call.conn.execute(select(s.slice_node.c.node_id).where(
+        s.slice_node.c.slice_id == row["slice_id"])).scalars())
+    reports = {nid: (st, up) for nid, st, up in call.conn.execute(
+        select(s.sliver_reports.c.node_id, s.sliver_reports.c.state, s.sliver_reports.c.updated)
+        .where(s.sliver_reports.c.slice_name == row["name"]))}
+    ids = sorted(listed | set(reports))
+    nodes = {nid: (h, lc) for nid, h, lc in call.conn.execute(
+        select(s.nodes.c.node_id, s.nodes.c.hostname, s.nodes.c.last_contact)
+        .where(s.nodes.c.node_id.in_(ids)))} if ids else {}
+    out = []
+    for nid in ids:
+        if nid not in nodes:
+            continue
+        st, up = reports.get(nid, ("unreported", None))
+        out.append({"node_id": nid, "hostname": nodes[nid][0], "listed": nid in listed,
+                    "state": st, "updated": up, "last_contact": nodes[nid][1]})
+    return out
+
