@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: up test host venv lint unit plc docker bench clean-test
 
+# make up PLC=https://plc.example.org/PLCAPI/ NODE_KEY=plnode.txt joins that PLC instead
+# of hosting one here (see the README's "Growing to many machines").
 up: host venv
-	$(BIN)/slicectl node up
+	$(BIN)/slicectl node up $(if $(PLC),--plc-url $(PLC) --node-key $(NODE_KEY) $(if $(PLC_CAFILE),--cafile $(PLC_CAFILE)))
 	ln -sf $(CURDIR)/$(BIN)/slicectl /usr/local/bin/slicectl
 
 test: host venv lint

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 
+from slicectl.agent.bundle import SLIVER_LOG
 from slicectl.agent.install import AGENT_SLICE, ensure_agent_sliver
+from slicectl.agent.join import join
+from slicectl.agent.main import SLIVER_STATE
 from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_json
 from slicectl.core.errors import ConnectionFailed, NotFoundError, StateError, UsageError
 from slicectl.core.supervision import DaemonState
@@ -33,7 +38,15 @@ from slicectl.node.sshd import stop_sshd
 from slicectl.plc.credentials import NodeCredentials
 from slicectl.plc.demo import USER as DEMO_USER
 from slicectl.plc.demo import ensure_demo_slice
-from slicectl.plc.hosting import PLC_PORT, host_plc, plc_daemon, root_plc, sliver_url, stop_plc
+from slicectl.plc.hosting import (
+    NODE_CREDENTIALS,
+    PLC_PORT,
+    host_plc,
+    plc_daemon,
+    root_plc,
+    sliver_url,
+    stop_plc,
+)
 
 DEMO_SLICE = "demo_slice"
 DEMO_KEY = Path("/root/.ssh/slicectl_demo")
@@ -107,6 +120,50 @@ def _demo_slice_via_plc(cfg: NodeConfig, node_id: int, say: Say, timeout_s: floa
     _say_ready(cfg, say)
 
 
+def _join(cfg: NodeConfig, args: argparse.Namespace, say: Say) -> None:
+    """This node joins the PLC at ``args.plc_url`` with the key PLC's admin handed over;
+    the agent's sliver gets the credentials."""
+    url = args.plc_url
+    if not args.node_key:
+        raise UsageError("--node-key: expected the file with the node's key from PLC's "
+                         "admin (slicectl plc node-key HOSTNAME prints it), found none")
+    if not url.startswith(("https://", "http://")):
+        raise UsageError(f"URL: expected https://host/PLCAPI/, found {url!r}")
+    cafile = str(Path(args.cafile).resolve()) if args.cafile else None
+    creds = join(url, Path(args.node_key), cafile, args.node_id, NODE_CREDENTIALS)
+    say(f"joined PLC at {url} as node {creds.node_id} ({creds.hostname}); credentials in "
+        f"{NODE_CREDENTIALS}")
+    ensure_agent_sliver(nm_client(cfg).call, creds, Path(cafile) if cafile else None,
+                        cfg.state_dir, say)
+
+
+def _agent_status(cfg: NodeConfig, client: docker.DockerClient) -> dict[str, Any] | None:
+    """The node agent's status file, read from its sliver (None: no agent here)."""
+    try:
+        container = nm_client(cfg, timeout=10).call("get_sliver", AGENT_SLICE)["container"]
+    except (NotFoundError, ConnectionFailed):
+        return None
+    try:
+        out = client.containers.get(container).exec_run(
+            ["cat", f"{SLIVER_STATE}/status.json"], user="root")
+        data: dict[str, Any] = json.loads(out.output) if out.exit_code == 0 else {}
+    except (docker.errors.APIError, ValueError):
+        data = {}
+    return data or {"plc": "no status yet (the agent is starting, or failing: see its log "
+                           f"{SLIVER_LOG} in {AGENT_SLICE})"}
+
+
+def _agent_line(st: dict[str, Any]) -> str:
+    if "last_contact" not in st:
+        return str(st.get("plc"))
+    seen = ("never" if st["last_contact"] is None
+            else f"{time.time() - st['last_contact']:.0f}s ago")
+    line = f"PLC {st['plc']}, last contact {seen}, {st.get('slivers', 0)} sliver(s)"
+    if st.get("failures_in_a_row"):
+        line += f", {st['failures_in_a_row']} failed tries"
+    return line + (f": {st['last_error']}" if st.get("last_error") else "")
+
+
 def _state_struct(st: DaemonState) -> dict[str, object]:
     return {"program": st.name, "state": st.state, "pid": st.pid,
             "uptime_s": None if st.uptime_s is None else round(st.uptime_s),
@@ -123,12 +180,17 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
     say = Say(quiet=getattr(args, "quiet", False))
     if args.node_cmd == "up":
         started = time.monotonic()
+        joining = args.plc_url is not None
+        hosting = args.plc and not joining
+        if joining and not args.node_key:
+            raise UsageError("--plc-url: expected --node-key FILE with it (the node's key "
+                             "from PLC's admin), found none")
         cfg = cfg.with_(image=prepare(cfg, os.environ, say),
-                        plc_port=PLC_PORT if args.plc else cfg.plc_port)
+                        plc_port=PLC_PORT if hosting else 0 if joining else cfg.plc_port)
         start_host_daemons(cfg, say)
         with _engine(cfg) as client:
             start_services(cfg, client, os.environ, say)
-        if args.plc:
+        if hosting:
             creds = host_plc(cfg, say)
             inside = NodeCredentials(sliver_url(cfg), creds.cafile, creds.node_id,
                                      creds.hostname, creds.key)
@@ -136,9 +198,13 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
                                 cfg.state_dir, say)
             if args.demo:
                 _demo_slice_via_plc(cfg, creds.node_id, say)
+        elif joining:
+            _join(cfg, args, say)
         elif args.demo:
             _demo_slice(cfg, say)
         say(f"node up in {time.monotonic() - started:.1f}s")
+    elif args.node_cmd == "join":
+        _join(cfg, args, say)
     elif args.node_cmd == "prepare":
         prepare(cfg, os.environ, say)
     elif args.node_cmd == "restart":
@@ -178,12 +244,22 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         with _engine(cfg) as client:
             info["services"] = [f"{s.name} {s.state} port {s.port} ({s.container})"
                                 for s in ServiceRunner(client, cfg).status()]
+            agent = _agent_status(cfg, client)
+        if agent is not None:
+            info["agent"] = agent if args.output == "json" else _agent_line(agent)
         if args.output == "json":
             print_json(info)
         else:
             for key, value in info.items():
                 print(f"{key + ':':24}{value}")
     return 0
+
+
+def _join_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-key", help="a file with the node's key (or PlanetLab's plnode.txt "
+                                      "with NODE_ID= and NODE_KEY= lines)")
+    p.add_argument("--node-id", type=int, help="the node's id in PLC (if the key file lacks it)")
+    p.add_argument("--cafile", help="PLC's certificate, if a public CA did not sign it")
 
 
 def register(add: AddCommand) -> None:
@@ -193,7 +269,14 @@ def register(add: AddCommand) -> None:
     up.add_argument("--no-demo", dest="demo", action="store_false")
     up.add_argument("--no-plc", dest="plc", action="store_false",
                     help="do not host PLC here (by default PLC serves HTTPS on port 443)")
+    up.add_argument("--plc-url", help="join the PLC at this URL instead of hosting one "
+                                      "(with --node-key)")
+    _join_options(up)
     up.add_argument("--quiet", action="store_true")
+    j = nsub.add_parser("join", help="join an existing PLC: its URL and the key its admin "
+                                     "made for this node")
+    j.add_argument("plc_url", metavar="URL", help="PLCAPI's URL, e.g. https://plc.example.org/PLCAPI/")
+    _join_options(j)
     nsub.add_parser("prepare", help="everything but the node manager")
     nsub.add_parser("restart", help="restart the node daemons (slivers keep running)")
     nsub.add_parser("down", help="stop the node daemons and sshd (slivers keep running)")

@@ -43,3 +43,23 @@ def test_hostnames_become_fully_qualified() -> None:
     assert plc_hostname(cfg) == "node.localdomain"
     assert plc_hostname(cfg.with_(hostname="n1.example.org")) == "n1.example.org"
     assert plc_hostname(cfg.with_(hostname="-a b.")) == "a-b.localdomain"
+
+
+def test_a_node_joins_with_the_key_its_admin_handed_over(server: Server, tmp_path: Path) -> None:
+    import pytest
+
+    from slicectl.agent.join import join
+    from slicectl.core.errors import ConnectionFailed
+
+    plc = PLC(Login(server.url, server.root, server.cafile))
+    site = plc.AddSite({"name": "Join", "abbreviated_name": "J", "login_base": "join"})
+    nid = plc.AddNode(site, {"hostname": "n1.join.example"})
+    key = plc.GetNodeKey(nid)
+    (tmp_path / "plnode.txt").write_text(f"NODE_ID={nid}\nNODE_KEY={key}\n")
+    creds = join(server.url, tmp_path / "plnode.txt", server.cafile, None, tmp_path / "c.json")
+    assert creds == NodeCredentials.read(tmp_path / "c.json")
+    assert (creds.node_id, creds.hostname, creds.key) == (nid, "n1.join.example", key)
+    (tmp_path / "wrong").write_text(f"NODE_ID={nid}\nNODE_KEY=not-{key}\n")
+    with pytest.raises(ConnectionFailed, match="fault 103"):
+        join(server.url, tmp_path / "wrong", server.cafile, None, tmp_path / "d.json")
+    assert not (tmp_path / "d.json").exists()

@@ -314,3 +314,32 @@ def test_a_change_notice_converges_at_once_and_plc_away_changes_nothing(tmp_path
     stop.set()
     t.join(5)
     assert not t.is_alive()
+
+
+@pytest.mark.parametrize("text,given,expect", [
+    ("NODE_ID=7\nNODE_KEY=abc123\n", None, (7, "abc123")),
+    ('NODE_ID="7"\nNODE_KEY="abc123"\nIP_METHOD=dhcp\n', None, (7, "abc123")),
+    ("abc123\n", 9, (9, "abc123")),
+    ("NODE_KEY=abc123\n", 3, (3, "abc123")),
+])
+def test_node_key_files(tmp_path: Path, text: str, given: int | None,
+                        expect: tuple[int, str]) -> None:
+    from slicectl.agent.join import read_node_key
+
+    (tmp_path / "k").write_text(text)
+    assert read_node_key(tmp_path / "k", given) == expect
+
+
+@pytest.mark.parametrize("text,given,message", [
+    ("abc123\n", None, "--node-id: expected the node's id"),
+    ("", 3, "expected the node's key"),
+    ("two words", 3, "expected the node's key"),
+    ("NODE_ID=x\nNODE_KEY=k\n", None, "NODE_ID: expected a number"),
+])
+def test_bad_node_key_files(tmp_path: Path, text: str, given: int | None, message: str) -> None:
+    from slicectl.agent.join import read_node_key
+    from slicectl.core.errors import UsageError
+
+    (tmp_path / "k").write_text(text)
+    with pytest.raises(UsageError, match=message):
+        read_node_key(tmp_path / "k", given)
