@@ -167,14 +167,42 @@ def quota_mode(path: Path) -> str:
     """``squota`` (simple quotas), ``qgroup`` (full accounting) or ``none`` for the btrfs
     filesystem holding ``path`` (the engine's root is a subdirectory of it when it remaps
     user namespaces)."""
+    d = _qgroups_dir(path)
+    mode = d / "mode" if d is not None else None
+    return mode.read_text().strip() if mode is not None and mode.exists() else "none"
+
+
+#: btrfs's deepest tree level: dropping a subvolume of any height keeps qgroups exact.
+_BTRFS_MAX_LEVEL = 8
+
+
+def _qgroups_dir(path: Path) -> Path | None:
     mount = path.resolve()
     while not os.path.ismount(mount) and mount != mount.parent:
         mount = mount.parent
     shown = run(["btrfs", "filesystem", "show", str(mount)], what="btrfs filesystem show")
     uuid = next((ln.split("uuid:")[1].strip() for ln in shown.stdout.splitlines()
                  if "uuid:" in ln), "")
-    mode = Path(f"/sys/fs/btrfs/{uuid}/qgroups/mode")
-    return mode.read_text().strip() if mode.exists() else "none"
+    d = Path(f"/sys/fs/btrfs/{uuid}/qgroups")
+    return d if uuid and d.is_dir() else None
+
+
+def keep_quotas_exact(path: Path, say: Say) -> None:
+    """Disk limits hold only while btrfs's qgroup numbers are exact. The kernel stops
+    counting (marks them inconsistent, and no limit holds) when a subvolume taller than
+    ``drop_subtree_threshold`` is dropped, which removing slivers does: raise it to the
+    deepest level, and rescan (waiting) if the numbers are already inconsistent."""
+    d = _qgroups_dir(path)
+    if d is None:
+        return
+    thres = d / "drop_subtree_threshold"
+    with contextlib.suppress(OSError):
+        if int(thres.read_text()) < _BTRFS_MAX_LEVEL:
+            thres.write_text(str(_BTRFS_MAX_LEVEL))
+    inconsistent = d / "inconsistent"
+    if inconsistent.exists() and inconsistent.read_text().strip() == "1":
+        say(f"btrfs quotas of {path} are inconsistent (no disk limit holds): rescanning")
+        run(["btrfs", "quota", "rescan", "-w", str(path)], what="btrfs quota rescan")
 
 
 def enable_simple_quotas(path: Path) -> None:
@@ -222,6 +250,7 @@ def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
     elif mode == "qgroup":
         say(f"note: {root} keeps full btrfs qgroup accounting (made before simple quotas); "
             "removing slivers costs more there")
+    keep_quotas_exact(root, say)
     return root
 
 
@@ -230,6 +259,9 @@ def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,
     """Start the node's engine unless it answers already (with user-namespace remapping;
     an engine of ours without it is restarted). Returns True if it was started."""
     ensure_remap_user()
+    root = data_root(cfg)
+    if root.exists() and fs_type(root) == "btrfs":
+        keep_quotas_exact(root, say)
     if engine_answers(cfg):
         if engine_remaps(cfg):
             return False
