@@ -346,6 +346,18 @@ async def s_connects(st: State, args: list[str], max_age: float) -> Rows:
     return [c.row() for c in st.detector.ring]
 
 
+SERVICE_COLUMNS = ("slice", "kind", "authority", "state", "last_contact", "failures_in_a_row",
+                   "slivers", "last_error", "age_s")
+
+
+async def s_services(st: State, args: list[str], max_age: float) -> Rows:
+    """The node's slice creation services (the node agent first among them), as each last
+    told the node manager: whether its authority answers, since when, how many slivers."""
+    _no_args("services", args)
+    return [tuple(_blank(r.get(c)) for c in SERVICE_COLUMNS)
+            for r in await st.nm.services(max_age)]
+
+
 CONNECT_COLUMNS = ("time", "slice", "proto", "dst", "port")
 BANDWIDTH_COLUMNS = ("time", "slice", "bytes_sent", "rate_1m_kbit", "rate_5m_kbit")
 
@@ -361,6 +373,7 @@ SENSORS: dict[str, Sensor] = {s.name: s for s in (
                       "bytes_received", "packets_received", "cpu_share", "cpu_cap_pct",
                       "mem_cap_bytes"), s_slices, args="[/<slice>]", cache_s=2),
     Sensor("bandwidth", BANDWIDTH_COLUMNS, s_bandwidth, args="/<slice>", streaming=True),
+    Sensor("services", SERVICE_COLUMNS, s_services, cache_s=2, slice_column="slice"),
     Sensor("connects", CONNECT_COLUMNS, s_connects, streaming=True, cache_s=0,
            slice_column="slice"),
 )}
@@ -630,7 +643,33 @@ async def metrics_text(st: State) -> str:
         for r in rows:
             if r[i] != "":
                 lines.append(f'{metric}{{slice="{r[0]}"}} {r[i]}')
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + await service_metrics(st)) + "\n"
+
+
+async def service_metrics(st: State) -> list[str]:
+    """The creation services' reports as gauges (an authority that does not answer shows
+    as ``slicectl_service_up 0``)."""
+    try:
+        reports = await st.nm.services(st.settings.cache_s)
+    except SlicectlError:
+        return []
+    now = time.time()
+    lines = [
+        "# HELP slicectl_service_up Whether a slice creation service's authority answered "
+        "its last poll.", "# TYPE slicectl_service_up gauge",
+        *(f'slicectl_service_up{{slice="{r["slice"]}",kind="{r["kind"]}"}} '
+          f'{int(r.get("state") == "ok")}' for r in reports),
+        "# HELP slicectl_service_contact_age_seconds Seconds since its authority last "
+        "answered.", "# TYPE slicectl_service_contact_age_seconds gauge",
+        *(f'slicectl_service_contact_age_seconds{{slice="{r["slice"]}",kind="{r["kind"]}"}} '
+          f'{now - float(r["last_contact"]):.1f}' for r in reports
+          if r.get("last_contact") not in (None, "")),
+        "# HELP slicectl_service_failures Failed polls in a row.",
+        "# TYPE slicectl_service_failures gauge",
+        *(f'slicectl_service_failures{{slice="{r["slice"]}",kind="{r["kind"]}"}} '
+          f'{r.get("failures_in_a_row", 0)}' for r in reports),
+    ]
+    return lines
 
 
 # background tasks -----------------------------------------------------------------------

@@ -117,44 +117,53 @@ def cgroup_usage(root: Path, parent: str, container_id: str, ncpus: int) -> Cgro
 
 
 class NMView:
-    """The node manager's sliver list, fetched in a worker thread and cached.
+    """The node manager's sliver list (``list``) and creation services' reports
+    (``services``), each fetched in a worker thread and cached.
 
     Concurrent requests share one fetch; a result younger than ``max_age`` is reused.
     """
 
     def __init__(self, sock: Path, timeout_s: float = 10) -> None:
         self.client = Client(sock, timeout=timeout_s)
-        self._at = 0.0
-        self._slivers: list[dict[str, Any]] = []
-        self._pending: asyncio.Future[list[dict[str, Any]]] | None = None
+        self._at: dict[str, float] = {}
+        self._value: dict[str, list[dict[str, Any]]] = {}
+        self._pending: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
 
     @property
     def age_s(self) -> float:
-        return time.monotonic() - self._at
+        return time.monotonic() - self._at.get("list", 0.0)
 
     async def slivers(self, max_age_s: float) -> list[dict[str, Any]]:
         """Raises ConnectionFailed (or another SlicectlError) when the NM cannot answer."""
-        if self._at and self.age_s <= max_age_s:
-            return self._slivers
-        if self._pending is None:
+        return await self._get("list", max_age_s)
+
+    async def services(self, max_age_s: float) -> list[dict[str, Any]]:
+        """The last report of each slice creation service (the node agent's among them)."""
+        return await self._get("services", max_age_s)
+
+    async def _get(self, method: str, max_age_s: float) -> list[dict[str, Any]]:
+        at = self._at.get(method, 0.0)
+        if at and time.monotonic() - at <= max_age_s:
+            return self._value[method]
+        pending = self._pending.get(method)
+        if pending is None:
             loop = asyncio.get_running_loop()
-            self._pending = loop.run_in_executor(None, self._fetch)
+            pending = self._pending[method] = loop.run_in_executor(None, self._fetch, method)
             # Waiters may be cancelled; the outcome is still taken, never left unretrieved.
-            self._pending.add_done_callback(lambda f: f.cancelled() or f.exception())
-        pending = self._pending
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             return await asyncio.shield(pending)
         finally:
-            if self._pending is pending and pending.done():
-                self._pending = None
+            if self._pending.get(method) is pending and pending.done():
+                del self._pending[method]
 
-    def _fetch(self) -> list[dict[str, Any]]:
+    def _fetch(self, method: str = "list") -> list[dict[str, Any]]:
         try:
-            result = self.client.call("list")
+            result = self.client.call(method)
         except SlicectlError:
             raise
         except OSError as e:
             raise ConnectionFailed(f"node manager at {self.client.path}: {e}") from e
-        self._slivers = list(result)
-        self._at = time.monotonic()
-        return self._slivers
+        self._value[method] = list(result)
+        self._at[method] = time.monotonic()
+        return self._value[method]

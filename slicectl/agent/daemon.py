@@ -65,7 +65,7 @@ def reported(listing: list[dict[str, Any]], made: Any) -> list[dict[str, str]]:
 
 @dataclass
 class Status:
-    plc: str = "never reached"
+    plc: str = "never-reached"
     last_contact: float | None = None
     last_error: str = ""
     failures_in_a_row: int = 0
@@ -78,6 +78,23 @@ class Status:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(asdict(self), indent=1))
         os.replace(tmp, path)
+
+    def report(self, authority: str) -> dict[str, Any]:
+        """What the node manager is told (``report_service``; pure)."""
+        return {"kind": "agent", "authority": authority[:300], "state": self.plc,
+                "last_contact": "" if self.last_contact is None else self.last_contact,
+                "failures_in_a_row": self.failures_in_a_row, "slivers": self.slivers,
+                "last_error": "".join(c if c.isprintable() else " "
+                                      for c in self.last_error)[:300]}
+
+
+def tell_node(nm: NM, status: Status, authority: str) -> None:
+    """Report ``status`` to the node manager, for ``slicectl node status`` and the
+    sensors; an older node manager, or one away, is not an error of the agent's."""
+    try:
+        nm("report_service", status.report(authority))
+    except SlicectlError as e:
+        log.debug("report to the node manager: %s", e)
 
 
 def step(plc: Source, nm: NM, record_path: Path, status: Status,
@@ -114,10 +131,11 @@ def step(plc: Source, nm: NM, record_path: Path, status: Status,
 
 def run(plc: Source, nm: NM, record_path: Path, status_path: Path, stop: threading.Event,
         period_s: float = PERIOD_S, jitter_s: float = JITTER_S,
-        clock: Callable[[], float] = time.monotonic) -> None:
+        clock: Callable[[], float] = time.monotonic, authority: str = "") -> None:
     """Poll until ``stop`` is set. Between polls the agent long-polls PLC's change number
     (WaitForChange) and polls at once when it moves; without it (an older PLC, or PLC
-    away) it waits for the period, or the backoff."""
+    away) it waits for the period, or the backoff. After each poll it tells the node
+    manager how it went (``authority``: PLC's URL, shown beside it)."""
     status = Status()
     backoff = BACKOFF_S[0]
     while not stop.is_set():
@@ -127,6 +145,7 @@ def run(plc: Source, nm: NM, record_path: Path, status_path: Path, stop: threadi
             seen = None
         ok = step(plc, nm, record_path, status)
         status.save(status_path)
+        tell_node(nm, status, authority)
         if ok:
             backoff = BACKOFF_S[0]
             deadline = clock() + period_s + random.uniform(0, jitter_s)

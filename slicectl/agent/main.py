@@ -18,7 +18,7 @@ from slicectl.core.errors import SlicectlError, UsageError
 from slicectl.ipc.rpc import Client
 from slicectl.plc.credentials import NodeCredentials
 
-from .daemon import PERIOD_S, Status, run, step
+from .daemon import PERIOD_S, Status, run, step, tell_node
 from .plcview import PLCView
 
 #: Where the node's PLC credentials are (on the host, and in the agent's sliver).
@@ -60,13 +60,14 @@ def serve(args: argparse.Namespace) -> int:
         status = Status()
         step(plc, nm, record, status)
         status.save(status_path)
+        tell_node(nm, status, creds.url)
         print(json.dumps({"plc": status.plc, "changes": status.last_changes,
                           "failed": status.failed}))
         return 0 if status.plc == "ok" and not status.failed else 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    run(plc, nm, record, status_path, stop, period_s=args.period)
+    run(plc, nm, record, status_path, stop, period_s=args.period, authority=creds.url)
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import time
@@ -17,9 +16,14 @@ import docker
 from slicectl.agent.bundle import SLIVER_LOG
 from slicectl.agent.install import AGENT_SLICE, ensure_agent_sliver
 from slicectl.agent.join import join
-from slicectl.agent.main import SLIVER_STATE
 from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_json
-from slicectl.core.errors import ConnectionFailed, NotFoundError, StateError, UsageError
+from slicectl.core.errors import (
+    ConnectionFailed,
+    NotFoundError,
+    SlicectlError,
+    StateError,
+    UsageError,
+)
 from slicectl.core.supervision import DaemonState
 from slicectl.core.wire import SliverView, from_struct
 from slicectl.node.config import NodeConfig
@@ -137,30 +141,38 @@ def _join(cfg: NodeConfig, args: argparse.Namespace, say: Say) -> None:
                         cfg.state_dir, say)
 
 
-def _agent_status(cfg: NodeConfig, client: docker.DockerClient) -> dict[str, Any] | None:
-    """The node agent's status file, read from its sliver (None: no agent here)."""
+def _reports(cfg: NodeConfig) -> list[dict[str, Any]] | None:
+    """What the node's slice creation services last told the node manager (None: it
+    did not answer)."""
     try:
-        container = nm_client(cfg, timeout=10).call("get_sliver", AGENT_SLICE)["container"]
+        return list(nm_client(cfg, timeout=10).call("services"))
+    except (SlicectlError, OSError):
+        return None
+
+
+def _agent_status(cfg: NodeConfig, reports: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The node agent's last report (None: no agent here)."""
+    try:
+        nm_client(cfg, timeout=10).call("get_sliver", AGENT_SLICE)
     except (NotFoundError, ConnectionFailed):
         return None
-    try:
-        out = client.containers.get(container).exec_run(
-            ["cat", f"{SLIVER_STATE}/status.json"], user="root")
-        data: dict[str, Any] = json.loads(out.output) if out.exit_code == 0 else {}
-    except (docker.errors.APIError, ValueError):
-        data = {}
-    return data or {"plc": "no status yet (the agent is starting, or failing: see its log "
-                           f"{SLIVER_LOG} in {AGENT_SLICE})"}
+    for r in reports or []:
+        if r.get("slice") == AGENT_SLICE:
+            return r
+    return {"state": "no report yet (the agent is starting, or failing: see its log "
+                     f"{SLIVER_LOG} in {AGENT_SLICE})"}
 
 
-def _agent_line(st: dict[str, Any]) -> str:
+def _report_line(st: dict[str, Any]) -> str:
     if "last_contact" not in st:
-        return str(st.get("plc"))
-    seen = ("never" if st["last_contact"] is None
-            else f"{time.time() - st['last_contact']:.0f}s ago")
-    line = f"PLC {st['plc']}, last contact {seen}, {st.get('slivers', 0)} sliver(s)"
+        return str(st.get("state"))
+    seen = ("never" if st["last_contact"] in (None, "")
+            else f"{time.time() - float(st['last_contact']):.0f}s ago")
+    line = (f"{st.get('authority') or 'authority'} {st['state']}, last contact {seen}, "
+            f"{st.get('slivers', 0)} sliver(s)")
     if st.get("failures_in_a_row"):
         line += f", {st['failures_in_a_row']} failed tries"
+    line += f" (reported {st.get('age_s', 0):.0f}s ago)"
     return line + (f": {st['last_error']}" if st.get("last_error") else "")
 
 
@@ -244,9 +256,15 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
         with _engine(cfg) as client:
             info["services"] = [f"{s.name} {s.state} port {s.port} ({s.container})"
                                 for s in ServiceRunner(client, cfg).status()]
-            agent = _agent_status(cfg, client)
+        reports = _reports(cfg)
+        agent = _agent_status(cfg, reports)
         if agent is not None:
-            info["agent"] = agent if args.output == "json" else _agent_line(agent)
+            info["agent"] = agent if args.output == "json" else _report_line(agent)
+        others = [r for r in reports or [] if r.get("slice") != AGENT_SLICE]
+        if others:
+            info["creation_services"] = (others if args.output == "json" else
+                                         [f"{r['slice']} ({r['kind']}): {_report_line(r)}"
+                                          for r in others])
         if args.output == "json":
             print_json(info)
         else:

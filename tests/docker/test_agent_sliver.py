@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -98,5 +99,16 @@ def test_the_agent_in_its_sliver_follows_plc(node_cfg: NodeConfig, engine: docke
             time.sleep(1)
             names = {s["name"] for s in nm("list")}
             assert other in names and name not in names and agent in names
+
+            # the agent tells the node manager how PLC answers (node status, the sensors)
+            def report() -> dict[str, Any]:
+                return {r["slice"]: r for r in nm("services")}.get(agent, {})
+
+            _until(lambda: report().get("state") == "ok", 30, "the agent's report")
+            assert report()["kind"] == "agent" and report()["authority"] == inside.url
+            stop_server(srv)
+            _until(lambda: report().get("state") == "unreachable", 30, "PLC away in the report")
+            assert report()["failures_in_a_row"] >= 1 and report()["last_error"]
+            assert has(agent, keys=0) and has(other, keys=0)  # nothing was destroyed
         finally:
             stop_server(srv)

@@ -188,6 +188,15 @@ def plain(slice_name: str) -> Caller:
 
 SERVICE = Caller(uid=0, pid=4, service="sensors")
 
+END = "2040-01-01T00:00:00Z"
+
+
+def bound(node: FakeNode, name: str, by: Caller = ROOT, **rspec: Any) -> str:
+    """Acquire and bind ``name`` as ``by``; the rcap."""
+    rcap = node.nm.acquire(by, {"end": END, **rspec})
+    node.nm.bind(by, name, rcap)
+    return rcap
+
 
 def pinned(uid: int = 0, container: str | None = None, alive: bool = True,
            same_pid_ns: bool = True) -> PinnedPeer:

@@ -28,20 +28,22 @@ from slicectl.node.nm.reconcile import (
     reconcile_step,
 )
 from slicectl.node.store import CREATING, RUNNING, STOPPED, SliverRow
-from tests.unit.nm_fakes import ROOT, SERVICE, FakeNode, fake_node, pinned, plain, privileged
-
-END = "2040-01-01T00:00:00Z"
+from tests.unit.nm_fakes import (
+    END,
+    ROOT,
+    SERVICE,
+    FakeNode,
+    bound,
+    fake_node,
+    pinned,
+    plain,
+    privileged,
+)
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> FakeNode:
     return fake_node(tmp_path)
-
-
-def bound(node: FakeNode, name: str, by: Caller = ROOT, **rspec: Any) -> str:
-    rcap = node.nm.acquire(by, {"end": END, **rspec})
-    node.nm.bind(by, name, rcap)
-    return rcap
 
 
 # admission --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,9 +65,12 @@ class FakeNM:
 
     slivers: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
+    services: list[dict[str, Any]] = field(default_factory=list)
 
     def dispatch(self, method: str, params: tuple[Any, ...], peer: object) -> Any:
         self.calls += 1
+        if method == "services":
+            return self.services
         if method != "list":
             raise PermissionDenied(f"method {method}: not for services")
         return self.slivers
@@ -459,6 +463,33 @@ async def test_metrics_parse_as_prometheus_text(client: Client) -> None:
     assert sent["pl_cpu"] == 5000
 
 
+def report(slice_name: str, kind: str, state: str, contact: float | str,
+           failures: int = 0, error: str = "") -> dict[str, Any]:
+    """A creation service's report as the node manager's ``services`` gives it."""
+    return {"slice": slice_name, "kind": kind, "authority": "https://plc.test/PLCAPI/",
+            "state": state, "last_contact": contact, "failures_in_a_row": failures,
+            "slivers": 2, "last_error": error, "reported_at": 0, "age_s": 3.0}
+
+
+async def test_services_show_whether_plc_answers(client: Client, fake_nm: FakeNM) -> None:
+    fake_nm.services = [
+        report("pl_agent", "agent", "unreachable", time.time() - 90, 5, "PLC: refused"),
+        report("pl_leases", "leases", "ok", "")]
+    rows = parse(await (await client.get("/services")).text())
+    assert rows[0] == list(SENSORS["services"].columns)
+    assert [(r[0], r[1], r[3], r[5]) for r in rows[1:]] == [
+        ("pl_agent", "agent", "unreachable", "5"), ("pl_leases", "leases", "ok", "0")]
+    assert rows[2][4] == ""  # never in contact
+    families = {f.name: f for f in text_string_to_metric_families(
+        await (await client.get("/metrics")).text())}
+    up = {s.labels["slice"]: s.value for s in families["slicectl_service_up"].samples}
+    assert up == {"pl_agent": 0, "pl_leases": 1}
+    age = families["slicectl_service_contact_age_seconds"].samples
+    assert [s.labels["kind"] for s in age] == ["agent"] and 89 < age[0].value < 100
+    fails = {s.labels["slice"]: s.value for s in families["slicectl_service_failures"].samples}
+    assert fails["pl_agent"] == 5
+
+
 def test_settings_from_env() -> None:
     s = Settings.from_env({"SLICECTL_NODE_ID": "n9", "SLICECTL_NM_SOCK": "/x/nm.sock",
                            "SLICECTL_CGROUP_PARENT": "/p"})
@@ -633,6 +664,15 @@ async def test_connects_shows_a_sliver_its_own_slice(sclient: Client, sniffer: F
     r = await sclient.get("/connects", headers=src(source) if source else {})
     assert r.status == 200
     assert [row[1] for row in parse(await r.text())[1:]] == slices
+
+
+async def test_a_sliver_sees_only_its_own_service_report(sclient: Client,
+                                                         fake_nm: FakeNM) -> None:
+    fake_nm.services = [report("pl_cpu", "agent", "ok", 1.0), report("pl_idle", "x", "ok", 1.0)]
+    rows = parse(await (await sclient.get("/services", headers=src(A_ADDR))).text())
+    assert [r[0] for r in rows[1:]] == ["pl_cpu"]
+    rows = parse(await (await sclient.get("/services")).text())
+    assert [r[0] for r in rows[1:]] == ["pl_cpu", "pl_idle"]
 
 
 async def test_an_unknown_sliver_address_gets_nothing(sclient: Client, sniffer: FakeSniffer,

@@ -33,6 +33,8 @@ METHODS: dict[str, str] = {
     "set_keys": "set_keys",
     "set_initscript": "set_initscript",
     "status": "status",
+    "report_service": "report_service",
+    "services": "services",
     "set_node": "set_node",
     "net_map": "net_map",
     "claim_port": "claim_port",
@@ -42,7 +44,7 @@ METHODS: dict[str, str] = {
 }
 
 #: What a node-service sidecar (the sensor server, the auditor) may call: reads only.
-SERVICE_METHODS = frozenset({"status", "list", "get_sliver"})
+SERVICE_METHODS = frozenset({"status", "list", "get_sliver", "services"})
 
 
 class NodeManagerAPI:

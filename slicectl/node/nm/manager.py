@@ -43,6 +43,7 @@ from slicectl.node.nm.lifecycle import Slivers
 from slicectl.node.nm.ports import DESTROYED, LIVE, PortBook
 from slicectl.node.nm.rcaps import RCAP, RcapBook
 from slicectl.node.nm.reconcile import Reconciler
+from slicectl.node.nm.reports import ServiceReports
 from slicectl.node.nm.slicestate import SliceState, validate_initscript
 from slicectl.node.nm.views import Views
 from slicectl.node.procfs import PinnedPeer
@@ -81,6 +82,7 @@ class NodeManager:
         self.slivers = Slivers(store, engine, net, self.state, self.rcaps, self.ports, facts,
                                sliver_xid_range(cfg.subnet)[1], clock)
         self.reconciler = Reconciler(store, self.slivers, clock)
+        self.reports = ServiceReports(clock)
         self.views = Views(store, engine, net, self.rcaps, facts, capacity, cfg.node_id,
                            code_hash(), clock)
         self.callers = Callers(store.sliver_in, lambda s: self.rcaps.effective(s).nm_privileged,
@@ -196,6 +198,25 @@ class NodeManager:
 
     def status(self, caller: Caller) -> dict[str, Any]:
         return self.views.status(caller)
+
+    # slice creation services ------------------------------------------------------------
+
+    def report_service(self, caller: Caller, report: object) -> bool:
+        """A slice creation service (a privileged slice, or root) says how it is doing:
+        see :mod:`slicectl.node.nm.reports`."""
+        require_privileged(caller)
+        self.reports.put(caller.slice or "root", report)
+        return True
+
+    def services(self, caller: Caller) -> list[dict[str, Any]]:
+        """The last report of every slice creation service on this node (root and the
+        node services; a privileged slice sees its own)."""
+        live = {s.slice for s in self.store.slivers()} | {"root"}
+        rows = self.reports.view(live)
+        if caller.reads_all:
+            return rows
+        require_privileged(caller)
+        return [r for r in rows if r["slice"] == caller.slice]
 
     # node services: the raw-socket shim and the admin sniffer -----------------------
 
