@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace, cfg: NodeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     db = Database(args.db or str(state / "plc.sqlite"))
     seed(db)
-    settings = Settings(scrypt_n=args.scrypt_n)
+    settings = Settings(scrypt_n=args.scrypt_n, change_notices=args.change_notices)
     api = PLCAPI(db, settings)
     ctx = None
     cafile: str | None = None
@@ -230,6 +230,9 @@ def register(add: AddCommand) -> None:
     s.add_argument("--cert-name", action="append", default=[],
                    help="one more name or address the made certificate is for (repeatable)")
     s.add_argument("--threads", type=int, default=8, help="XML-RPC worker threads")
+    s.add_argument("--no-change-notices", dest="change_notices", action="store_false",
+                   help="refuse WaitForChange, as a PLC without slicectl's extension would: "
+                        "nodes then learn of changes only by their periodic GetSlivers")
     s.add_argument("--pidfile", help="write pid and code hash here while serving "
                                      "(how the node's supervisor tells stale code apart)")
     s.add_argument("--root-email", default=ROOT_EMAIL)

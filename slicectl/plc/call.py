@@ -27,6 +27,9 @@ class Settings:
     login_window_s: float = 300.0
     #: Bytes of rendered GetSlivers answers kept (0: none).
     view_cache_bytes: int = 256 << 20
+    #: WaitForChange answers (off: it is a fault, as on a PLC without the extension, and
+    #: nodes fall back to their periodic GetSlivers; the benchmark's baseline).
+    change_notices: bool = True
 
 
 @dataclass

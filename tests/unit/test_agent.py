@@ -316,6 +316,42 @@ def test_a_change_notice_converges_at_once_and_plc_away_changes_nothing(tmp_path
     assert not t.is_alive()
 
 
+class NoNoticePLC(FakePLC):
+    """A PLC without change notices (``plc serve --no-change-notices``)."""
+
+    def change_number(self) -> int:
+        raise ConnectionFailed("PLC at fake: WaitForChange: fault 109: change notices are off")
+
+    def wait_for_change(self, since: int, timeout_s: int) -> int:
+        raise AssertionError("the agent must not wait on a PLC that refused notices")
+
+
+def test_without_notices_the_agent_polls_at_its_period_and_tells_the_node(tmp_path: Path) -> None:
+    plc, nm, stop = NoNoticePLC(), FakeNM(), threading.Event()
+    told: list[dict[str, Any]] = []
+
+    def call(method: str, *args: Any) -> Any:
+        if method == "report_service":
+            told.append(args[0])
+            return True
+        return nm(method, *args)
+
+    t = threading.Thread(target=run, args=(plc, call, tmp_path / "r.json", tmp_path / "s.json",
+                                           stop),
+                         kwargs={"period_s": 0.3, "jitter_s": 0, "authority": "https://plc/"},
+                         daemon=True)
+    t.start()
+    assert _until(lambda: plc.polls >= 3)  # poll after poll, at the period
+    plc.change({"slivers": [sliver("pu_a", expires=2**31 - 1)], "initscripts": []})
+    assert _until(lambda: "pu_a" in nm.slivers)
+    assert _until(lambda: bool(told) and told[-1]["slivers"] == 1)
+    assert told[-1]["kind"] == "agent" and told[-1]["state"] == "ok"
+    assert told[-1]["authority"] == "https://plc/"
+    stop.set()
+    t.join(5)
+    assert not t.is_alive()
+
+
 @pytest.mark.parametrize("text,given,expect", [
     ("NODE_ID=7\nNODE_KEY=abc123\n", None, (7, "abc123")),
     ('NODE_ID="7"\nNODE_KEY="abc123"\nIP_METHOD=dhcp\n', None, (7, "abc123")),

@@ -4,6 +4,7 @@ system.* and faults. The wire itself is tested in tests/plc (a real server)."""
 from __future__ import annotations
 
 import xmlrpc.client
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -546,3 +547,14 @@ def test_nodes_report_their_slivers_and_people_see_where_a_slice_is_live(
     assert code(world.node.ReportSlivers, "everything") == 102
     assert code(pi.ReportSlivers, []) == 108  # only nodes report
     assert code(world.outsider.GetSliverStates, sid) == 108  # not of the slice's site
+
+
+def test_change_notices_can_be_turned_off(world: World) -> None:
+    """``plc serve --no-change-notices``: WaitForChange is refused as a PLC without the
+    extension would refuse it, and GetSlivers still answers (nodes fall back to it)."""
+    assert isinstance(world.node.WaitForChange(-1), int)
+    world.api.settings = replace(world.api.settings, change_notices=False)
+    with pytest.raises(PLCFault) as e:
+        world.node.WaitForChange(-1)
+    assert e.value.fault_code == 109 and "--no-change-notices" in str(e.value)
+    assert world.node.GetSlivers()["node_id"] == world.node_id

@@ -8,7 +8,7 @@ from .. import schema as s
 from ..auth import new_session, session_hash
 from ..call import Call
 from ..changes import MAX_WAIT_S, Pending
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, NotImplementedFault
 from ..fields import Field
 from ..methods import TABLE, arg
 from ..objects import EVENT
@@ -52,7 +52,11 @@ def wait_for_change(call: Call, since: int, timeout: int | None) -> int | Pendin
     """slicectl's extension for nodes: returns PLC's change number (the highest event id)
     as soon as it differs from ``since``, or after ``timeout`` seconds (at most 60,
     default 30). A node calls GetSlivers when the number it gets differs from the one it
-    had; pass -1 to learn the current number at once."""
+    had; pass -1 to learn the current number at once. A PLC serving with
+    ``--no-change-notices`` refuses it (nodes then poll GetSlivers)."""
+    if not call.settings.change_notices:
+        raise NotImplementedFault("WaitForChange: change notices are off on this PLC (plc "
+                                  "serve --no-change-notices); poll GetSlivers instead")
     wait = min(MAX_WAIT_S, 30 if timeout is None else timeout)
     current = int(call.conn.execute(select(func.max(s.events.c.event_id))).scalar() or 0)
     call.api.changes.bump(current)
