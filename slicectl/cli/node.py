@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import time
@@ -19,6 +18,7 @@ from slicectl.agent.install import AGENT_SLICE, ensure_agent_sliver
 from slicectl.agent.join import join
 from slicectl.agent.main import SLIVER_STATE
 from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_json
+from slicectl.cli.inside import sliver_json
 from slicectl.core.errors import ConnectionFailed, NotFoundError, StateError, UsageError
 from slicectl.core.supervision import DaemonState
 from slicectl.core.wire import SliverView, from_struct
@@ -139,16 +139,9 @@ def _join(cfg: NodeConfig, args: argparse.Namespace, say: Say) -> None:
 
 def _agent_status(cfg: NodeConfig, client: docker.DockerClient) -> dict[str, Any] | None:
     """The node agent's status file, read from its sliver (None: no agent here)."""
-    try:
-        container = nm_client(cfg, timeout=10).call("get_sliver", AGENT_SLICE)["container"]
-    except (NotFoundError, ConnectionFailed):
+    data = sliver_json(cfg, client, AGENT_SLICE, f"{SLIVER_STATE}/status.json")
+    if data is None:
         return None
-    try:
-        out = client.containers.get(container).exec_run(
-            ["cat", f"{SLIVER_STATE}/status.json"], user="root")
-        data: dict[str, Any] = json.loads(out.output) if out.exit_code == 0 else {}
-    except (docker.errors.APIError, ValueError):
-        data = {}
     return data or {"plc": "no status yet (the agent is starting, or failing: see its log "
                            f"{SLIVER_LOG} in {AGENT_SLICE})"}
 
