@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from slicectl.testbed.plc import start_server, stop_server
 from slicectl.testbed.privnode import free_port, log_path, private_node
 
 from .conftest import NMHandle
-from .test_agent_sliver import SECOND_KEY
+from .test_agent_sliver import SECOND_KEY, _until
 from .test_privileged import calls
 from .test_ssh import ssh
 
@@ -38,14 +37,6 @@ pytestmark = pytest.mark.docker
 
 #: B's lease: long enough for the checks below, short enough to watch it end.
 LEASE_S = 60
-
-
-def _until(cond: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not cond():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def test_two_slice_creation_services_keep_to_their_own(
