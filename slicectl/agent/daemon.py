@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slicectl.core.errors import ConnectionFailed, SlicectlError
+from slicectl.sliverapp import reporting
+from slicectl.sliverapp.reporting import printable
 
 from .sync import NM, Record, converge
 
@@ -84,17 +86,13 @@ class Status:
         return {"kind": "agent", "authority": authority[:300], "state": self.plc,
                 "last_contact": "" if self.last_contact is None else self.last_contact,
                 "failures_in_a_row": self.failures_in_a_row, "slivers": self.slivers,
-                "last_error": "".join(c if c.isprintable() else " "
-                                      for c in self.last_error)[:300]}
+                "last_error": printable(self.last_error)}
 
 
 def tell_node(nm: NM, status: Status, authority: str) -> None:
     """Report ``status`` to the node manager, for ``slicectl node status`` and the
-    sensors; an older node manager, or one away, is not an error of the agent's."""
-    try:
-        nm("report_service", status.report(authority))
-    except SlicectlError as e:
-        log.debug("report to the node manager: %s", e)
+    sensors."""
+    reporting.tell_node(nm, status.report(authority))
 
 
 def step(plc: Source, nm: NM, record_path: Path, status: Status,

@@ -1,4 +1,4 @@
-"""The ``slicectl`` command line: one module per area (rcaps, slivers, node, plc), each
+"""The ``slicectl`` command line: one module per area (rcaps, slivers, node, plc, agent, leases), each
 registering its commands; errors become one line and a non-zero exit."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from slicectl.cli import agent, node, plc, rcaps, slivers
+from slicectl.cli import agent, leases, node, plc, rcaps, slivers
 from slicectl.cli.common import Handler
 from slicectl.core.errors import SlicectlError
 from slicectl.node.config import NodeConfig
 
-AREAS = (rcaps, slivers, node, plc, agent)
+AREAS = (rcaps, slivers, node, plc, agent, leases)
 
 
 def build_parser() -> argparse.ArgumentParser:
