@@ -230,7 +230,10 @@ def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
     btrfs), with simple quotas turned on while it is still empty."""
     root = data_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
-    if fs_type(root) != "btrfs":
+    # A btrfs of the engine's own (a disk or our loop file mounted right there), never
+    # one it merely sits in: inside a container (a testbed node) that is the outer
+    # engine's filesystem, whose quotas the inner engine would switch off at its shutdown.
+    if not (fs_type(root) == "btrfs" and os.path.ismount(root)):
         image = cfg.state_dir / "engine.btrfs"
         if not image.exists():
             say(f"creating a {disk_gb} GiB sparse btrfs file {image} for sliver root filesystems")
@@ -245,7 +248,12 @@ def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
             raise EngineError(f"engine data root {root}: expected btrfs after mounting, found "
                               f"{fs_type(root)}")
     mode = quota_mode(root)
-    if mode == "none" and not any(root.iterdir()):
+    if mode == "none":
+        # Empty, or an engine's graceful shutdown switched quotas off (Docker's btrfs
+        # driver does so on cleanup): without them no disk limit holds. On a filesystem
+        # with data, what was written before is not charged to anyone.
+        if any(root.iterdir()):
+            say(f"btrfs quotas of {root} were off (no disk limit held): turning them on")
         enable_simple_quotas(root)
     elif mode == "qgroup":
         say(f"note: {root} keeps full btrfs qgroup accounting (made before simple quotas); "
