@@ -30,8 +30,10 @@ log = logging.getLogger("slicectl.agent")
 #: Seconds between polls when nothing wakes the agent earlier, and the jitter added.
 PERIOD_S = 60.0
 JITTER_S = 15.0
-#: Backoff while PLC is unreachable: first wait, and at most.
-BACKOFF_S = (1.0, 60.0)
+#: Backoff while PLC is unreachable: first wait, and at most. The cap is short so that
+#: a node converges within seconds of PLC's return; a try costs PLC nothing while it is
+#: down (a refused connection), and each wait is jittered so nodes do not return in step.
+BACKOFF_S = (1.0, 8.0)
 
 
 #: Longest single wait for a change notice (a stop request waits at most this long).
@@ -148,7 +150,8 @@ def run(plc: Source, nm: NM, record_path: Path, status_path: Path, stop: threadi
             backoff = BACKOFF_S[0]
             deadline = clock() + period_s + random.uniform(0, jitter_s)
         else:
-            deadline, backoff = clock() + backoff, min(BACKOFF_S[1], backoff * 2)
+            deadline = clock() + backoff * random.uniform(0.75, 1.0)
+            backoff = min(BACKOFF_S[1], backoff * 2)
         while not stop.is_set() and (left := deadline - clock()) > 0:
             if seen is None or not ok:
                 stop.wait(left)

@@ -8,6 +8,7 @@ anyway) and reported.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,6 +33,8 @@ class Want:
     keys: tuple[str, ...]
     initscript: str
     enabled: bool
+    #: (description, contacts): what the node's audit pages show of the slice
+    info: tuple[str, tuple[str, ...]] = ("", ())
 
     def full_rspec(self) -> dict[str, Any]:
         return {**_DEFAULTS, **dict(self.rspec)}
@@ -48,13 +51,15 @@ class Have:
     keys: tuple[str, ...]
     initscript: str
     rcaps: tuple[str, ...] = ()
+    #: as the agent last set it (None: never, a sliver of an older agent)
+    info: tuple[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
 class Action:
     """One call sequence on the node manager: ``create`` (acquire + bind), ``resize``
     (acquire the new rspec, bind it, release the old rcaps: a renewal is one),
-    ``set_keys``, ``set_initscript``, ``stop``, ``start``, ``destroy``."""
+    ``set_keys``, ``set_initscript``, ``set_info``, ``stop``, ``start``, ``destroy``."""
 
     kind: str
     name: str
@@ -90,8 +95,25 @@ def wants(view: Mapping[str, Any], now: float) -> Wants:
         keys = tuple(dict.fromkeys(str(k["key"]).strip() for k in sl.get("keys", [])
                                    if isinstance(k, Mapping) and k.get("key")))
         out[name] = Want(name, tuple(sorted(res.rspec.items())), expires, keys, text,
-                         res.enabled)
+                         res.enabled, sliver_info(sl))
     return Wants(out, tuple(problems))
+
+
+#: What the agent passes on of a slice's description and contacts (the node manager's
+#: bounds: 2048 characters, e-mail addresses).
+MAX_DESCRIPTION, MAX_CONTACTS = 2048, 20
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
+
+
+def sliver_info(sl: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """(description, contacts) of a GetSlivers entry (slicectl's extension; a PLC without
+    it gives neither). What the node manager would refuse is left out, not sent."""
+    desc = sl.get("description")
+    text = desc[:MAX_DESCRIPTION] if isinstance(desc, str) else ""
+    raw = sl.get("contacts")
+    contacts = tuple(dict.fromkeys(c for c in raw if isinstance(c, str) and _EMAIL.match(c))
+                     )[:MAX_CONTACTS] if isinstance(raw, list) else ()
+    return text, contacts
 
 
 def plan(want: Mapping[str, Want], have: Mapping[str, Have],
@@ -116,6 +138,8 @@ def plan(want: Mapping[str, Want], have: Mapping[str, Have],
             out.append(Action("set_keys", name, w))
         if h.initscript != w.initscript:
             out.append(Action("set_initscript", name, w))
+        if h.info != w.info:
+            out.append(Action("set_info", name, w))
         if h.running and not w.enabled:
             out.append(Action("stop", name, w))
         elif not h.running and w.enabled:

@@ -79,10 +79,21 @@ def haves(nm: NM, record: Record, now: float) -> tuple[dict[str, Have], set[str]
                                        if k not in ("start", "end"))), end,
                           tuple(record.made[name].get("keys", [])),
                           str(record.made[name].get("initscript", "")),
-                          tuple(s.get("rcaps") or ()))
+                          tuple(s.get("rcaps") or ()), _info(record.made[name].get("info")))
     for gone in set(record.made) - set(mine):
         del record.made[gone]  # destroyed by someone with the right (root), or lost
     return mine, others
+
+
+def _info(kept: object) -> tuple[str, tuple[str, ...]] | None:
+    if not isinstance(kept, dict):
+        return None
+    return str(kept.get("description", "")), tuple(str(c) for c in kept.get("contacts", []))
+
+
+def _info_struct(w: Want) -> dict[str, Any]:
+    return {"description": w.info[0] or "made by the node agent from PLC",
+            "contacts": list(w.info[1])}
 
 
 def _acquire(nm: NM, w: Want) -> str:
@@ -101,11 +112,12 @@ def apply(nm: NM, action: Action, record: Record) -> None:
         rcap = _acquire(nm, w)
         try:
             nm("bind", name, rcap, {"keys": list(w.keys), "initscript": w.initscript,
-                                    "description": "made by the node agent from PLC"})
+                                    **_info_struct(w)})
         except SlicectlError:
             nm("release", rcap)  # nothing half-done: the rcap goes back
             raise
-        record.made[name] = {"keys": list(w.keys), "initscript": w.initscript}
+        record.made[name] = {"keys": list(w.keys), "initscript": w.initscript,
+                             "info": {"description": w.info[0], "contacts": list(w.info[1])}}
     elif action.kind == "resize":
         rcap = _acquire(nm, w)
         try:
@@ -121,6 +133,9 @@ def apply(nm: NM, action: Action, record: Record) -> None:
     elif action.kind == "set_initscript":
         nm("set_initscript", name, w.initscript)
         record.made[name]["initscript"] = w.initscript
+    elif action.kind == "set_info":
+        nm("set_info", name, _info_struct(w))
+        record.made[name]["info"] = {"description": w.info[0], "contacts": list(w.info[1])}
     elif action.kind in ("stop", "start"):
         nm(action.kind, name)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from slicectl.agent.daemon import run
-from slicectl.agent.plan import Have, Want, plan, wants
+from slicectl.agent.plan import Have, Want, plan, sliver_info, wants
 from slicectl.agent.sync import Record, converge
 from slicectl.agent.tags import initscript, resources
 from slicectl.core.errors import ConnectionFailed, PermissionDenied
@@ -78,6 +78,31 @@ def sliver(name: str, expires: int = NOW + 3600, keys: tuple[str, ...] = (KEY,),
             "attributes": tags(**kv)}
 
 
+@pytest.mark.parametrize("entry,info", [
+    ({}, ("", ())),  # a PLC without the extension
+    ({"description": "d", "contacts": ["pi@x.org", "pi@x.org", "u@x.org"]},
+     ("d", ("pi@x.org", "u@x.org"))),
+    ({"description": 7, "contacts": ["not an address", 3, "a@b.c"]}, ("", ("a@b.c",))),
+    ({"description": "x" * 5000, "contacts": "pi@x.org"}, ("x" * 2048, ())),
+    ({"contacts": [f"u{i}@x.org" for i in range(30)]},
+     ("", tuple(f"u{i}@x.org" for i in range(20)))),
+])
+def test_sliver_info_takes_only_what_the_node_manager_accepts(entry: dict[str, Any],
+                                                              info: Any) -> None:
+    assert sliver_info(entry) == info
+
+
+def test_converge_passes_description_and_contacts_on(tmp_path: Path) -> None:
+    nm, path = FakeNM(), tmp_path / "agent.json"
+    entry = {**sliver("pu_a"), "description": "measuring", "contacts": ["pi@pu.edu"]}
+    converge(nm, {"slivers": [entry], "initscripts": []}, Record(), path, NOW)
+    assert nm.slivers["pu_a"]["info"] == ("measuring", ["pi@pu.edu"])
+    entry["contacts"] = ["pi@pu.edu", "u@pu.edu"]
+    out = converge(nm, {"slivers": [entry], "initscripts": []}, Record.load(path), path, NOW)
+    assert out.done == ["set_info pu_a"]
+    assert nm.slivers["pu_a"]["info"] == ("measuring", ["pi@pu.edu", "u@pu.edu"])
+
+
 def test_wants_skip_expired_and_delegated_slices() -> None:
     view = {"slivers": [sliver("pu_a"), sliver("pu_old", expires=NOW - 1),
                         {**sliver("pu_del"), "instantiation": "delegated"}],
@@ -93,7 +118,7 @@ def want(name: str, **over: Any) -> Want:
 
 def have(name: str, **over: Any) -> Have:
     base = {"name": name, "running": True, "rspec": (("cpu_share", 1),), "end": NOW + 3600,
-            "keys": (KEY,), "initscript": "", "rcaps": ("rcap-old",)}
+            "keys": (KEY,), "initscript": "", "rcaps": ("rcap-old",), "info": ("", ())}
     return Have(**{**base, **over})
 
 
@@ -106,6 +131,8 @@ def have(name: str, **over: Any) -> Have:
     ({"a": want("a", rspec=(("cpu_share", 9),))}, {"a": have("a")}, ["resize"]),
     ({"a": want("a", keys=(KEY, KEY2))}, {"a": have("a")}, ["set_keys"]),
     ({"a": want("a", initscript="echo")}, {"a": have("a")}, ["set_initscript"]),
+    ({"a": want("a", info=("d", ("pi@x.org",)))}, {"a": have("a")}, ["set_info"]),
+    ({"a": want("a")}, {"a": have("a", info=None)}, ["set_info"]),  # an older agent's
     ({"a": want("a", enabled=False)}, {"a": have("a")}, ["stop"]),
     ({"a": want("a")}, {"a": have("a", running=False)}, ["start"]),
     ({"b": want("b")}, {"a": have("a")}, ["destroy", "create"]),  # destroys free room first
@@ -145,6 +172,7 @@ class FakeNM:
             if len(args) > 2:
                 s["keys"] = args[2]["keys"]
                 s["initscript"] = args[2]["initscript"]
+                s["info"] = (args[2].get("description"), args[2].get("contacts"))
             return s
         if method == "release":
             self.rcaps.pop(args[0])
@@ -168,6 +196,8 @@ class FakeNM:
             self.slivers[name]["keys"] = args[1]
         elif method == "set_initscript":
             self.slivers[name]["initscript"] = args[1]
+        elif method == "set_info":
+            self.slivers[name]["info"] = (args[1]["description"], args[1]["contacts"])
         elif method in ("stop", "start"):
             self.slivers[name]["desired"] = "running" if method == "start" else "stopped"
         return True

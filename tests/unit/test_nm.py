@@ -16,6 +16,7 @@ from slicectl.core.errors import (
     SlicectlError,
     StateError,
     UsageError,
+    ValidationError,
 )
 from slicectl.node.nm.api import NodeManagerAPI, check_arguments
 from slicectl.node.nm.callers import Caller, Callers
@@ -337,3 +338,18 @@ def test_a_type_error_inside_a_method_is_not_called_the_callers(node: FakeNode) 
     node.nm.status = broken  # type: ignore[method-assign]
     with pytest.raises(TypeError, match="a bug"):
         api("status", (), pinned())
+
+
+def test_set_info_changes_description_and_contacts_only(node: FakeNode) -> None:
+    agent = privileged("pl_agent")
+    bound(node, "pl_mine", by=agent)
+    bound(node, "pl_theirs")
+    assert node.nm.set_info(agent, "pl_mine", {"description": "d", "contacts": ["a@b.org"]})
+    view = node.nm.get_sliver(agent, "pl_mine")
+    assert (view.description, view.contacts) == ("d", ["a@b.org"])
+    with pytest.raises(ValidationError, match="info: expected a struct of description"):
+        node.nm.set_info(agent, "pl_mine", {"keys": []})
+    with pytest.raises(ValidationError, match=r"contacts\[0\]"):
+        node.nm.set_info(agent, "pl_mine", {"contacts": ["nobody"]})
+    with pytest.raises(PermissionDenied, match="did not create it"):
+        node.nm.set_info(agent, "pl_theirs", {"description": "mine now"})

@@ -285,13 +285,16 @@ def test_getslivers_shape(world: World, plc_clock: Clock) -> None:
                                 "instantiation": "plc-instantiated",
                                 "expires": int(plc_clock.now) + 2 * WEEK,
                                 "keys": [{"key_type": "ssh", "key": ED25519}],
-                                "attributes": []}]
+                                "attributes": [], "description": "", "url": "",
+                                # slicectl's extension: members, then the site's PIs
+                                "contacts": ["user@pu.edu", "pi@pu.edu"]}]
     assert view["accounts"] == [{"name": "site_admin", "keys": [{"key_type": "ssh", "key": ECDSA}]},
                                 {"name": "root", "keys": [{"key_type": "ssh", "key": RSA}]}]
     assert r.GetNodes(world.node_id)[0]["last_contact"] == int(plc_clock.now)
     # a disabled member's keys do not reach the node
     r.UpdatePerson(uid, {"enabled": False})
     assert world.node.GetSlivers()["slivers"][0]["keys"] == []
+    assert world.node.GetSlivers()["slivers"][0]["contacts"] == ["pi@pu.edu"]
     # an admin asks for a node by name; a node only for itself
     assert r.GetSlivers("node1.pu.edu")["node_id"] == world.node_id
     other = r.AddNode("other", {"hostname": "n.other.org"})

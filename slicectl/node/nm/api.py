@@ -32,6 +32,7 @@ METHODS: dict[str, str] = {
     "get_keys": "get_keys",
     "set_keys": "set_keys",
     "set_initscript": "set_initscript",
+    "set_info": "set_info",
     "status": "status",
     "report_service": "report_service",
     "services": "services",

@@ -44,7 +44,7 @@ from slicectl.node.nm.ports import DESTROYED, LIVE, PortBook
 from slicectl.node.nm.rcaps import RCAP, RcapBook
 from slicectl.node.nm.reconcile import Reconciler
 from slicectl.node.nm.reports import ServiceReports
-from slicectl.node.nm.slicestate import SliceState, validate_initscript
+from slicectl.node.nm.slicestate import SliceState, validate_attrs, validate_initscript
 from slicectl.node.nm.views import Views
 from slicectl.node.procfs import PinnedPeer
 from slicectl.node.store import RUNNING, STOPPED, Store
@@ -180,6 +180,16 @@ class NodeManager:
         """Store the sliver's /etc/rc.vinit; it runs at every start of the sliver from the
         next one on (set within a moment of the bind, it may also run in the first boot)."""
         self.slivers.set_attrs(caller, slice_name, {"initscript": validate_initscript(text)})
+        return True
+
+    def set_info(self, caller: Caller, slice_name: object, info: object) -> bool:
+        """A sliver's ``description`` and ``contacts`` (what the audit pages show of it)."""
+        attrs = validate_attrs(info)
+        extra = sorted(set(attrs) - {"description", "contacts"})
+        if extra:
+            raise ValidationError("info", "a struct of description, contacts",
+                                  ", ".join(extra), as_text=True)
+        self.slivers.set_attrs(caller, slice_name, attrs)
         return True
 
     def sliver_started(self, name: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, func, literal, or_, select, text, union_all, update
 
 from .. import crud
 from .. import schema as s
@@ -100,6 +100,33 @@ def _keys_of(call: Call, persons: Any) -> dict[int, list[dict[str, str]]]:
     return out
 
 
+#: At most this many contacts per sliver (members first, then the site's PIs).
+MAX_CONTACTS = 20
+
+
+def _contacts_of(call: Call, live: Any) -> dict[int, list[str]]:
+    """Whom to write about each live slice (slicectl's extension of GetSlivers, for the
+    node's audit pages): the e-mail addresses of its enabled members, then of its site's
+    enabled PIs, each once."""
+    pr, ps = s.person_role, s.person_site
+    members = (select(s.slice_person.c.slice_id, s.persons.c.person_id, s.persons.c.email,
+                      literal(0).label("rank"))
+               .join(s.persons, s.persons.c.person_id == s.slice_person.c.person_id)
+               .where(s.slice_person.c.slice_id.in_(live), s.persons.c.enabled.is_(True)))
+    pis = (select(s.slices.c.slice_id, s.persons.c.person_id, s.persons.c.email,
+                  literal(1).label("rank"))
+           .join(ps, ps.c.site_id == s.slices.c.site_id)
+           .join(pr, and_(pr.c.person_id == ps.c.person_id, pr.c.role_id == ROLE_IDS["pi"]))
+           .join(s.persons, s.persons.c.person_id == ps.c.person_id)
+           .where(s.slices.c.slice_id.in_(live), s.persons.c.enabled.is_(True)))
+    out: dict[int, list[str]] = defaultdict(list)
+    for sid, _rank, _pid, email in sorted(
+            (r[0], r[3], r[1], r[2]) for r in call.conn.execute(union_all(members, pis))):
+        if email not in out[sid] and len(out[sid]) < MAX_CONTACTS:
+            out[sid].append(email)
+    return out
+
+
 def slivers_view(call: Call, node: dict[str, Any]) -> dict[str, Any]:
     """GetSlivers' answer for ``node`` (pure reads). Every query names the node's live
     slices as a subquery, not as a list of ids: the statements stay the same from call
@@ -110,7 +137,7 @@ def slivers_view(call: Call, node: dict[str, Any]) -> dict[str, Any]:
             .where(s.slice_node.c.node_id == nid, s.slices.c.expires > now))
     slices = [dict(r) for r in conn.execute(
         select(s.slices.c.slice_id, s.slices.c.name, s.slices.c.instantiation,
-               s.slices.c.expires)
+               s.slices.c.expires, s.slices.c.description, s.slices.c.url)
         .where(s.slices.c.slice_id.in_(live))
         .order_by(s.slices.c.name)).mappings()]
     members: dict[int, list[int]] = defaultdict(list)
@@ -130,6 +157,7 @@ def slivers_view(call: Call, node: dict[str, Any]) -> dict[str, Any]:
                 tags[sid].append((tnid is None, tid, name, value))
     keys = _keys_of(call, select(s.slice_person.c.person_id)
                     .where(s.slice_person.c.slice_id.in_(live))) if members else {}
+    contacts = _contacts_of(call, live) if slices else {}
     slivers = []
     for sl in slices:
         local = {name for glob, _, name, _ in tags[sl["slice_id"]] if not glob}
@@ -137,7 +165,8 @@ def slivers_view(call: Call, node: dict[str, Any]) -> dict[str, Any]:
                  for glob, _, name, value in sorted(tags[sl["slice_id"]])
                  if not glob or name not in local]
         slivers.append({**sl, "keys": [k for p in sorted(members[sl["slice_id"]]) for k in keys[p]],
-                        "attributes": attrs})
+                        "attributes": attrs, "description": sl["description"] or "",
+                        "url": sl["url"] or "", "contacts": contacts.get(sl["slice_id"], [])})
     pr = s.person_role
     site_admins = conn.execute(
         select(s.person_site.c.person_id).join(pr, pr.c.person_id == s.person_site.c.person_id)
