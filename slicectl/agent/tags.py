@@ -43,6 +43,8 @@ _SCALE: dict[str, tuple[str, int]] = {
     "nproc_hard": ("nproc", 1),
 }
 #: Tags the agent reads besides the resource ones (not reported as unknown).
+#: slicectl's tags: the node ports reserved for the sliver ("8080,9000").
+PORT_TAGS = frozenset({"tcp_ports", "udp_ports"})
 OTHER_TAGS = frozenset({"cpu_pct", "enabled", "initscript", "initscript_code", "vref",
                         "vsys", "hmac", "ssh_key"})
 
@@ -87,6 +89,13 @@ def resources(attributes: Sequence[Mapping[str, Any]]) -> Resources:
                                 f"to {bounds.hi}, found {text[:40]!r}; using the default")
                 continue
             rspec[field] = value
+        elif tag in PORT_TAGS:
+            ports = [_int(w) for w in text.replace(",", " ").split()]
+            if not ports or any(n is None or not 1 <= n <= 65535 for n in ports):
+                problems.append(f"{tag}: expected port numbers separated by commas, found "
+                                f"{text[:40]!r}; no {tag[:3].upper()} port reserved")
+                continue
+            rspec[tag] = sorted({n for n in ports if n is not None})
         elif tag not in OTHER_TAGS:
             problems.append(f"{tag}: not a tag this node knows; ignored")
     pct = _int(seen.get("cpu_pct", "0") or "0")

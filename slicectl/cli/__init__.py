@@ -1,5 +1,6 @@
-"""The ``slicectl`` command line: one module per area (rcaps, slivers, node, plc, agent, leases), each
-registering its commands; errors become one line and a non-zero exit."""
+"""The ``slicectl`` command line: one module per area (rcaps, slivers, node, plc, agent,
+leases, testbed), each registering its commands; errors become one line and a non-zero
+exit."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from slicectl.cli import agent, leases, node, plc, rcaps, slivers
+from slicectl.cli import agent, leases, node, plc, rcaps, slivers, testbed
 from slicectl.cli.common import Handler
 from slicectl.core.errors import SlicectlError
 from slicectl.node.config import NodeConfig
 
-AREAS = (rcaps, slivers, node, plc, agent, leases)
+AREAS = (rcaps, slivers, node, plc, agent, leases, testbed)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -141,17 +141,39 @@ def data_root(cfg: NodeConfig) -> Path:
     return cfg.state_dir / "engine"
 
 
-def engine_answers(cfg: NodeConfig) -> bool:
-    if not cfg.engine_sock.exists():
+def socket_answers(sock: Path) -> bool:
+    """Whether a Docker engine answers on the unix socket ``sock``."""
+    if not sock.exists():
         return False
     try:
-        client = docker.DockerClient(base_url=cfg.engine_url, timeout=5)
+        client = docker.DockerClient(base_url=f"unix://{sock}", timeout=5)
         try:
             return bool(client.ping())
         finally:
             client.close()
     except (docker.errors.DockerException, requests.RequestException, OSError):
         return False
+
+
+def engine_answers(cfg: NodeConfig) -> bool:
+    return socket_answers(cfg.engine_sock)
+
+
+def wait_for_engine(sock: Path, log_path: Path, timeout_s: float, what: str) -> None:
+    """Until the engine just started answers on ``sock`` (then only root may use it).
+
+    Raises:
+        EngineError: not within ``timeout_s``; with the last lines of its log.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if socket_answers(sock):
+            os.chmod(sock, 0o600)
+            return
+        time.sleep(0.2)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+    raise EngineError(f"{what} on {sock}: did not answer within {timeout_s:.0f}s; "
+                      f"last log lines: {' | '.join(tail)}")
 
 
 def fs_type(path: Path) -> str:
@@ -299,15 +321,8 @@ def start_engine(cfg: NodeConfig, say: Say, disk_gb: int = DEFAULT_DISK_GB,
     with open(log_path, "ab") as logf:
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                          start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if engine_answers(cfg):
-            os.chmod(cfg.engine_sock, 0o600)
-            return True
-        time.sleep(0.2)
-    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-    raise EngineError(f"Docker engine on {cfg.engine_sock}: did not answer within {timeout_s:.0f}s; "
-                      f"last log lines: {' | '.join(tail)}")
+    wait_for_engine(cfg.engine_sock, log_path, timeout_s, "Docker engine")
+    return True
 
 
 def ensure_network(client: docker.DockerClient, name: str, subnet: str, bridge: str) -> None:

@@ -7,6 +7,7 @@ from slicectl.core.netplan import jump_rules
 from slicectl.node.hostcmd import run
 
 IPTABLES = "iptables"
+BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 
 
 def _tables(chains: dict[str, str]) -> list[tuple[str, str]]:
@@ -20,6 +21,12 @@ def ensure_jumps(chains: dict[str, str]) -> None:
         if run([IPTABLES, "-w", "-t", table, "-S", chain], what="iptables", check=False).returncode:
             run([IPTABLES, "-w", "-t", table, "-N", chain], what=f"iptables chain {chain}")
     for table, parent, rule in jump_rules(chains):
+        if parent not in BUILTIN and run([IPTABLES, "-w", "-t", table, "-S", parent],
+                                         what="iptables", check=False).returncode:
+            # The engine makes DOCKER-USER (and jumps to it from FORWARD) when it sets up
+            # its networks, which after a reboot can be later than the NM starts: make it
+            # now, so our forwarding rules are in place by the time the engine uses it.
+            run([IPTABLES, "-w", "-t", table, "-N", parent], what=f"iptables chain {parent}")
         if run([IPTABLES, "-w", "-t", table, "-C", parent, *rule], what="iptables",
                check=False).returncode:
             run([IPTABLES, "-w", "-t", table, "-I", parent, "1", *rule],

@@ -112,11 +112,20 @@ def base_tarball(mirror: str, src: Path, say: Say) -> Path:
     return tar
 
 
+def has_image(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
 def ensure_base_image(client: docker.DockerClient, env: Mapping[str, str], say: Say,
-                      src: Path = IMAGES_DIR) -> str:
-    """Import the debootstrap root fs as ``slicectl/reference-base:<hash>`` unless present."""
+                      src: Path = IMAGES_DIR, repo: str = REFERENCE_REPO) -> str:
+    """Import the debootstrap root fs of ``src``'s package list as ``<repo>-base:<hash>``
+    (``slicectl/reference-base``) unless present."""
     base_h, _ = input_hash(src)
-    base_tag = f"{REFERENCE_REPO}-base:{base_h}"
+    base_tag = f"{repo}-base:{base_h}"
     try:
         client.images.get(base_tag)
         say(f"[2/3] reusing imported base {base_tag}")
@@ -124,8 +133,8 @@ def ensure_base_image(client: docker.DockerClient, env: Mapping[str, str], say: 
         tar = base_tarball(debian_mirror(env), src, say)
         say(f"[2/3] docker import {tar.name} as {base_tag}")
         client.api.import_image_from_file(
-            str(tar), repository=f"{REFERENCE_REPO}-base", tag=base_h,
-            changes=[f"LABEL {LABEL_KIND}=reference-base"],
+            str(tar), repository=f"{repo}-base", tag=base_h,
+            changes=[f"LABEL {LABEL_KIND}={repo.rsplit('/', 1)[-1]}-base"],
         )
     return base_tag
 

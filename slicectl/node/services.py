@@ -46,7 +46,7 @@ from slicectl.core.netplan import chain_names, input_rules
 from slicectl.node import firewall
 from slicectl.node.config import NodeConfig
 from slicectl.node.dockerd import Say
-from slicectl.node.image import build_image, ensure_base_image
+from slicectl.node.image import build_image, ensure_base_image, has_image
 
 LABEL_PLAN = f"{LABEL_PREFIX}.plan"
 SERVICE_REPO = "slicectl/service"
@@ -264,11 +264,8 @@ def ensure_service_image(client: docker.DockerClient, env: Mapping[str, str], sa
     pins = requirement_pins()
     base_tag = ensure_base_image(client, env, say)
     tag = f"{SERVICE_REPO}:{service_image_hash(base_tag, pins, root)}"
-    try:
-        client.images.get(tag)
+    if has_image(client, tag):
         return tag
-    except docker.errors.ImageNotFound:
-        pass
     say(f"building the service image {tag}")
     with tempfile.TemporaryDirectory(prefix="slicectl-svc-") as tmp:
         ctx = Path(tmp)

@@ -23,7 +23,9 @@ EVERYONE = PERSONS | NODE | {"anonymous"}
 #: carry resources and are admin-only.
 MEMBER_TAGS = ("initscript", "initscript_code", "vref")
 RESOURCE_TAGS = ("cpu_share", "cpu_pct", "net_min_rate", "net_max_rate", "net_max_kbyte",
-                 "disk_max", "enabled", "nofile_hard", "nproc_hard", "vsys", "capabilities")
+                 "disk_max", "enabled", "nofile_hard", "nproc_hard", "vsys", "capabilities",
+                 # slicectl's: the node ports reserved for the slice's slivers
+                 "tcp_ports", "udp_ports")
 
 WEEK_S = 7 * 86400
 CREATE_LIFETIME_S = 2 * WEEK_S

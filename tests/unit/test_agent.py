@@ -44,6 +44,10 @@ def tags(**kv: str) -> list[dict[str, str]]:
      True, 1),
     ({"frobnicate": "1"}, {}, True, 1),
     ({"vref": "debian", "initscript": "x"}, {}, True, 0),
+    ({"tcp_ports": "9000, 8080,9000", "udp_ports": "5000"},
+     {"tcp_ports": [8080, 9000], "udp_ports": [5000]}, True, 0),
+    ({"tcp_ports": "80,http"}, {}, True, 1),
+    ({"udp_ports": "70000"}, {}, True, 1),
 ])
 def test_tags_become_rspec_fields(given: dict[str, str], rspec: dict[str, Any],
                                   enabled: bool, problems: int) -> None:
