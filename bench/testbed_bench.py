@@ -29,7 +29,7 @@ from pathlib import Path
 
 from slicectl.node.dockerd import Say
 from slicectl.testbed import lifecycle
-from slicectl.testbed.drive import Node, Site, Testbed, ssh_ok
+from slicectl.testbed.drive import Node, Site, Testbed, ssh_ok, until
 from slicectl.testbed.layout import layout
 
 PROJECT = "slicectl-bench"
@@ -70,10 +70,17 @@ def slice_latency(site: Site, short: str, timeout_s: float) -> float:
     site.call(site.pi, "AddPersonToSlice", site.pi.person_id, name)
     site.call(site.pi, "AddSliceToNodes", name, [n.hostname for n in tb.nodes])
     started = time.monotonic()
-    try:
-        return live_everywhere(tb.nodes, site.pi.key, name, started, timeout_s)
-    finally:
+    # kept until the phase ends: a removal in progress would delay the next sample
+    return live_everywhere(tb.nodes, site.pi.key, name, started, timeout_s)
+
+
+def remove_slices(site: Site, names: list[str]) -> None:
+    """Delete ``names`` in PLC and wait until no node has them."""
+    for name in names:
         site.call(site.pi, "DeleteSlice", name)
+    for node in site.tb.nodes:
+        until(lambda n=node: not set(names) & site.tb.slivers(n), 120, f"removal on {node.name}",
+              pause=0.5)
 
 
 def key_latency(site: Site, keys: Path, slice_name: str, i: int) -> float:
@@ -126,6 +133,7 @@ def run_size(n: int, args: argparse.Namespace, keys: Path, say: Say) -> dict[str
         warm = slice_latency(site, "warmup", 120)  # first slice after up: not counted
         notices = [slice_latency(site, f"n{i}", 120) for i in range(args.samples)]
         say(f"  with change notices: p50 {statistics.median(notices):.2f}s (warm-up {warm:.2f}s)")
+        remove_slices(site, [f"bench_n{i}" for i in range(args.samples)] + ["bench_warmup"])
         home = f"{site.login_base}_keys"
         site.call(site.pi, "AddSlice", {"name": home, "url": "https://bench.example.org/",
                                         "description": "key bench"})
