@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from typing import Any
 
 from slicectl.core import sniffrecord as sr
 
-from .store import DROP_SOURCES, Store
+from . import scatter
+from .store import DROP_SOURCES, Chunk, Store
 
 
 @dataclass
@@ -42,8 +44,11 @@ TRACKED_MINUTES = 2
 #: a lower bound past it): bounds the memory a scanning slice costs to ~1 MB a minute.
 FOLD_TRACK = 4096
 
-#: (dst, proto, dport): one roll-up row of a slice in a minute.
-Key = tuple[bytes, int, int]
+#: (minute, sid, dst, proto, dport): one roll-up row.
+RollKey = tuple[int, int, bytes, int, int]
+#: a record's time, alone
+_TIME = struct.Struct("<d")
+_TIME_ONLY = struct.Struct("<d24x")
 
 
 class Recorder:
@@ -51,7 +56,9 @@ class Recorder:
 
     A slice gets at most ``store.limits.rollup_rows`` roll-up keys per minute; packets to
     its other keys that minute are counted in one folded row (see :mod:`auditd.store`).
-    Full records are kept whole either way.
+    Full records are kept whole either way: a destination with several records in a batch
+    gets a chunk of its own, the one-record destinations of a batch (a scan) share the
+    batch's scatter chunks (:mod:`auditd.scatter`).
 
     Args:
         store: where rows go.
@@ -65,17 +72,17 @@ class Recorder:
         self.clock = clock
         self.rollup_rows = store.limits.rollup_rows
         self.fold_track = fold_track
-        # (minute, sid) -> the keys admitted as roll-up rows (at most rollup_rows)
-        self._kept: dict[tuple[int, int], set[Key]] = {}
-        # (minute, sid) -> folded keys told apart so far (at most FOLD_TRACK)
-        self._folded: dict[tuple[int, int], set[Key]] = {}
+        # minute -> sid -> what is tracked of that slice that minute
+        self._minutes: dict[int, dict[int, _Tracked]] = {}
         self._floor = -1  # minutes below this are no longer tracked
-        # (minute, sid) -> [new keys, saturated, packets, bytes, first t, last t], this batch
-        self.folds: dict[tuple[int, int], list[Any]] = {}
-        # (sid, dst) -> [first t, last t, count, records]
-        self.chunks: dict[tuple[int, bytes], list[Any]] = {}
-        # (minute, sid, dst, proto, dport) -> [packets, bytes, first t, last t]
-        self.rolls: dict[tuple[int, int, bytes, int, int], list[Any]] = {}
+        # the tracked slice-minutes with a folded row this batch
+        self._folding: list[tuple[int, int, _Tracked]] = []
+        # (minute, sid) -> folded row of a forgotten minute (a late record), this batch
+        self.late: dict[tuple[int, int], list[Any]] = {}
+        # (sid, dst) -> its one record (bytes), or [first t, last t, count, records]
+        self.chunks: dict[tuple[int, bytes], Any] = {}
+        # (minute, sid, dst, proto, dport) -> [packets, bytes, first t, last t], this batch
+        self.rolls: dict[RollKey, list[Any]] = {}
         self.drops: dict[str, int] = {}
         self._sid: dict[int, int] = {}   # xid -> store slice id
         self._seen: dict[str, int] = {}  # last cumulative drop count from this sniffer
@@ -104,11 +111,19 @@ class Recorder:
             self.reset_link()
 
     def feed_records(self, payload: bytes) -> None:
-        """Add the outgoing records of one ``R`` payload to the pending chunks and roll-ups."""
-        sids, chunks, rolls = self._sid, self.chunks, self.rolls
+        """Add the outgoing records of one ``R`` payload to the pending chunks and roll-ups.
+
+        The hot path, written out inline: one chunk key and one roll-up key per record, the
+        minute's state looked up once per minute, and no roll-up lookup for a destination
+        the batch has not seen yet (a scan's every packet).
+        """
+        sids, chunks, rolls, cap = self._sid, self.chunks, self.rolls, self.rollup_rows
+        track, folding = self.fold_track, self._folding
         size = sr.RECORD.size
         off = -size
         n = 0
+        lo = hi = minute = 0
+        now: dict[int, _Tracked] | None = None
         for t, xid, _src, dst, _sp, dport, proto, _fl, length, way in sr.RECORD.iter_unpack(
                 payload):
             off += size
@@ -118,95 +133,146 @@ class Recorder:
             sid = sids.get(xid)
             if sid is None:
                 sid = sids[xid] = self.store.slice_id(f"xid-{xid}")
-            c = chunks.get((sid, dst))
+            ck = (sid, dst)
+            c = chunks.get(ck)
             if c is None:
-                chunks[sid, dst] = [t, t, 1, bytearray(payload[off:off + size])]
+                chunks[ck] = payload[off:off + size]
             else:
+                if c.__class__ is bytes:
+                    t1 = _TIME.unpack_from(c)[0]
+                    c = chunks[ck] = [t1, t1, 1, bytearray(c)]
                 if t > c[1]:
                     c[1] = t
                 elif t < c[0]:
                     c[0] = t
                 c[2] += 1
                 c[3] += payload[off:off + size]
-            minute = int(t // 60) * 60
+            if not lo <= t < hi:
+                minute = int(t // 60) * 60
+                lo, hi = minute, minute + 60
+                now = None
+                if minute >= self._floor:
+                    now = self._minutes.get(minute)
+                    if now is None:
+                        now = self._minutes[minute] = {}
             key = (minute, sid, dst, proto, dport)
-            r = rolls.get(key)
-            if r is None:
-                if not self._admit(minute, sid, (dst, proto, dport)):
-                    self._fold(minute, sid, (dst, proto, dport), t, length)
+            if c is not None:  # the batch has seen (sid, dst): maybe this key too
+                r = rolls.get(key)
+                if r is not None:
+                    r[0] += 1
+                    r[1] += length
+                    if t > r[3]:
+                        r[3] = t
+                    elif t < r[2]:
+                        r[2] = t
                     continue
+            if now is None:
+                self._fold_late(minute, sid, t, length)
+                continue
+            st = now.get(sid)
+            if st is None:
+                st = now[sid] = _Tracked()
+            kept = st.kept
+            if key in kept or len(kept) < cap:
+                kept.add(key)
                 rolls[key] = [1, length, t, t]
-            else:
-                r[0] += 1
-                r[1] += length
-                if t > r[3]:
-                    r[3] = t
-                elif t < r[2]:
-                    r[2] = t
+                continue
+            # past the slice's cap this minute: its folded row
+            f = st.fold
+            if f is None:
+                f = st.fold = [0, 0, 0, 0, t, t]
+                folding.append((minute, sid, st))
+            f[2] += 1
+            f[3] += length
+            if t < f[4]:
+                f[4] = t
+            elif t > f[5]:
+                f[5] = t
+            told = st.told
+            if key not in told:
+                if len(told) < track:
+                    told.add(key)
+                    f[0] += 1
+                else:
+                    f[1] = 1
         self.pending += n
         self.records += n
 
-    def _admit(self, minute: int, sid: int, key: Key) -> bool:
-        """Whether ``key`` is (or may become) one of the slice's roll-up rows this minute."""
-        if minute < self._floor:
-            return False
-        kept = self._kept.get((minute, sid))
-        if kept is None:
-            kept = self._kept[minute, sid] = set()
-        if key in kept:
-            return True
-        if len(kept) >= self.rollup_rows:
-            return False
-        kept.add(key)
-        return True
-
-    def _fold(self, minute: int, sid: int, key: Key, t: float, length: int) -> None:
-        f = self.folds.get((minute, sid))
+    def _fold_late(self, minute: int, sid: int, t: float, length: int) -> None:
+        """Count a record of a minute no longer tracked: its earlier keys are forgotten, so
+        the folded row's count of other destinations is a lower bound."""
+        f = self.late.get((minute, sid))
         if f is None:
-            f = self.folds[minute, sid] = [0, 0, 0, 0, t, t]
+            f = self.late[minute, sid] = [0, 1, 0, 0, t, t]
         f[2] += 1
         f[3] += length
-        if t < f[4]:
-            f[4] = t
-        elif t > f[5]:
-            f[5] = t
-        told = self._folded.get((minute, sid))
-        if minute < self._floor:
-            f[1] = 1  # its earlier keys are forgotten: the count is a lower bound
-        elif told is None or key not in told:
-            if told is None:
-                told = self._folded[minute, sid] = set()
-            if len(told) < self.fold_track:
-                told.add(key)
-                f[0] += 1
-            else:
-                f[1] = 1
+        f[4], f[5] = min(f[4], t), max(f[5], t)
 
     def _forget_old_minutes(self) -> None:
-        if not self._kept:
+        if not self._minutes:
             return
-        self._floor = max(self._floor, max(m for m, _ in self._kept) - 60 * TRACKED_MINUTES)
-        for table in (self._kept, self._folded):
-            for k in [k for k in table if k[0] < self._floor]:
-                del table[k]
+        self._floor = max(self._floor, max(self._minutes) - 60 * TRACKED_MINUTES)
+        for m in [m for m in self._minutes if m < self._floor]:
+            del self._minutes[m]
 
     def count_drop(self, source: str, n: int) -> None:
         if n > 0:
             self.drops[source] = self.drops.get(source, 0) + n
 
+    def _chunk_rows(self) -> list[Chunk]:
+        """The batch's chunks: one per destination with several records, and the scatter
+        chunks holding the one-record destinations (:mod:`auditd.scatter`, inline here)."""
+        rows: list[Chunk] = []
+        scattered: dict[int, bytearray] = {}
+        key, shift, m64 = self.store.scatter_key, scatter.SHIFT, scatter.M64
+        sid_bytes: dict[int, bytes] = {}
+        for (sid, dst), c in self.chunks.items():
+            if c.__class__ is bytes:
+                b = ((int.from_bytes(dst, "big") * key) & m64) >> shift
+                data = scattered.get(b)
+                if data is None:
+                    data = scattered[b] = bytearray()
+                at = len(data) + scatter.XID_AT
+                data += c
+                sb = sid_bytes.get(sid)
+                if sb is None:
+                    sb = sid_bytes[sid] = scatter.SID.pack(sid)
+                data[at:at + 4] = sb
+            else:
+                rows.append((sid, dst, c[0], c[1], c[2], bytes(c[3])))
+        for b, data in scattered.items():
+            times = [t for (t,) in _TIME_ONLY.iter_unpack(data)]
+            rows.append((scatter.MIXED, b.to_bytes(2, "big"), min(times), max(times),
+                         len(times), bytes(data)))
+        return rows
+
     def flush(self) -> int:
         """Write what was fed in one transaction; return the number of records."""
         if not self.pending and not self.drops:
             return 0
-        chunks = [(sid, dst, c[0], c[1], c[2], bytes(c[3]))
-                  for (sid, dst), c in self.chunks.items()]
         rolls = [(*k, *r) for k, r in self.rolls.items()]
-        folds = [(*k, *f) for k, f in self.folds.items()]
-        self.store.write(chunks, rolls, self.drops, folds)
+        folds = [(m, sid, *st.fold) for m, sid, st in self._folding if st.fold is not None]
+        folds += [(*k, *f) for k, f in self.late.items()]
+        self.store.write(self._chunk_rows(), rolls, self.drops, folds)
         n = self.pending
-        self.chunks, self.rolls, self.drops, self.folds, self.pending = {}, {}, {}, {}, 0
+        for _m, _sid, st in self._folding:
+            st.fold = None
+        self.chunks, self.rolls, self.drops, self.late, self.pending = {}, {}, {}, {}, 0
+        self._folding = []
         self._forget_old_minutes()
         return n
+
+
+class _Tracked:
+    """One slice in one minute: its admitted roll-up keys, its folded keys told apart, and
+    its folded row of the current batch."""
+
+    __slots__ = ("fold", "kept", "told")
+
+    def __init__(self) -> None:
+        self.kept: set[RollKey] = set()
+        self.told: set[RollKey] = set()
+        self.fold: list[Any] | None = None
 
 
 _STOP = object()

@@ -20,6 +20,7 @@ from typing import Any
 from slicectl.core import sniffrecord as sr
 from slicectl.core.errors import ValidationError
 
+from . import scatter
 from .store import Reader
 
 DEFAULT_WINDOW_S = 3600
@@ -27,6 +28,8 @@ DEFAULT_WINDOW_S = 3600
 FUTURE_S = 86400
 MAX_PORTS = 20
 MAX_RECORDS = 200
+#: chunks at each end of the records table that the stored span is read from
+SPAN_CHUNKS = 4096
 FORMATS = ("html", "csv", "json")
 SLICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmp6", 132: "sctp"}
@@ -151,13 +154,35 @@ def _names(reader: Reader) -> dict[int, str]:
     return dict(reader.all("SELECT sid, name FROM slices"))
 
 
+def _keys(reader: Reader, w: Window, slice_name: str | None = None) -> tuple[str, list[Any]]:
+    """SQL of the window's roll-up keys (sid, dst, proto, dport, packets, bytes, first, last),
+    of one slice or all: whole hours from ``slice_hour``, the minutes around them from
+    ``rollup``. The same rows added up either way, as the triggers keep them."""
+    sid = "(SELECT sid FROM slices WHERE name = ?)" if slice_name else None
+    who: list[Any] = [slice_name] if slice_name else []
+    cols = "sid, dst, proto, dport, packets, bytes, first, last"
+    floor = reader.meta("hour_floor")
+    h0 = max(-(-w.first_minute // 3600) * 3600, -(-floor // 3600) * 3600)
+    h1 = (w.last_minute + 60) // 3600 * 3600
+    if h1 <= h0:  # no whole hour in the window: its minutes
+        cond = " AND sid = " + sid if sid else ""
+        return (f"SELECT {cols} FROM rollup WHERE minute >= ? AND minute <= ?{cond}",
+                [w.first_minute, w.last_minute, *who])
+    cond = " AND sid = " + sid if sid else ""
+    hours_sid = f"sid = {sid}" if sid else "sid IN (SELECT sid FROM slices)"
+    return (f"SELECT {cols} FROM slice_hour WHERE {hours_sid} AND hour >= ? AND hour < ?"
+            f" UNION ALL SELECT {cols} FROM rollup WHERE minute >= ? AND minute < ?{cond}"
+            f" UNION ALL SELECT {cols} FROM rollup WHERE minute >= ? AND minute <= ?{cond}",
+            [*who, h0, h1, w.first_minute, h0, *who, h1, w.last_minute, *who])
+
+
 def by_destination(reader: Reader, w: Window, limit: int = 500) -> list[dict[str, Any]]:
     names = _names(reader)
+    keys, args = _keys(reader, w)
     rows = reader.all(
-        "SELECT dst, sum(packets), sum(bytes), group_concat(sid),"
-        " group_concat(proto * 65536 + dport), min(first), max(last)"
-        " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY dst"
-        " ORDER BY 3 DESC, 1 LIMIT ?", (w.first_minute, w.last_minute, limit))
+        "SELECT dst, sum(packets), sum(bytes), group_concat(DISTINCT sid),"
+        " group_concat(DISTINCT proto * 65536 + dport), min(first), max(last)"
+        f" FROM ({keys}) GROUP BY dst ORDER BY 3 DESC, 1 LIMIT ?", [*args, limit])
     out = []
     for dst, packets, nbytes, sids, ports, first, last in rows:
         shown, more = port_list(ports)
@@ -200,30 +225,23 @@ def by_slice(reader: Reader, w: Window) -> list[dict[str, Any]]:
     """Per slice: packets and bytes (folded ones included), distinct destinations in the
     roll-ups and how many more were folded."""
     names = _names(reader)
-    rows = reader.all(
-        "SELECT sid, sum(packets), sum(bytes), count(DISTINCT dst),"
-        " group_concat(proto * 65536 + dport), min(first), max(last)"
-        " FROM rollup WHERE minute >= ? AND minute <= ? GROUP BY sid",
-        (w.first_minute, w.last_minute))
-    per: dict[int, dict[str, Any]] = {}
-    for sid, packets, nbytes, ndst, ports, first, last in rows:
+    keys, args = _keys(reader, w)
+    shape = {sid: (ndst, ports) for sid, ndst, ports in reader.all(
+        "SELECT sid, count(DISTINCT dst), group_concat(DISTINCT proto * 65536 + dport)"
+        f" FROM ({keys}) GROUP BY sid", args)}
+    folds = {sid: other_destinations(k, sat)
+             for sid, k, sat, *_ in _folded_rows(reader, w)}
+    out = []
+    for sid, packets, nbytes, first, last in reader.all(
+            "SELECT sid, sum(packets), sum(bytes), min(first), max(last) FROM slice_minute"
+            " WHERE minute >= ? AND minute <= ? GROUP BY sid ORDER BY 3 DESC, 1",
+            (w.first_minute, w.last_minute)):
+        ndst, ports = shape.get(sid, (0, ""))
         shown, more = port_list(ports)
-        per[sid] = {
-            "slice": names.get(sid, "?"), "packets": packets, "bytes": nbytes,
-            "destinations": ndst, "other_destinations": "0", "ports": shown,
-            "ports_more": more, "first": first, "last": last}
-    for sid, k, sat, packets, nbytes, first, last in _folded_rows(reader, w):
-        row = per.setdefault(sid, {
-            "slice": names.get(sid, "?"), "packets": 0, "bytes": 0, "destinations": 0,
-            "other_destinations": "0", "ports": "", "ports_more": 0,
-            "first": first, "last": last})
-        row["packets"] += packets
-        row["bytes"] += nbytes
-        row["other_destinations"] = other_destinations(k, sat)
-        row["first"], row["last"] = min(row["first"], first), max(row["last"], last)
-    out = sorted(per.values(), key=lambda r: -r["bytes"])
-    for row in out:
-        row["first"], row["last"] = iso(row["first"]), iso(row["last"])
+        out.append({"slice": names.get(sid, "?"), "packets": packets, "bytes": nbytes,
+                    "destinations": ndst, "other_destinations": folds.get(sid, "0"),
+                    "ports": shown, "ports_more": more, "first": iso(first),
+                    "last": iso(last)})
     return out
 
 
@@ -242,14 +260,11 @@ def to_destination(reader: Reader, dst: bytes, w: Window) -> list[dict[str, Any]
 
 def from_slice(reader: Reader, name: str, w: Window) -> list[dict[str, Any]]:
     """Every (dst, proto, dport) slice ``name`` sent to in the window."""
-    sid = reader.all("SELECT sid FROM slices WHERE name = ?", (name,))
-    if not sid:
-        return []
+    keys, args = _keys(reader, w, name)
     rows = reader.all(
         "SELECT dst, proto, dport, sum(packets), sum(bytes), min(first), max(last)"
-        " FROM rollup WHERE sid = ? AND minute >= ? AND minute <= ?"
-        " GROUP BY dst, proto, dport ORDER BY 5 DESC LIMIT 2000",
-        (sid[0][0], w.first_minute, w.last_minute))
+        f" FROM ({keys}) GROUP BY dst, proto, dport ORDER BY 5 DESC, 1, 2, 3 LIMIT 2000",
+        args)
     return [{"dst": socket.inet_ntoa(dst), "proto": proto_name(proto), "dport": dport,
              "packets": packets, "bytes": nbytes, "first": iso(first), "last": iso(last)}
             for dst, proto, dport, packets, nbytes, first, last in rows]
@@ -263,23 +278,27 @@ def records_to(reader: Reader, dst: bytes, w: Window,
     Chunks are read newest first and decoded only until ``limit`` records are found; the
     rest are counted from their stored counts (decoding only those that straddle the
     window's start), so a flood to one address costs a count, not a decode of every packet.
+    The address's scatter chunks (:mod:`auditd.scatter`) are decoded and filtered.
     """
     names = _names(reader)
     # The same whole minutes as the roll-ups, so the records and the counts agree.
     w = Window(w.first_minute, w.last_minute + 60)
+    bucket = scatter.bucket_of(dst, reader.meta("scatter_key"))
     chunks = reader.all(
-        "SELECT rowid, sid, t0, t1, n FROM records WHERE dst = ? AND t0 < ? AND t1 >= ?"
-        " ORDER BY t1 DESC", (dst, w.end, w.start))
+        "SELECT rowid, sid, t0, t1, n FROM records WHERE dst IN (?, ?) AND t0 < ? AND t1 >= ?"
+        " ORDER BY t1 DESC", (dst, bucket, w.end, w.start))
     found: list[tuple[Any, ...]] = []
     total = 0
     for rowid, sid, t0, t1, n in chunks:
         newest_needed = len(found) < limit or t1 > found[limit - 1][0][0]
-        if not newest_needed and w.start <= t0 and t1 < w.end:
+        mixed = sid == scatter.MIXED
+        if not newest_needed and not mixed and w.start <= t0 and t1 < w.end:
             total += n
             continue
         data = reader.all("SELECT data FROM records WHERE rowid = ?", (rowid,))[0][0]
-        inside = [(rec, sid) for rec in sr.RECORD.iter_unpack(data)
-                  if w.start <= rec[0] < w.end]
+        # a scatter chunk's records name their slice (xid field) and have many dsts
+        inside = [(rec, rec[1] if mixed else sid) for rec in sr.RECORD.iter_unpack(data)
+                  if w.start <= rec[0] < w.end and (not mixed or rec[3] == dst)]
         total += len(inside)
         if newest_needed:
             found += inside
@@ -303,10 +322,8 @@ def series(reader: Reader, w: Window, buckets: int = 60,
         cond += " AND sid = (SELECT sid FROM slices WHERE name = ?)"
         span_args.append(slice_name)
     rows = reader.all(
-        "SELECT sid, (minute - ?) / ?, sum(bytes) FROM ("
-        f"SELECT minute, sid, bytes FROM rollup{cond}"
-        f" UNION ALL SELECT minute, sid, bytes FROM rollup_folded{cond}) GROUP BY 1, 2",
-        [w.first_minute, step, *span_args, *span_args])
+        f"SELECT sid, (minute - ?) / ?, sum(bytes) FROM slice_minute{cond} GROUP BY 1, 2",
+        [w.first_minute, step, *span_args])
     n = -(-span // step)
     per: dict[str, list[int]] = {}
     for sid, b, nbytes in rows:
@@ -316,11 +333,18 @@ def series(reader: Reader, w: Window, buckets: int = 60,
 
 
 def totals(reader: Reader) -> dict[str, Any]:
-    got = reader.all("SELECT count(*), sum(n), min(t0), max(t1) FROM records")[0]
-    rolled = reader.all("SELECT count(*), min(minute) FROM rollup")[0]
-    folds = reader.all("SELECT count(*) FROM rollup_folded")[0]
-    return {"record_chunks": got[0], "records": got[1] or 0,
-            "records_from": iso(got[2]) if got[2] else "",
-            "records_to": iso(got[3]) if got[3] else "",
-            "rollup_rows": rolled[0], "rollup_from": iso(rolled[1]) if rolled[1] else "",
-            "folded_rows": folds[0]}
+    """What the store holds, from its tallies; the full records' span from the oldest and
+    newest chunks (chunks are written in time order: a record later than that by more than
+    :data:`SPAN_CHUNKS` chunks is not seen here, it is still kept and shown)."""
+    chunks, records, rollups, folds = reader.all(
+        "SELECT chunks, records, rollup_rows, folded_rows FROM tallies")[0]
+    oldest = reader.all(f"SELECT min(t0) FROM (SELECT t0 FROM records ORDER BY rowid"
+                        f" LIMIT {SPAN_CHUNKS})")[0][0]
+    newest = reader.all(f"SELECT max(t1) FROM (SELECT t1 FROM records ORDER BY rowid DESC"
+                        f" LIMIT {SPAN_CHUNKS})")[0][0]
+    rolled = reader.all("SELECT min(minute) FROM rollup")[0][0]
+    return {"record_chunks": chunks, "records": records,
+            "records_from": iso(oldest) if oldest else "",
+            "records_to": iso(newest) if newest else "",
+            "rollup_rows": rollups, "rollup_from": iso(rolled) if rolled else "",
+            "folded_rows": folds}
