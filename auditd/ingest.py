@@ -341,6 +341,7 @@ class Writer:
         last_flush = time.monotonic()
         last_expire = 0.0
         try:
+            rec.store.slide(self.clock())
             while True:
                 try:
                     item = self._q.get(timeout=self.flush_s)
@@ -359,6 +360,7 @@ class Writer:
                     rec.count_drop("auditor", own)
                     rec.flush()
                     last_flush = now
+                    rec.store.slide(self.clock())
                     if now - last_expire >= self.expire_s:
                         rec.store.expire(self.clock())
                         last_expire = now

@@ -157,7 +157,8 @@ def _names(reader: Reader) -> dict[int, str]:
 def _keys(reader: Reader, w: Window, slice_name: str | None = None) -> tuple[str, list[Any]]:
     """SQL of the window's roll-up keys (sid, dst, proto, dport, packets, bytes, first, last),
     of one slice or all: whole hours from ``slice_hour``, the minutes around them from
-    ``rollup``. The same rows added up either way, as the triggers keep them."""
+    ``rollup`` (one slice's: a key seek per minute). The same rows added up either way, as
+    the triggers keep them."""
     sid = "(SELECT sid FROM slices WHERE name = ?)" if slice_name else None
     who: list[Any] = [slice_name] if slice_name else []
     cols = "sid, dst, proto, dport, packets, bytes, first, last"
@@ -165,24 +166,68 @@ def _keys(reader: Reader, w: Window, slice_name: str | None = None) -> tuple[str
     h0 = max(-(-w.first_minute // 3600) * 3600, -(-floor // 3600) * 3600)
     h1 = (w.last_minute + 60) // 3600 * 3600
     if h1 <= h0:  # no whole hour in the window: its minutes
-        cond = " AND sid = " + sid if sid else ""
-        return (f"SELECT {cols} FROM rollup WHERE minute >= ? AND minute <= ?{cond}",
-                [w.first_minute, w.last_minute, *who])
-    cond = " AND sid = " + sid if sid else ""
+        h0 = h1 = w.last_minute + 60
+    edges = [*range(w.first_minute, h0, 60), *range(h1, w.last_minute + 60, 60)]
+    if sid:
+        minutes = f"SELECT {cols} FROM rollup WHERE minute IN ({','.join('?' * len(edges))})" \
+                  f" AND sid = {sid}"
+        args = [*edges, *who]
+    else:
+        minutes = f"SELECT {cols} FROM rollup WHERE minute >= ? AND minute <= ?" \
+                  " AND (minute < ? OR minute >= ?)"
+        args = [w.first_minute, w.last_minute, h0, h1]
+    if h1 <= h0:
+        return minutes, args
     hours_sid = f"sid = {sid}" if sid else "sid IN (SELECT sid FROM slices)"
     return (f"SELECT {cols} FROM slice_hour WHERE {hours_sid} AND hour >= ? AND hour < ?"
-            f" UNION ALL SELECT {cols} FROM rollup WHERE minute >= ? AND minute < ?{cond}"
-            f" UNION ALL SELECT {cols} FROM rollup WHERE minute >= ? AND minute <= ?{cond}",
-            [*who, h0, h1, w.first_minute, h0, *who, h1, w.last_minute, *who])
+            f" UNION ALL {minutes}", [*who, h0, h1, *args])
+
+
+def _recent_live(reader: Reader, w: Window) -> tuple[int, int] | None:
+    """The minutes past the recent span (:mod:`auditd.recent`) that ``w`` adds, when ``w``
+    is that span and more minutes after it; None when it is not."""
+    got = dict(reader.all("SELECT name, value FROM meta WHERE name IN "
+                          "('recent_from', 'recent_to')"))
+    lo, hi = int(got.get("recent_from", 0)), int(got.get("recent_to", -1))
+    if hi < lo or lo != w.first_minute or hi > w.last_minute:
+        return None
+    return hi + 60, w.last_minute
+
+
+def _top_destinations(reader: Reader, w: Window, limit: int) -> list[bytes]:
+    """The ``limit`` destinations with the most bytes in the window (ties: lowest first)."""
+    live = _recent_live(reader, w)
+    if live is None:
+        keys, args = _keys(reader, w)
+        return [d for (d,) in reader.all(
+            f"SELECT dst FROM ({keys}) GROUP BY dst ORDER BY sum(bytes) DESC, dst LIMIT ?",
+            [*args, limit])]
+    now = dict(reader.all("SELECT dst, sum(bytes) FROM rollup WHERE minute >= ? AND"
+                          " minute <= ? GROUP BY dst", live))
+    # a destination not sent to in the live minutes has its span bytes: the span's top
+    # (limit + live) ones hold every candidate among them
+    span = reader.all("SELECT dst, bytes FROM recent_dst ORDER BY bytes DESC, dst LIMIT ?",
+                      (limit + len(now),))
+    total = {d: b for d, b in span if d not in now}
+    if now:
+        marks = ",".join("?" * len(now))
+        before = dict(reader.all(f"SELECT dst, bytes FROM recent_dst WHERE dst IN ({marks})",
+                                 list(now)))
+        total.update((d, b + before.get(d, 0)) for d, b in now.items())
+    return sorted(total, key=lambda d: (-total[d], d))[:limit]
 
 
 def by_destination(reader: Reader, w: Window, limit: int = 500) -> list[dict[str, Any]]:
     names = _names(reader)
-    keys, args = _keys(reader, w)
-    rows = reader.all(
-        "SELECT dst, sum(packets), sum(bytes), group_concat(DISTINCT sid),"
-        " group_concat(DISTINCT proto * 65536 + dport), min(first), max(last)"
-        f" FROM ({keys}) GROUP BY dst ORDER BY 3 DESC, 1 LIMIT ?", [*args, limit])
+    with reader.snapshot():
+        top = _top_destinations(reader, w, limit)
+        marks = ",".join("?" * len(top))
+        rows = reader.all(
+            "SELECT dst, sum(packets), sum(bytes), group_concat(sid),"
+            " group_concat(proto * 65536 + dport), min(first), max(last)"
+            f" FROM rollup WHERE dst IN ({marks}) AND minute >= ? AND minute <= ?"
+            " GROUP BY dst ORDER BY 3 DESC, 1", [*top, w.first_minute, w.last_minute]
+        ) if top else []
     out = []
     for dst, packets, nbytes, sids, ports, first, last in rows:
         shown, more = port_list(ports)
@@ -221,14 +266,33 @@ def folded(reader: Reader, w: Window, slice_name: str | None = None) -> list[dic
             for sid, k, sat, packets, nbytes, first, last in _folded_rows(reader, w, slice_name)]
 
 
+def _slice_shapes(reader: Reader, w: Window) -> dict[int, tuple[int, str]]:
+    """Per slice: distinct destinations, and its ports as ``group_concat`` text."""
+    live = _recent_live(reader, w)
+    if live is None:
+        keys, args = _keys(reader, w)
+        return {sid: (ndst, ports) for sid, ndst, ports in reader.all(
+            "SELECT sid, count(DISTINCT dst), group_concat(DISTINCT proto * 65536 + dport)"
+            f" FROM ({keys}) GROUP BY sid", args)}
+    ndst = dict(reader.all("SELECT sid, count(*) FROM recent_sd GROUP BY sid"))
+    for sid, more in reader.all(
+            "SELECT sid, count(DISTINCT dst) FROM rollup r WHERE minute >= ? AND minute <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM recent_sd s WHERE s.sid = r.sid AND"
+            " s.dst = r.dst) GROUP BY sid", live):
+        ndst[sid] = ndst.get(sid, 0) + more
+    ports = dict(reader.all(
+        "SELECT sid, group_concat(port) FROM (SELECT sid, port FROM recent_sp UNION"
+        " SELECT sid, proto * 65536 + dport FROM rollup WHERE minute >= ? AND minute <= ?)"
+        " GROUP BY sid", live))
+    return {sid: (n, ports.get(sid, "")) for sid, n in ndst.items()}
+
+
 def by_slice(reader: Reader, w: Window) -> list[dict[str, Any]]:
     """Per slice: packets and bytes (folded ones included), distinct destinations in the
     roll-ups and how many more were folded."""
     names = _names(reader)
-    keys, args = _keys(reader, w)
-    shape = {sid: (ndst, ports) for sid, ndst, ports in reader.all(
-        "SELECT sid, count(DISTINCT dst), group_concat(DISTINCT proto * 65536 + dport)"
-        f" FROM ({keys}) GROUP BY sid", args)}
+    with reader.snapshot():
+        shape = _slice_shapes(reader, w)
     folds = {sid: other_destinations(k, sat)
              for sid, k, sat, *_ in _folded_rows(reader, w)}
     out = []

@@ -15,6 +15,7 @@ any writer keeps them, and they never disagree with the rows):
 - ``slice_hour``: per (slice, hour, dst, proto, dport) what the roll-ups of that hour add up
   to: a day of one slice is 24 reads of its key range instead of a scan of every slice's
   minutes. Hours before ``meta.hour_floor`` (partly expired) are not used.
+- the last hour as it slides (:mod:`auditd.recent`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import secrets
 import sqlite3
 
 from slicectl.core.errors import StateError
+
+from . import recent
 
 VERSION = 2
 
@@ -130,7 +133,8 @@ def ensure(db: sqlite3.Connection) -> None:
     key = secrets.randbits(64) | 1  # an int, safe to put in the script
     try:
         db.executescript(
-            "BEGIN IMMEDIATE;" + TABLES + SUMMARIES + BACKFILL + TRIGGERS +
+            "BEGIN IMMEDIATE;" + TABLES + SUMMARIES + BACKFILL + TRIGGERS + recent.TABLES +
+            recent.TRIGGERS +
             f"INSERT INTO meta VALUES ('scatter_key', {key}), ('hour_floor', 0);"
             f"PRAGMA user_version = {VERSION}; COMMIT;")
     except BaseException:

@@ -35,16 +35,17 @@ Tables:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slicectl.core.errors import StateError
 
-from . import schema
+from . import recent, schema
 
 INSERT_RECORDS = "INSERT INTO records VALUES (?,?,?,?,?,?)"
 UPSERT_ROLLUP = """
@@ -133,6 +134,7 @@ class Store:
         #: the key of the scatter chunks' hash (:mod:`auditd.scatter`)
         self.scatter_key = int(self.db.execute(
             "SELECT value FROM meta WHERE name = 'scatter_key'").fetchone()[0])
+        self._recent = recent.span(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -164,6 +166,12 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def slide(self, now: float) -> None:
+        """Keep the last hour's summaries (:mod:`auditd.recent`) on the hour before ``now``."""
+        if recent.wanted(now) != self._recent:
+            recent.slide(self.db, now)
+            self._recent = recent.wanted(now)
 
     # retention --------------------------------------------------------------------------
 
@@ -250,6 +258,16 @@ class Reader:
 
     def all(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db().execute(sql, tuple(args)).fetchall()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run the queries inside on one snapshot of the file (a read transaction)."""
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
 
     def meta(self, name: str) -> int:
         """A number the writer keeps in ``meta`` (``scatter_key``, ``hour_floor``)."""

@@ -205,3 +205,39 @@ def test_a_database_of_a_newer_auditor_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StateError, match="expected schema version"):
         Store(db)
+
+
+def test_the_last_hour_kept_as_it_slides_says_what_the_rows_say(tmp_path: Path) -> None:
+    """``/``'s default window read from the recent span plus the live minute, as the clock
+    moves on and late records land in the span, equals the roll-ups added up."""
+    db, store = fed(tmp_path, hours=2.5)
+    reader = Reader(db)
+    r = Recorder(store)
+    r.feed(NAMES)
+    rnd = random.Random(7)
+    now = T0 + 1800 + 3600 + 30
+    for step in (0, 60, 120, 420, 30, 3 * 3600, 60):
+        now += step
+        store.slide(now)
+        # late and current records: some into the span, some into the live minute
+        r.feed(sr.Frame(sr.RECORDS, b"".join(
+            rec(now - rnd.randrange(3000), rnd.choice((1, 2)), addr(rnd.randrange(40)),
+                length=rnd.randrange(40, 900)) for _ in range(30))))
+        r.flush()
+        w = q.parse_window({}, now, 30 * 86400)
+        assert q._recent_live(reader, w) is not None
+        want_slices = reference_by_slice(reader, w)
+        got = {x["slice"]: (x["packets"], x["bytes"], x["destinations"])
+               for x in q.by_slice(reader, w)}
+        assert got == want_slices
+        want_dsts = reader.all(
+            "SELECT dst, sum(packets), sum(bytes) FROM rollup WHERE minute >= ? AND"
+            " minute <= ? GROUP BY dst ORDER BY 3 DESC, 1 LIMIT 7",
+            (w.first_minute, w.last_minute))
+        assert [(socket.inet_aton(x["dst"]), x["packets"], x["bytes"])
+                for x in q.by_destination(reader, w, limit=7)] == want_dsts
+        ports = reader.all(
+            "SELECT group_concat(proto * 65536 + dport) FROM rollup WHERE minute >= ? AND"
+            " minute <= ? AND sid = 1", (w.first_minute, w.last_minute))[0][0]
+        assert [x["ports"] for x in q.by_slice(reader, w) if x["slice"] == "site_one"] == [
+            q.port_list(ports)[0]]
