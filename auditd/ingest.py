@@ -47,7 +47,6 @@ FOLD_TRACK = 4096
 #: (minute, sid, dst, proto, dport): one roll-up row.
 RollKey = tuple[int, int, bytes, int, int]
 #: a record's time, alone
-_TIME = struct.Struct("<d")
 _TIME_ONLY = struct.Struct("<d24x")
 
 
@@ -56,9 +55,9 @@ class Recorder:
 
     A slice gets at most ``store.limits.rollup_rows`` roll-up keys per minute; packets to
     its other keys that minute are counted in one folded row (see :mod:`auditd.store`).
-    Full records are kept whole either way: a destination with several records in a batch
-    gets a chunk of its own, the one-record destinations of a batch (a scan) share the
-    batch's scatter chunks (:mod:`auditd.scatter`).
+    Full records are kept whole either way: the first record of a batch to a destination
+    goes to one of the batch's scatter chunks (:mod:`auditd.scatter`; a scan's every
+    packet), its next ones to a chunk of that destination's own.
 
     Args:
         store: where rows go.
@@ -79,15 +78,22 @@ class Recorder:
         self._folding: list[tuple[int, int, _Tracked]] = []
         # (minute, sid) -> folded row of a forgotten minute (a late record), this batch
         self.late: dict[tuple[int, int], list[Any]] = {}
-        # (sid, dst) -> its one record (bytes), or [first t, last t, count, records]
+        # (sid, dst) -> its first record (bytes, in a scatter chunk), or from its second on
+        # [first t, last t, count, records]
         self.chunks: dict[tuple[int, bytes], Any] = {}
         # (minute, sid, dst, proto, dport) -> [packets, bytes, first t, last t], this batch
         self.rolls: dict[RollKey, list[Any]] = {}
         self.drops: dict[str, int] = {}
-        self._sid: dict[int, int] = {}   # xid -> store slice id
+        self._sid: dict[int, tuple[int, bytes]] = {}  # xid -> store slice id, packed
+        # scatter chunk id -> its records, this batch (:mod:`auditd.scatter`)
+        self.scattered: dict[int, bytearray] = {}
         self._seen: dict[str, int] = {}  # last cumulative drop count from this sniffer
         self.pending = 0
         self.records = 0
+
+    def _slice(self, name: str) -> tuple[int, bytes]:
+        sid = self.store.slice_id(name)
+        return sid, scatter.SID.pack(sid)
 
     def reset_link(self) -> None:
         """A new sniffer connection: its cumulative drop counts start again at zero."""
@@ -97,7 +103,7 @@ class Recorder:
         if f.kind == sr.RECORDS:
             self.feed_records(f.payload)
         elif f.kind == sr.SLICES:
-            self._sid = {int(x): self.store.slice_id(str(name)) for x, name in f.json().items()}
+            self._sid = {int(x): self._slice(str(name)) for x, name in f.json().items()}
         elif f.kind == sr.DROPS:
             for source, value in f.json().items():
                 if source in DROP_SOURCES:
@@ -118,7 +124,8 @@ class Recorder:
         the batch has not seen yet (a scan's every packet).
         """
         sids, chunks, rolls, cap = self._sid, self.chunks, self.rolls, self.rollup_rows
-        track, folding = self.fold_track, self._folding
+        track, folding, scattered = self.fold_track, self._folding, self.scattered
+        hkey, m32, shift = self.store.scatter_key, scatter.M32, scatter.SHIFT
         size = sr.RECORD.size
         off = -size
         n = 0
@@ -130,23 +137,31 @@ class Recorder:
             if way != sr.OUT:
                 continue
             n += 1
-            sid = sids.get(xid)
-            if sid is None:
-                sid = sids[xid] = self.store.slice_id(f"xid-{xid}")
+            got = sids.get(xid)
+            if got is None:
+                got = sids[xid] = self._slice(f"xid-{xid}")
+            sid, sid_bytes = got
             ck = (sid, dst)
-            c = chunks.get(ck)
-            if c is None:
-                chunks[ck] = payload[off:off + size]
+            one = payload[off:off + size]
+            c = chunks.setdefault(ck, one)
+            if c is one:  # the batch's first record to (sid, dst): a scatter chunk's
+                b = ((int.from_bytes(dst, "big") * hkey) & m32) >> shift
+                data = scattered.get(b)
+                if data is None:
+                    data = scattered[b] = bytearray()
+                at = len(data) + scatter.XID_AT
+                data += one
+                data[at:at + 4] = sid_bytes
+                c = None
+            elif c.__class__ is bytes:  # the second: a chunk of its own from here on
+                c = chunks[ck] = [t, t, 1, bytearray(one)]
             else:
-                if c.__class__ is bytes:
-                    t1 = _TIME.unpack_from(c)[0]
-                    c = chunks[ck] = [t1, t1, 1, bytearray(c)]
                 if t > c[1]:
                     c[1] = t
                 elif t < c[0]:
                     c[0] = t
                 c[2] += 1
-                c[3] += payload[off:off + size]
+                c[3] += one
             if not lo <= t < hi:
                 minute = int(t // 60) * 60
                 lo, hi = minute, minute + 60
@@ -173,7 +188,7 @@ class Recorder:
             if st is None:
                 st = now[sid] = _Tracked()
             kept = st.kept
-            if key in kept or len(kept) < cap:
+            if len(kept) < cap or key in kept:
                 kept.add(key)
                 rolls[key] = [1, length, t, t]
                 continue
@@ -189,12 +204,13 @@ class Recorder:
             elif t > f[5]:
                 f[5] = t
             told = st.told
-            if key not in told:
-                if len(told) < track:
-                    told.add(key)
+            told_n = len(told)
+            if told_n < track:
+                told.add(key)
+                if len(told) > told_n:
                     f[0] += 1
-                else:
-                    f[1] = 1
+            elif key not in told:
+                f[1] = 1
         self.pending += n
         self.records += n
 
@@ -220,27 +236,11 @@ class Recorder:
             self.drops[source] = self.drops.get(source, 0) + n
 
     def _chunk_rows(self) -> list[Chunk]:
-        """The batch's chunks: one per destination with several records, and the scatter
-        chunks holding the one-record destinations (:mod:`auditd.scatter`, inline here)."""
-        rows: list[Chunk] = []
-        scattered: dict[int, bytearray] = {}
-        key, shift, m64 = self.store.scatter_key, scatter.SHIFT, scatter.M64
-        sid_bytes: dict[int, bytes] = {}
-        for (sid, dst), c in self.chunks.items():
-            if c.__class__ is bytes:
-                b = ((int.from_bytes(dst, "big") * key) & m64) >> shift
-                data = scattered.get(b)
-                if data is None:
-                    data = scattered[b] = bytearray()
-                at = len(data) + scatter.XID_AT
-                data += c
-                sb = sid_bytes.get(sid)
-                if sb is None:
-                    sb = sid_bytes[sid] = scatter.SID.pack(sid)
-                data[at:at + 4] = sb
-            else:
-                rows.append((sid, dst, c[0], c[1], c[2], bytes(c[3])))
-        for b, data in scattered.items():
+        """The batch's chunks: one per destination from its second record in the batch on,
+        and the scatter chunks holding each destination's first."""
+        rows: list[Chunk] = [(sid, dst, c[0], c[1], c[2], bytes(c[3]))
+                             for (sid, dst), c in self.chunks.items() if c.__class__ is list]
+        for b, data in self.scattered.items():
             times = [t for (t,) in _TIME_ONLY.iter_unpack(data)]
             rows.append((scatter.MIXED, b.to_bytes(2, "big"), min(times), max(times),
                          len(times), bytes(data)))
@@ -258,6 +258,7 @@ class Recorder:
         for _m, _sid, st in self._folding:
             st.fold = None
         self.chunks, self.rolls, self.drops, self.late, self.pending = {}, {}, {}, {}, 0
+        self.scattered = {}
         self._folding = []
         self._forget_old_minutes()
         return n

@@ -8,6 +8,7 @@ up.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -136,6 +137,12 @@ def split_suffix(tail: str) -> tuple[str, str]:
 
 
 def iso(t: float) -> str:
+    """``t`` to the second, UTC (a page of 2000 rows formats 4000 times, many alike)."""
+    return _iso_second(math.floor(t))
+
+
+@functools.lru_cache(maxsize=8192)
+def _iso_second(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -130,7 +130,7 @@ def ensure(db: sqlite3.Connection) -> None:
     if version > VERSION:
         raise StateError(f"expected schema version {VERSION} or older, found {version} "
                          "(written by a newer auditor)")
-    key = secrets.randbits(64) | 1  # an int, safe to put in the script
+    key = secrets.randbits(32) | 1  # an int, safe to put in the script
     try:
         db.executescript(
             "BEGIN IMMEDIATE;" + TABLES + SUMMARIES + BACKFILL + TRIGGERS + recent.TABLES +
