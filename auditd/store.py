@@ -153,9 +153,13 @@ class Store:
         """Insert ``chunks``, add ``rolls`` to the roll-ups, ``folds`` to the folded rows
         and ``drops`` to the drop counts, in one transaction."""
         db = self.db
+        chunks = list(chunks)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(INSERT_RECORDS, chunks)
+            if chunks:
+                db.execute("UPDATE tallies SET chunks = chunks + ?, records = records + ?",
+                           (len(chunks), sum(c[4] for c in chunks)))
             db.executemany(UPSERT_ROLLUP, rolls)
             db.executemany(UPSERT_FOLDED, folds)
             for source, n in (drops or {}).items():
