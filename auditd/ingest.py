@@ -209,7 +209,7 @@ class Recorder:
                 told.add(key)
                 if len(told) > told_n:
                     f[0] += 1
-            elif key not in told:
+            elif not f[1] and key not in told:  # saturated once is enough
                 f[1] = 1
         self.pending += n
         self.records += n
