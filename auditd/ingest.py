@@ -4,7 +4,9 @@
 benchmark drives it directly. :class:`Writer` runs a Recorder in its own thread behind a
 bounded queue, and :func:`follow` reads the sniffer socket on the event loop and hands whole
 frames to the Writer, reconnecting when the sniffer goes away. Records that cannot be
-queued are counted as ``auditor`` drops, stored, and shown on the pages.
+queued are counted as ``auditor`` drops, stored, and shown on the pages. Between batches
+the Writer also keeps the store's last-hour summaries on the clock (:mod:`auditd.recent`)
+and applies retention.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ FUTURE_S = 86400
 MAX_PORTS = 20
 MAX_RECORDS = 200
 #: chunks at each end of the records table that the stored span is read from
-SPAN_CHUNKS = 4096
+SPAN_CHUNKS = 256
 FORMATS = ("html", "csv", "json")
 SLICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmp6", 132: "sctp"}

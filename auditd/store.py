@@ -7,11 +7,11 @@ writer appends.
 Tables:
 
 - ``records``: the full records (time, src, dst, ports, proto, TCP flags, IP length) of
-  every packet a sliver sent, as the sniffer's own 32-byte records, in chunks: one row per
-  (batch, slice, destination) with several records in the batch, holding them back to back,
-  indexed by (dst, first time); the destinations with one record in the batch (a scan) go
-  to the batch's scatter chunks, at most 4096, by a keyed hash of the address
-  (:mod:`auditd.scatter`). A row per packet with an index on dst inserts at ~100k rows/s on
+  every packet a sliver sent, as the sniffer's own 32-byte records, in chunks indexed by
+  (dst, first time): a batch's first record to each destination goes to one of the batch's
+  scatter chunks, at most 4096, picked by a keyed hash of the address
+  (:mod:`auditd.scatter`), its next ones to a row per (batch, slice, destination) holding
+  them back to back. A row per packet with an index on dst inserts at ~100k rows/s on
   these machines, a row per scanned address at ~60k/s; chunks keep the hot path to a few
   thousand small rows per batch and still answer "what went to this address" from the
   index. Addresses are the raw 4 network-order bytes as a BLOB, as the sniffer sends them.
@@ -64,6 +64,8 @@ ON CONFLICT (minute, sid) DO UPDATE SET
 """
 
 DROP_SOURCES = ("kernel", "consumer", "unknown", "auditor")
+#: full-record chunks the time window looks at per step
+EXPIRE_STEP = 16_384
 
 #: A chunk of records: sid, dst, first time, last time, count, the records.
 Chunk = tuple[int, bytes, float, float, int, bytes]
@@ -201,14 +203,17 @@ class Store:
         gone = {"records": 0, "rollup": 0}
         cutoff = now - self.limits.rollup_s
         # Chunks arrive in time order, so the expired ones are the lowest rowids: delete
-        # from the front, ``chunk`` rows at a time, until a batch is not all expired (no
-        # full scan of the table, which has no index on time).
+        # from the front, ``step`` rows at a time, until a batch is not all expired (no
+        # full scan of the table, which has no index on time; and a small step, as every
+        # 30 s the first batch is read whether anything expired or not: 200,000 chunks of
+        # a few KB are hundreds of MB read beside the pages).
+        step = min(chunk, EXPIRE_STEP)
         while True:
             n = db.execute("DELETE FROM records WHERE rowid IN (SELECT rowid FROM records "
                            "ORDER BY rowid LIMIT ?) AND t1 < ?",
-                           (chunk, now - self.limits.window_s)).rowcount
+                           (step, now - self.limits.window_s)).rowcount
             gone["records"] += n
-            if n < chunk:
+            if n < step:
                 break
         gone["rollup"] += self._delete_rollups(cutoff)
         self._checkpoint()
