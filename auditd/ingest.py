@@ -4,13 +4,16 @@
 benchmark drives it directly. :class:`Writer` runs a Recorder in its own thread behind a
 bounded queue, and :func:`follow` reads the sniffer socket on the event loop and hands whole
 frames to the Writer, reconnecting when the sniffer goes away. Records that cannot be
-queued are counted as ``auditor`` drops, stored, and shown on the pages.
+queued are counted as ``auditor`` drops, stored, and shown on the pages. Between batches
+the Writer also keeps the store's last-hour summaries on the clock (:mod:`auditd.recent`)
+and applies retention.
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +23,8 @@ from typing import Any
 
 from slicectl.core import sniffrecord as sr
 
-from .store import DROP_SOURCES, Store
+from . import scatter
+from .store import DROP_SOURCES, Chunk, Store
 
 
 @dataclass
@@ -42,8 +46,10 @@ TRACKED_MINUTES = 2
 #: a lower bound past it): bounds the memory a scanning slice costs to ~1 MB a minute.
 FOLD_TRACK = 4096
 
-#: (dst, proto, dport): one roll-up row of a slice in a minute.
-Key = tuple[bytes, int, int]
+#: (minute, sid, dst, proto, dport): one roll-up row.
+RollKey = tuple[int, int, bytes, int, int]
+#: a record's time, alone
+_TIME_ONLY = struct.Struct("<d24x")
 
 
 class Recorder:
@@ -51,7 +57,9 @@ class Recorder:
 
     A slice gets at most ``store.limits.rollup_rows`` roll-up keys per minute; packets to
     its other keys that minute are counted in one folded row (see :mod:`auditd.store`).
-    Full records are kept whole either way.
+    Full records are kept whole either way: the first record of a batch to a destination
+    goes to one of the batch's scatter chunks (:mod:`auditd.scatter`; a scan's every
+    packet), its next ones to a chunk of that destination's own.
 
     Args:
         store: where rows go.
@@ -65,22 +73,29 @@ class Recorder:
         self.clock = clock
         self.rollup_rows = store.limits.rollup_rows
         self.fold_track = fold_track
-        # (minute, sid) -> the keys admitted as roll-up rows (at most rollup_rows)
-        self._kept: dict[tuple[int, int], set[Key]] = {}
-        # (minute, sid) -> folded keys told apart so far (at most FOLD_TRACK)
-        self._folded: dict[tuple[int, int], set[Key]] = {}
+        # minute -> sid -> what is tracked of that slice that minute
+        self._minutes: dict[int, dict[int, _Tracked]] = {}
         self._floor = -1  # minutes below this are no longer tracked
-        # (minute, sid) -> [new keys, saturated, packets, bytes, first t, last t], this batch
-        self.folds: dict[tuple[int, int], list[Any]] = {}
-        # (sid, dst) -> [first t, last t, count, records]
-        self.chunks: dict[tuple[int, bytes], list[Any]] = {}
-        # (minute, sid, dst, proto, dport) -> [packets, bytes, first t, last t]
-        self.rolls: dict[tuple[int, int, bytes, int, int], list[Any]] = {}
+        # the tracked slice-minutes with a folded row this batch
+        self._folding: list[tuple[int, int, _Tracked]] = []
+        # (minute, sid) -> folded row of a forgotten minute (a late record), this batch
+        self.late: dict[tuple[int, int], list[Any]] = {}
+        # (sid, dst) -> its first record (bytes, in a scatter chunk), or from its second on
+        # [first t, last t, count, records]
+        self.chunks: dict[tuple[int, bytes], Any] = {}
+        # (minute, sid, dst, proto, dport) -> [packets, bytes, first t, last t], this batch
+        self.rolls: dict[RollKey, list[Any]] = {}
         self.drops: dict[str, int] = {}
-        self._sid: dict[int, int] = {}   # xid -> store slice id
+        self._sid: dict[int, tuple[int, bytes]] = {}  # xid -> store slice id, packed
+        # scatter chunk id -> its records, this batch (:mod:`auditd.scatter`)
+        self.scattered: dict[int, bytearray] = {}
         self._seen: dict[str, int] = {}  # last cumulative drop count from this sniffer
         self.pending = 0
         self.records = 0
+
+    def _slice(self, name: str) -> tuple[int, bytes]:
+        sid = self.store.slice_id(name)
+        return sid, scatter.SID.pack(sid)
 
     def reset_link(self) -> None:
         """A new sniffer connection: its cumulative drop counts start again at zero."""
@@ -90,7 +105,7 @@ class Recorder:
         if f.kind == sr.RECORDS:
             self.feed_records(f.payload)
         elif f.kind == sr.SLICES:
-            self._sid = {int(x): self.store.slice_id(str(name)) for x, name in f.json().items()}
+            self._sid = {int(x): self._slice(str(name)) for x, name in f.json().items()}
         elif f.kind == sr.DROPS:
             for source, value in f.json().items():
                 if source in DROP_SOURCES:
@@ -104,109 +119,163 @@ class Recorder:
             self.reset_link()
 
     def feed_records(self, payload: bytes) -> None:
-        """Add the outgoing records of one ``R`` payload to the pending chunks and roll-ups."""
-        sids, chunks, rolls = self._sid, self.chunks, self.rolls
+        """Add the outgoing records of one ``R`` payload to the pending chunks and roll-ups.
+
+        The hot path, written out inline: one chunk key and one roll-up key per record, the
+        minute's state looked up once per minute, and no roll-up lookup for a destination
+        the batch has not seen yet (a scan's every packet).
+        """
+        sids, chunks, rolls, cap = self._sid, self.chunks, self.rolls, self.rollup_rows
+        track, folding, scattered = self.fold_track, self._folding, self.scattered
+        hkey, m32, shift = self.store.scatter_key, scatter.M32, scatter.SHIFT
         size = sr.RECORD.size
         off = -size
         n = 0
+        lo = hi = minute = 0
+        now: dict[int, _Tracked] | None = None
         for t, xid, _src, dst, _sp, dport, proto, _fl, length, way in sr.RECORD.iter_unpack(
                 payload):
             off += size
             if way != sr.OUT:
                 continue
             n += 1
-            sid = sids.get(xid)
-            if sid is None:
-                sid = sids[xid] = self.store.slice_id(f"xid-{xid}")
-            c = chunks.get((sid, dst))
-            if c is None:
-                chunks[sid, dst] = [t, t, 1, bytearray(payload[off:off + size])]
+            got = sids.get(xid)
+            if got is None:
+                got = sids[xid] = self._slice(f"xid-{xid}")
+            sid, sid_bytes = got
+            ck = (sid, dst)
+            one = payload[off:off + size]
+            c = chunks.setdefault(ck, one)
+            if c is one:  # the batch's first record to (sid, dst): a scatter chunk's
+                b = ((int.from_bytes(dst, "big") * hkey) & m32) >> shift
+                data = scattered.get(b)
+                if data is None:
+                    data = scattered[b] = bytearray()
+                at = len(data) + scatter.XID_AT
+                data += one
+                data[at:at + 4] = sid_bytes
+                c = None
+            elif c.__class__ is bytes:  # the second: a chunk of its own from here on
+                c = chunks[ck] = [t, t, 1, bytearray(one)]
             else:
                 if t > c[1]:
                     c[1] = t
                 elif t < c[0]:
                     c[0] = t
                 c[2] += 1
-                c[3] += payload[off:off + size]
-            minute = int(t // 60) * 60
+                c[3] += one
+            if not lo <= t < hi:
+                minute = int(t // 60) * 60
+                lo, hi = minute, minute + 60
+                now = None
+                if minute >= self._floor:
+                    now = self._minutes.get(minute)
+                    if now is None:
+                        now = self._minutes[minute] = {}
             key = (minute, sid, dst, proto, dport)
-            r = rolls.get(key)
-            if r is None:
-                if not self._admit(minute, sid, (dst, proto, dport)):
-                    self._fold(minute, sid, (dst, proto, dport), t, length)
+            if c is not None:  # the batch has seen (sid, dst): maybe this key too
+                r = rolls.get(key)
+                if r is not None:
+                    r[0] += 1
+                    r[1] += length
+                    if t > r[3]:
+                        r[3] = t
+                    elif t < r[2]:
+                        r[2] = t
                     continue
+            if now is None:
+                self._fold_late(minute, sid, t, length)
+                continue
+            st = now.get(sid)
+            if st is None:
+                st = now[sid] = _Tracked()
+            kept = st.kept
+            if len(kept) < cap or key in kept:
+                kept.add(key)
                 rolls[key] = [1, length, t, t]
-            else:
-                r[0] += 1
-                r[1] += length
-                if t > r[3]:
-                    r[3] = t
-                elif t < r[2]:
-                    r[2] = t
+                continue
+            # past the slice's cap this minute: its folded row
+            f = st.fold
+            if f is None:
+                f = st.fold = [0, 0, 0, 0, t, t]
+                folding.append((minute, sid, st))
+            f[2] += 1
+            f[3] += length
+            if t < f[4]:
+                f[4] = t
+            elif t > f[5]:
+                f[5] = t
+            told = st.told
+            told_n = len(told)
+            if told_n < track:
+                told.add(key)
+                if len(told) > told_n:
+                    f[0] += 1
+            elif not f[1] and key not in told:  # saturated once is enough
+                f[1] = 1
         self.pending += n
         self.records += n
 
-    def _admit(self, minute: int, sid: int, key: Key) -> bool:
-        """Whether ``key`` is (or may become) one of the slice's roll-up rows this minute."""
-        if minute < self._floor:
-            return False
-        kept = self._kept.get((minute, sid))
-        if kept is None:
-            kept = self._kept[minute, sid] = set()
-        if key in kept:
-            return True
-        if len(kept) >= self.rollup_rows:
-            return False
-        kept.add(key)
-        return True
-
-    def _fold(self, minute: int, sid: int, key: Key, t: float, length: int) -> None:
-        f = self.folds.get((minute, sid))
+    def _fold_late(self, minute: int, sid: int, t: float, length: int) -> None:
+        """Count a record of a minute no longer tracked: its earlier keys are forgotten, so
+        the folded row's count of other destinations is a lower bound."""
+        f = self.late.get((minute, sid))
         if f is None:
-            f = self.folds[minute, sid] = [0, 0, 0, 0, t, t]
+            f = self.late[minute, sid] = [0, 1, 0, 0, t, t]
         f[2] += 1
         f[3] += length
-        if t < f[4]:
-            f[4] = t
-        elif t > f[5]:
-            f[5] = t
-        told = self._folded.get((minute, sid))
-        if minute < self._floor:
-            f[1] = 1  # its earlier keys are forgotten: the count is a lower bound
-        elif told is None or key not in told:
-            if told is None:
-                told = self._folded[minute, sid] = set()
-            if len(told) < self.fold_track:
-                told.add(key)
-                f[0] += 1
-            else:
-                f[1] = 1
+        f[4], f[5] = min(f[4], t), max(f[5], t)
 
     def _forget_old_minutes(self) -> None:
-        if not self._kept:
+        if not self._minutes:
             return
-        self._floor = max(self._floor, max(m for m, _ in self._kept) - 60 * TRACKED_MINUTES)
-        for table in (self._kept, self._folded):
-            for k in [k for k in table if k[0] < self._floor]:
-                del table[k]
+        self._floor = max(self._floor, max(self._minutes) - 60 * TRACKED_MINUTES)
+        for m in [m for m in self._minutes if m < self._floor]:
+            del self._minutes[m]
 
     def count_drop(self, source: str, n: int) -> None:
         if n > 0:
             self.drops[source] = self.drops.get(source, 0) + n
 
+    def _chunk_rows(self) -> list[Chunk]:
+        """The batch's chunks: one per destination from its second record in the batch on,
+        and the scatter chunks holding each destination's first."""
+        rows: list[Chunk] = [(sid, dst, c[0], c[1], c[2], bytes(c[3]))
+                             for (sid, dst), c in self.chunks.items() if c.__class__ is list]
+        for b, data in self.scattered.items():
+            times = [t for (t,) in _TIME_ONLY.iter_unpack(data)]
+            rows.append((scatter.MIXED, b.to_bytes(2, "big"), min(times), max(times),
+                         len(times), bytes(data)))
+        return rows
+
     def flush(self) -> int:
         """Write what was fed in one transaction; return the number of records."""
         if not self.pending and not self.drops:
             return 0
-        chunks = [(sid, dst, c[0], c[1], c[2], bytes(c[3]))
-                  for (sid, dst), c in self.chunks.items()]
         rolls = [(*k, *r) for k, r in self.rolls.items()]
-        folds = [(*k, *f) for k, f in self.folds.items()]
-        self.store.write(chunks, rolls, self.drops, folds)
+        folds = [(m, sid, *st.fold) for m, sid, st in self._folding if st.fold is not None]
+        folds += [(*k, *f) for k, f in self.late.items()]
+        self.store.write(self._chunk_rows(), rolls, self.drops, folds)
         n = self.pending
-        self.chunks, self.rolls, self.drops, self.folds, self.pending = {}, {}, {}, {}, 0
+        for _m, _sid, st in self._folding:
+            st.fold = None
+        self.chunks, self.rolls, self.drops, self.late, self.pending = {}, {}, {}, {}, 0
+        self.scattered = {}
+        self._folding = []
         self._forget_old_minutes()
         return n
+
+
+class _Tracked:
+    """One slice in one minute: its admitted roll-up keys, its folded keys told apart, and
+    its folded row of the current batch."""
+
+    __slots__ = ("fold", "kept", "told")
+
+    def __init__(self) -> None:
+        self.kept: set[RollKey] = set()
+        self.told: set[RollKey] = set()
+        self.fold: list[Any] | None = None
 
 
 _STOP = object()
@@ -275,6 +344,7 @@ class Writer:
         last_flush = time.monotonic()
         last_expire = 0.0
         try:
+            rec.store.slide(self.clock())
             while True:
                 try:
                     item = self._q.get(timeout=self.flush_s)
@@ -293,6 +363,7 @@ class Writer:
                     rec.count_drop("auditor", own)
                     rec.flush()
                     last_flush = now
+                    rec.store.slide(self.clock())
                     if now - last_expire >= self.expire_s:
                         rec.store.expire(self.clock())
                         last_expire = now

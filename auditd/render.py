@@ -7,6 +7,7 @@ so a slice description or a hostname with markup in it shows as text.
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import io
 import json
@@ -33,7 +34,9 @@ def link(href: str, text: object) -> str:
     return f'<a href="{e(href)}">{e(text)}</a>'
 
 
+@functools.lru_cache(maxsize=64)
 def window_query(w: Window) -> str:
+    """The window as a query string (once per window: every link in a table has it)."""
     return urlencode({"from": iso(w.start), "to": iso(w.end)})
 
 

@@ -7,20 +7,22 @@ writer appends.
 Tables:
 
 - ``records``: the full records (time, src, dst, ports, proto, TCP flags, IP length) of
-  every packet a sliver sent, as the sniffer's own 32-byte records, in chunks: one row per
-  (batch, slice, destination) holding that batch's records for it back to back, indexed by
-  (dst, first time). A row per packet with an index on dst inserts at ~100k rows/s on
-  these machines; chunks keep the hot path to one small row per destination per batch and
-  still answer "what went to this address" from the index. Addresses are the raw 4
-  network-order bytes as a BLOB, as the sniffer sends them. Kept for ``window_s`` and
-  within the disk bound.
+  every packet a sliver sent, as the sniffer's own 32-byte records, in chunks indexed by
+  (dst, first time): a batch's first record to each destination goes to one of the batch's
+  scatter chunks, at most 4096, picked by a keyed hash of the address
+  (:mod:`auditd.scatter`), its next ones to a row per (batch, slice, destination) holding
+  them back to back. A row per packet with an index on dst inserts at ~100k rows/s on
+  these machines, a row per scanned address at ~60k/s; chunks keep the hot path to a few
+  thousand small rows per batch and still answer "what went to this address" from the
+  index. Addresses are the raw 4 network-order bytes as a BLOB, as the sniffer sends them.
+  Kept for ``window_s`` and within the disk bound.
 - ``rollup``: per (minute, slice, dst, proto, dport): packets, bytes, first and last
   seen, written in the same transaction as the records they count, so a crash never
   leaves a packet counted twice or not at all. Kept for ``rollup_s``. Keyed by minute
   first, so new rows go to the end of the table and the summaries of a window read one
-  key range; one index on (dst, minute) answers ``/dst/<ip>``. Two b-trees per new key
-  (a third, on slice, cost 20% of ingest when every packet goes to a new address; ``/slice``
-  reads the window's key range instead).
+  key range; one index on (dst, minute) answers ``/dst/<ip>``. Two b-trees per new key,
+  plus the summaries the triggers keep (:mod:`auditd.schema`: tallies, per slice and
+  minute, per slice, hour and key), which the pages read instead of every row.
 - ``rollup_folded``: per (minute, slice), what a slice sent past its ``rollup_rows``
   distinct (dst, proto, dport) keys in that minute: packets, bytes, first and last seen,
   and how many other keys (``keys``; ``saturated`` when there were more than could be
@@ -33,34 +35,17 @@ Tables:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slicectl.core.errors import StateError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS slices (sid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
-    sid INTEGER NOT NULL, dst BLOB NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
-    n INTEGER NOT NULL, data BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS records_dst ON records (dst, t0);
-CREATE TABLE IF NOT EXISTS rollup (
-    minute INTEGER NOT NULL, sid INTEGER NOT NULL, dst BLOB NOT NULL, proto INTEGER NOT NULL,
-    dport INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    first REAL NOT NULL, last REAL NOT NULL,
-    PRIMARY KEY (minute, sid, dst, proto, dport)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rollup_dst ON rollup (dst, minute);
-CREATE TABLE IF NOT EXISTS rollup_folded (
-    minute INTEGER NOT NULL, sid INTEGER NOT NULL, keys INTEGER NOT NULL,
-    saturated INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    first REAL NOT NULL, last REAL NOT NULL,
-    PRIMARY KEY (minute, sid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS drops (source TEXT PRIMARY KEY, count INTEGER NOT NULL);
-"""
+from . import recent, schema
 
 INSERT_RECORDS = "INSERT INTO records VALUES (?,?,?,?,?,?)"
 UPSERT_ROLLUP = """
@@ -79,6 +64,8 @@ ON CONFLICT (minute, sid) DO UPDATE SET
 """
 
 DROP_SOURCES = ("kernel", "consumer", "unknown", "auditor")
+#: full-record chunks the time window looks at per step
+EXPIRE_STEP = 16_384
 
 #: A chunk of records: sid, dst, first time, last time, count, the records.
 Chunk = tuple[int, bytes, float, float, int, bytes]
@@ -138,12 +125,18 @@ class Store:
             # 64 MiB of page cache: inserts at random destinations into the dst indexes
             # stay in memory (measured: 80k -> 120k new roll-up keys/s).
             self.db.execute("PRAGMA cache_size = -65536")
-            self.db.executescript(SCHEMA)
+            schema.ensure(self.db)
         except sqlite3.Error as e:
             raise StateError(f"auditor database {path}: expected a usable SQLite file, "
                              f"found {e}") from e
+        except StateError as e:
+            raise StateError(f"auditor database {path}: {e}") from e
         self._sids: dict[str, int] = dict(
             (name, sid) for sid, name in self.db.execute("SELECT sid, name FROM slices"))
+        #: the key of the scatter chunks' hash (:mod:`auditd.scatter`)
+        self.scatter_key = int(self.db.execute(
+            "SELECT value FROM meta WHERE name = 'scatter_key'").fetchone()[0])
+        self._recent = recent.span(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -162,9 +155,13 @@ class Store:
         """Insert ``chunks``, add ``rolls`` to the roll-ups, ``folds`` to the folded rows
         and ``drops`` to the drop counts, in one transaction."""
         db = self.db
+        chunks = list(chunks)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(INSERT_RECORDS, chunks)
+            if chunks:
+                db.execute("UPDATE tallies SET chunks = chunks + ?, records = records + ?",
+                           (len(chunks), sum(c[4] for c in chunks)))
             db.executemany(UPSERT_ROLLUP, rolls)
             db.executemany(UPSERT_FOLDED, folds)
             for source, n in (drops or {}).items():
@@ -175,6 +172,12 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def slide(self, now: float) -> None:
+        """Keep the last hour's summaries (:mod:`auditd.recent`) on the hour before ``now``."""
+        if recent.wanted(now) != self._recent:
+            recent.slide(self.db, now)
+            self._recent = recent.wanted(now)
 
     # retention --------------------------------------------------------------------------
 
@@ -200,16 +203,19 @@ class Store:
         gone = {"records": 0, "rollup": 0}
         cutoff = now - self.limits.rollup_s
         # Chunks arrive in time order, so the expired ones are the lowest rowids: delete
-        # from the front, ``chunk`` rows at a time, until a batch is not all expired (no
-        # full scan of the table, which has no index on time).
+        # from the front, ``step`` rows at a time, until a batch is not all expired (no
+        # full scan of the table, which has no index on time; and a small step, as every
+        # 30 s the first batch is read whether anything expired or not: 200,000 chunks of
+        # a few KB are hundreds of MB read beside the pages).
+        step = min(chunk, EXPIRE_STEP)
         while True:
             n = db.execute("DELETE FROM records WHERE rowid IN (SELECT rowid FROM records "
                            "ORDER BY rowid LIMIT ?) AND t1 < ?",
-                           (chunk, now - self.limits.window_s)).rowcount
+                           (step, now - self.limits.window_s)).rowcount
             gone["records"] += n
-            if n < chunk:
+            if n < step:
                 break
-        gone["rollup"] += self._delete_rollups("minute < ?", cutoff)
+        gone["rollup"] += self._delete_rollups(cutoff)
         self._checkpoint()
         while self.used_bytes() > self.limits.max_bytes:
             lo = db.execute("SELECT min(rowid) FROM records").fetchone()[0]
@@ -222,14 +228,23 @@ class Store:
                                    ).fetchone()[0]
                 if first is None:
                     break
-                gone["rollup"] += self._delete_rollups("minute <= ?", first)
+                gone["rollup"] += self._delete_rollups(first + 1)
             self._checkpoint()
         return gone
 
-    def _delete_rollups(self, where: str, minute: float) -> int:
-        """Delete the roll-up rows and folded rows matching ``where`` (on ``minute``)."""
-        return sum(self.db.execute(f"DELETE FROM {table} WHERE {where}", (minute,)).rowcount
+    def _delete_rollups(self, before: float) -> int:
+        """Delete the roll-up and folded rows of the minutes before ``before`` and their
+        minute summaries; the hour summaries of every hour they may have touched go too,
+        and the pages read those hours from the minutes left (``meta.hour_floor``)."""
+        db = self.db
+        gone = sum(db.execute(f"DELETE FROM {table} WHERE minute < ?", (before,)).rowcount
                    for table in ("rollup", "rollup_folded"))
+        db.execute("DELETE FROM slice_minute WHERE minute < ?", (before,))
+        floor = -(-int(before) // 3600) * 3600
+        db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'hour_floor'", (floor,))
+        db.execute("DELETE FROM slice_hour WHERE sid IN (SELECT sid FROM slices) AND hour < ?",
+                   (floor,))
+        return gone
 
     def _checkpoint(self) -> None:
         self.db.execute("PRAGMA incremental_vacuum")
@@ -252,6 +267,20 @@ class Reader:
 
     def all(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db().execute(sql, tuple(args)).fetchall()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run the queries inside on one snapshot of the file (a read transaction)."""
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
+
+    def meta(self, name: str) -> int:
+        """A number the writer keeps in ``meta`` (``scatter_key``, ``hour_floor``)."""
+        return int(self.all("SELECT value FROM meta WHERE name = ?", (name,))[0][0])
 
     def drops(self) -> dict[str, int]:
         got = dict(self.all("SELECT source, count FROM drops"))
