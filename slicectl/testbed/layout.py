@@ -148,10 +148,15 @@ def layout(nodes: int, project: str = DEFAULT_PROJECT, db: str = "sqlite",
     return Layout(project, specs, str(net), domain, db, base / project)
 
 
+def plc_arguments(lay: Layout, extra: str = "") -> str:
+    """What ``plc serve`` gets beyond the template's: its database, then ``extra``."""
+    db = f"--db postgresql://plc@{lay.db_address}/plc" if lay.db == "postgres" else ""
+    return " ".join(a for a in (db, extra) if a)
+
+
 def compose_env(lay: Layout, node_image: str, python_home: Path, venv: Path, src: Path,
                 images_tar: Path, plc_args: str = "") -> dict[str, str]:
     """The variables ``compose/testbed.yml`` substitutes."""
-    db = (f"--db postgresql://plc@{lay.db_address}/plc" if lay.db == "postgres" else "")
     return {
         "TESTBED_IMAGE": node_image,
         "TESTBED_PYTHON_HOME": str(python_home),
@@ -163,7 +168,7 @@ def compose_env(lay: Layout, node_image: str, python_home: Path, venv: Path, src
         "TESTBED_DB_ADDRESS": lay.db_address,
         "TESTBED_PLC_HOSTNAME": lay.plc_hostname,
         "TESTBED_PLC_DIR": str(lay.plc_dir),
-        "TESTBED_PLC_ARGS": " ".join(a for a in (db, plc_args) if a),
+        "TESTBED_PLC_ARGS": plc_arguments(lay, plc_args),
         "TESTBED_PROJECT": lay.project,
         "TESTBED_BRIDGE": lay.bridge,
         # docker-compose 1.29 speaks API 1.25 by default: too old for systempaths=unconfined

@@ -34,7 +34,15 @@ from slicectl.plc.bootstrap import RootCredentials
 from slicectl.testbed import engine
 from slicectl.testbed.compose import COMPOSE_FILE, compose, read_env, write_env
 from slicectl.testbed.engine import ENGINE_URL
-from slicectl.testbed.layout import SITE, Layout, caps_of, compose_env, layout, nodes_compose
+from slicectl.testbed.layout import (
+    SITE,
+    Layout,
+    caps_of,
+    compose_env,
+    layout,
+    nodes_compose,
+    plc_arguments,
+)
 from slicectl.testbed.nodeimage import ensure_node_image, images_tar, node_engine_images
 
 NODE_READY = "/run/slicectl/testbed-ready"
@@ -237,8 +245,7 @@ def set_plc_args(lay: Layout, plc_args: str, say: Say) -> None:
     env = read_env(lay)
     if not env:
         raise StateError(f"testbed {lay.project}: not up (no {lay.state}/compose.env)")
-    db = env["TESTBED_PLC_ARGS"].split("--no-change-notices")[0].strip() if lay.db == "postgres" else ""
-    env["TESTBED_PLC_ARGS"] = " ".join(a for a in (db, plc_args) if a)
+    env["TESTBED_PLC_ARGS"] = plc_arguments(lay, plc_args)
     write_env(lay, env)
     compose(lay, "up", "-d", "--no-build", "--no-deps", "plc")
     wait_plc(lay, say)
