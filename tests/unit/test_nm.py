@@ -176,6 +176,16 @@ def test_a_failed_bind_leaves_nothing(node: FakeNode) -> None:
     assert "pl_a" not in node.net.attached and node.net.port_syncs[-1] == []
 
 
+def test_a_sliver_whose_rcaps_are_going_is_left_out_of_the_list(node: FakeNode) -> None:
+    """A destroy (or a lease's end) removes the rcaps first: a list at that moment skips
+    the sliver rather than failing for every sliver of the node."""
+    bound(node, "pl_going")
+    bound(node, "pl_stays")
+    for row in node.store.rcaps("pl_going"):
+        node.store.delete_rcap(row.rcap)
+    assert [s.name for s in node.nm.list_slivers(ROOT)] == ["pl_stays"]
+
+
 def test_a_privileged_slice_manages_only_what_it_created(node: FakeNode) -> None:
     agent = privileged("pl_agent")
     bound(node, "pl_mine", by=agent)

@@ -13,7 +13,7 @@ from slicectl.core.wire import SliverView
 from slicectl.node.nm.boundary import Engine, Network
 from slicectl.node.nm.callers import Caller, may_see, require_privileged, require_read
 from slicectl.node.nm.rcaps import RcapBook
-from slicectl.node.store import CREATING, Store
+from slicectl.node.store import CREATING, RcapRow, Store
 
 
 class Views:
@@ -33,11 +33,13 @@ class Views:
         self.clock = clock
         self.started = clock()
 
-    def describe(self, name: str, summary: dict[str, Any] | None = None) -> SliverView:
+    def describe(self, name: str, summary: dict[str, Any] | None = None,
+                 rows: list[RcapRow] | None = None) -> SliverView:
         """The sliver as ``slicectl show`` prints it. With ``summary`` (from the engine's
-        list) no further engine call is made and ``pid`` is left out."""
+        list) no further engine call is made and ``pid`` is left out; ``rows``: its bound
+        rcaps, if already read."""
         sliver = self.store.get_sliver(name)
-        rows = self.store.rcaps(name)
+        rows = self.store.rcaps(name) if rows is None else rows
         spec = self.rcaps.effective(name, rows)
         info = SliverView(
             name=name, state=sliver.state, desired=sliver.desired,
@@ -67,8 +69,15 @@ class Views:
         if not caller.reads_all:
             require_privileged(caller)
         summaries = self.engine.summaries()
-        return [self.describe(s.slice, summaries.get(s.slice, {"State": "missing"}))
-                for s in self.store.slivers() if may_see(caller, s)]
+        out = []
+        for s in self.store.slivers():
+            if not may_see(caller, s):
+                continue
+            rows = self.store.rcaps(s.slice)
+            if not rows:
+                continue  # being destroyed this moment: its rcaps went first
+            out.append(self.describe(s.slice, summaries.get(s.slice, {"State": "missing"}), rows))
+        return out
 
     def status(self, caller: Caller) -> dict[str, Any]:
         now = self.clock()
