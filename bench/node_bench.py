@@ -63,6 +63,12 @@ PAPER_MEM_MB = 29.0
 PAPER_CREATE_S = 9.66
 TARGET_ACQUIRE_P50_MS = 10.0
 TARGET_BIND_RATIO = 1.25
+TARGET_FLAT_RATIO = 1.2
+#: slivers on the node when the flat-cost test takes its baseline
+FLAT_FEW = 10
+TARGET_NM_IDLE_PCT = 5.0
+#: seconds over which the node manager's idle CPU is measured with all slivers running
+IDLE_S = 20.0
 TARGET_MEM_MIB = 5.0
 TARGET_DISK_KIB = 100.0
 DU_SAMPLE = 3
@@ -304,6 +310,12 @@ class Results:
     subvols: int = 0
     cleaner_cpu_s: float = 0.0
     drain_s: float | None = None
+    flat_few: int = 0
+    flat_bind_few: list[float] = field(default_factory=list)
+    flat_destroy_few: list[float] = field(default_factory=list)
+    flat_bind_full: list[float] = field(default_factory=list)
+    flat_destroy_full: list[float] = field(default_factory=list)
+    nm_idle_pct: float = float("nan")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -484,7 +496,37 @@ def wait_for_drops(node: Node, ids: set[int], limit_s: float) -> float:
         time.sleep(2)
 
 
-def bench_scale(node: Node, n: int, jobs: int, drain_s: float, res: Results) -> None:
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_pct(pid: int, seconds: float) -> float:
+    """The share of one core a process used over the next ``seconds``."""
+    t0, c0 = time.monotonic(), cpu_ticks(pid)
+    time.sleep(seconds)
+    return (cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) * 100
+
+
+def probe_binds(node: Node, rounds: int, tag: str) -> tuple[list[float], list[float]]:
+    """Bind and destroy a probe sliver ``rounds`` times, one at a time, on the node as it is
+    (the flat-cost test: the same rounds with few and with all slivers on the node)."""
+    binds: list[float] = []
+    destroys: list[float] = []
+    for i in range(rounds):
+        name = node.slice(f"{tag}{i:03d}")
+        binds.append(sliver_bind(node, name))
+        dt, _ = timed(partial(node.nm.call, "destroy", name))
+        destroys.append(dt)
+    return binds, destroys
+
+
+def bench_scale(node: Node, n: int, jobs: int, drain_s: float, res: Results,
+                flat_rounds: int = 10) -> None:
     say(f"[3/3] scale: {n} slivers with the default rspec through acquire+bind "
         f"({jobs} concurrent client{'s' if jobs > 1 else ''})")
     res.jobs = jobs
@@ -496,10 +538,18 @@ def bench_scale(node: Node, n: int, jobs: int, drain_s: float, res: Results) -> 
     rss0 = {k: proc_kib(p, "status", "VmRSS") if p else 0 for k, p in
             (("dockerd", pids.dockerd), ("containerd", pids.containerd), ("node manager", nm_pid))}
     avail0 = mem_available_kib()
-    res.create_s, res.create_each = for_each(node, names, jobs, "created",
-                                             lambda nm, name: sliver_bind(node, name, nm))
+    few = min(FLAT_FEW, n)
+    t_few, each_few = for_each(node, names[:few], jobs, "created",
+                               lambda nm, name: sliver_bind(node, name, nm))
+    res.flat_few = few
+    res.flat_bind_few, res.flat_destroy_few = probe_binds(node, flat_rounds, "f")
+    t_rest, each_rest = for_each(node, names[few:], jobs, "created",
+                                 lambda nm, name: sliver_bind(node, name, nm))
+    res.create_s, res.create_each = t_few + t_rest, each_few + each_rest
+    res.flat_bind_full, res.flat_destroy_full = probe_binds(node, flat_rounds, "g")
     time.sleep(3)  # let each sliver's init finish its first-start work
     avail1 = mem_available_kib()
+    res.nm_idle_pct = cpu_pct(nm_pid, IDLE_S)
     res.mem_mib = (avail0 - avail1) / KIB / n
     rss1 = {k: proc_kib(p, "status", "VmRSS") if p else 0 for k, p in
             (("dockerd", pids.dockerd), ("containerd", pids.containerd), ("node manager", nm_pid))}
@@ -639,10 +689,20 @@ def summary(res: Results) -> None:
         ["create wall time per sliver (total / N)", f"{per:.2f} s", "-",
          f"paper {PAPER_CREATE_S:g} s/vserver", "-"],
         [f"teardown {res.n} slivers ({res.jobs} concurrent)", f"{res.teardown_s:.1f} s", "-", "-", "-"],
+        [f"node manager idle CPU with {res.n} slivers", f"{res.nm_idle_pct:.1f} %",
+         f"< {TARGET_NM_IDLE_PCT:g} %", f"over {IDLE_S:g} s", ok(res.nm_idle_pct, TARGET_NM_IDLE_PCT)],
         ["subvolumes still queued for btrfs-cleaner", f"{res.pending_drops} of {res.subvols}", "-",
          "-" if res.drain_s is None else ("drain timed out" if res.drain_s != res.drain_s
                                           else f"drained in {res.drain_s:.0f} s"), "-"],
     ]
+    if res.flat_bind_few and res.flat_bind_full:
+        for what, few, full in (("bind", res.flat_bind_few, res.flat_bind_full),
+                                ("destroy", res.flat_destroy_few, res.flat_destroy_full)):
+            r = statistics.median(full) / statistics.median(few)
+            rows.append([f"{what} p50 with {res.n} slivers / with {res.flat_few}", f"{r:.2f}",
+                         f"<= {TARGET_FLAT_RATIO:g}",
+                         f"{ms(statistics.median(few))} -> {ms(statistics.median(full))} ms",
+                         ok(r, TARGET_FLAT_RATIO)])
     table("summary", ["metric", "measured", "target", "paper/baseline", "ok?"], rows)
 
 
@@ -703,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="after teardown, wait up to this long for the kernel to finish "
                         "dropping the slivers' btrfs subvolumes, and report how long it took "
                         "(default 0: do not wait)")
+    parser.add_argument("--flat-rounds", type=int, default=10, metavar="F",
+                        help="probe binds and destroys, one at a time, with "
+                        f"{FLAT_FEW} slivers on the node and again with all N (default 10)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("node_bench: needs root (it drives the node's engine and host accounts)", file=sys.stderr)
@@ -731,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         node.handle.start()
         bench_acquire(node, args.rounds, res)
         bench_bind(node, args.bind_rounds, res)
-        bench_scale(node, args.slivers, args.jobs, args.drain, res)
+        bench_scale(node, args.slivers, args.jobs, args.drain, res, args.flat_rounds)
         summary(res)
     except BaseException as e:  # report, clean up, exit non-zero
         status = 130 if isinstance(e, KeyboardInterrupt) else 1

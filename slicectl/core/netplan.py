@@ -248,15 +248,8 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
                    '-m comment --comment "slicectl link-local is not for slivers" '
                    "-j REJECT --reject-with icmp-admin-prohibited")
     for g in grants:
-        comment = f'-m comment --comment "slicectl {g.slice}"'
-        nat.append(f"-A {chains['dnat']} -p {g.proto} -m {g.proto} --dport {g.port} {comment} "
-                   f"-j DNAT --to-destination {g.address}:{g.port}")
-        nat.append(f"-A {chains['snat']} -s {g.address}/32 ! -o {bridge} -p {g.proto} -m {g.proto} "
-                   f"--sport {g.port} {comment} -j MASQUERADE --to-ports {g.port}")
-        nat.append(f"-A {chains['snat']} -s {subnet} -d {g.address}/32 -o {bridge} -p {g.proto} "
-                   f"-m {g.proto} --dport {g.port} {comment} -j MASQUERADE")
-        flt.append(f"-A {chains['fwd']} -d {g.address}/32 -o {bridge} -p {g.proto} -m {g.proto} "
-                   f"--dport {g.port} -m conntrack --ctstate DNAT {comment} -j ACCEPT")
+        for table, rule in grant_rules(g, bridge, subnet, chains):
+            (nat if table == "nat" else flt).append(f"-A {rule}")
     return "\n".join([*nat, "COMMIT", *flt, "COMMIT", ""])
 
 
@@ -271,3 +264,41 @@ def jump_rules(chains: dict[str, str]) -> list[tuple[str, str, list[str]]]:
         ("filter", "INPUT", ["-j", chains["input"]]),
         ("filter", "INPUT", ["-j", chains["host"]]),
     ]
+
+
+def grant_rules(g: PortGrant, bridge: str, subnet: str,
+                chains: dict[str, str]) -> list[tuple[str, str]]:
+    """(table, chain and rule) of one reserved port, as ``-A``/``-D`` take them."""
+    comment = f'-m comment --comment "slicectl {g.slice}"'
+    return [
+        ("nat", f"{chains['dnat']} -p {g.proto} -m {g.proto} --dport {g.port} {comment} "
+                f"-j DNAT --to-destination {g.address}:{g.port}"),
+        ("nat", f"{chains['snat']} -s {g.address}/32 ! -o {bridge} -p {g.proto} -m {g.proto} "
+                f"--sport {g.port} {comment} -j MASQUERADE --to-ports {g.port}"),
+        ("nat", f"{chains['snat']} -s {subnet} -d {g.address}/32 -o {bridge} -p {g.proto} "
+                f"-m {g.proto} --dport {g.port} {comment} -j MASQUERADE"),
+        ("filter", f"{chains['fwd']} -d {g.address}/32 -o {bridge} -p {g.proto} -m {g.proto} "
+                   f"--dport {g.port} -m conntrack --ctstate DNAT {comment} -j ACCEPT"),
+    ]
+
+
+def grants_delta(old: Iterable[PortGrant], new: Iterable[PortGrant], bridge: str, subnet: str,
+                 chains: dict[str, str]) -> str | None:
+    """iptables-restore text (for ``--noflush``) that changes one slice's reserved ports
+    from ``old`` to ``new`` by deleting and appending only its own rules (other slices'
+    rules and the chains' fixed rules stay as they are), or None when nothing changes."""
+    before, after = set(old), set(new)
+    if before == after:
+        return None
+    tables: dict[str, list[str]] = {"nat": [], "filter": []}
+    for g in sorted(before - after, key=lambda g: (g.proto, g.port)):
+        for table, rule in grant_rules(g, bridge, subnet, chains):
+            tables[table].append(f"-D {rule}")
+    for g in sorted(after - before, key=lambda g: (g.proto, g.port)):
+        for table, rule in grant_rules(g, bridge, subnet, chains):
+            tables[table].append(f"-A {rule}")
+    out: list[str] = []
+    for table, lines in tables.items():
+        if lines:
+            out += [f"*{table}", *lines, "COMMIT"]
+    return "\n".join([*out, ""])

@@ -20,9 +20,11 @@ from pyroute2 import IPRoute
 
 from slicectl.core.errors import EngineError, ValidationError
 from slicectl.core.netplan import (
+    PortGrant,
     SliverTc,
     chain_names,
     firewall_rules,
+    grants_delta,
     host_rules,
     parent_classid,
     port_grants,
@@ -93,6 +95,10 @@ class NodeNetwork:
         self._lock = threading.Lock()
         #: slice -> its host-side veth, recorded at attach (read for received counters)
         self._veths: dict[str, str] = {}
+        #: slice -> the reserved ports its rules in our chains forward now
+        self._grants: dict[str, tuple[PortGrant, ...]] = {}
+        #: slice -> the last class counters folded in (an unchanged reading is skipped)
+        self._folded: dict[str, tuple[int, int]] = {}
 
     @property
     def cap_kbit(self) -> int:
@@ -123,8 +129,9 @@ class NodeNetwork:
         """Give a running sliver its classes and send its veth's traffic through them."""
         plan = self.plan(ident)
         with self._lock:
-            if plan.parent_class not in tc.read_classes(self.ifb):
+            if plan.parent_class not in tc.read_classes_of(self.ifb, [plan.parent_class]):
                 self.store.reset_last_usage(ident.slice)
+                self._folded.pop(ident.slice, None)
             tc.apply_sliver(self.ifb, plan)
             tc.read_back(self.ifb, plan)
             veth = host_veth(pid)
@@ -140,16 +147,43 @@ class NodeNetwork:
     def detach(self, ident: NetIdentity) -> None:
         """Fold the final counters in, then remove the sliver's classes and filters."""
         with self._lock:
-            self._poll_one(ident, tc.read_classes(self.ifb))
+            self._fold([ident], tc.read_classes_of(self.ifb, [parent_classid(ident.xid)]))
             tc.remove_sliver(self.ifb, self.plan(ident))
             self._veths.pop(ident.slice, None)
+            self._folded.pop(ident.slice, None)
 
     def apply_ports(self, slivers: list[NetIdentity]) -> None:
-        """Rebuild the port manager's chains from the slivers' reserved ports."""
+        """Rebuild the port manager's chains from the reserved ports of all slivers (at
+        start, and when a change of one slice's rules did not apply)."""
         grants = port_grants((s.slice, self.address(s.xid), s.rspec) for s in slivers)
         with self._lock:
             firewall.apply(firewall_rules(grants, self.bridge, self.subnet, self.chains,
                                           self.allow_link_local))
+            self._grants = {}
+            for g in grants:
+                self._grants[g.slice] = (*self._grants.get(g.slice, ()), g)
+
+    def apply_slice_ports(self, slice_name: str, ident: NetIdentity | None) -> None:
+        """Make one slice's rules forward its reserved ports (none when ``ident`` is None:
+        the sliver is gone), touching no other slice's rules; nothing to do for a slice
+        whose ports did not change, as most slivers reserve none.
+
+        Raises:
+            EngineError: the delta did not apply (a rule was changed from outside); the
+                caller rebuilds the chains with :meth:`apply_ports`.
+        """
+        new = () if ident is None else tuple(
+            port_grants([(ident.slice, self.address(ident.xid), ident.rspec)]))
+        with self._lock:
+            text = grants_delta(self._grants.get(slice_name, ()), new, self.bridge,
+                                self.subnet, self.chains)
+            if text is None:
+                return
+            firewall.apply(text)
+            if new:
+                self._grants[slice_name] = new
+            else:
+                self._grants.pop(slice_name, None)
 
     def set_cap(self, kbit: int, guaranteed_kbit: int, slivers: list[NetIdentity]) -> None:
         """Change the node cap live; it may not fall under the guarantees granted."""
@@ -162,17 +196,25 @@ class NodeNetwork:
             for s in slivers:
                 tc.update_classes(self.ifb, self.plan(s))
 
-    def _poll_one(self, ident: NetIdentity, held: dict[int, tc.ClassStats]) -> None:
-        stats = held.get(parent_classid(ident.xid))
-        if stats is not None:
-            self.store.add_usage(ident.slice, utc_day(self.clock()), stats.bytes, stats.packets)
+    def _fold(self, slivers: list[NetIdentity], held: dict[int, tc.ClassStats]) -> None:
+        """Fold the readings that changed since the last fold into the database, in one
+        transaction (an idle node writes nothing)."""
+        readings = []
+        for s in slivers:
+            stats = held.get(parent_classid(s.xid))
+            if stats is not None and self._folded.get(s.slice) != (stats.bytes, stats.packets):
+                readings.append((s.slice, stats.bytes, stats.packets))
+        if readings:
+            self.store.add_usages(utc_day(self.clock()), readings)
+            self._folded.update((name, (b, p)) for name, b, p in readings)
 
     def poll(self, slivers: list[NetIdentity]) -> None:
-        """Fold kernel counters into today's totals and apply budget ceilings."""
+        """Fold kernel counters into today's totals and apply budget ceilings. The one
+        dump of the tree is taken outside the lock, so binds never wait on it."""
+        held = tc.read_classes(self.ifb)
         with self._lock:
-            held = tc.read_classes(self.ifb)
+            self._fold(slivers, held)
             for s in slivers:
-                self._poll_one(s, held)
                 if s.rspec.net_max_kbyte_day:
                     plan = self.plan(s)
                     if held.get(plan.parent_class) and \

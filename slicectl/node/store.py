@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,28 +342,34 @@ class Store:
     # traffic counters ---------------------------------------------------------------
 
     def add_usage(self, slice_name: str, day: str, kernel_bytes: int, kernel_packets: int) -> None:
-        """Fold a kernel class counter reading into the day's total.
+        """Fold a kernel class counter reading into the day's total (see add_usages)."""
+        self.add_usages(day, [(slice_name, kernel_bytes, kernel_packets)])
+
+    def add_usages(self, day: str, readings: Iterable[tuple[str, int, int]]) -> None:
+        """Fold kernel class counter readings (slice, bytes, packets) into the day's
+        totals, in one transaction.
 
         A reading below the last one means the class was made anew (the sliver was
         re-created or restarted): the reading itself is then the increment.
         """
         with self.tx() as db:
-            row = db.execute("SELECT * FROM net_usage WHERE slice = ? AND day = ?",
-                             (slice_name, day)).fetchone()
-            if row is None:
-                prev = db.execute(
-                    "SELECT last_bytes, last_packets FROM net_usage WHERE slice = ? "
-                    "ORDER BY day DESC LIMIT 1", (slice_name,)).fetchone()
-                last_b, last_p = (prev[0], prev[1]) if prev else (0, 0)
-                db.execute("INSERT INTO net_usage(slice, day, last_bytes, last_packets) "
-                           "VALUES (?, ?, ?, ?)", (slice_name, day, last_b, last_p))
-            else:
-                last_b, last_p = row["last_bytes"], row["last_packets"]
-            db_ = kernel_bytes - last_b if kernel_bytes >= last_b else kernel_bytes
-            dp = kernel_packets - last_p if kernel_packets >= last_p else kernel_packets
-            db.execute("UPDATE net_usage SET bytes = bytes + ?, packets = packets + ?, "
-                       "last_bytes = ?, last_packets = ? WHERE slice = ? AND day = ?",
-                       (db_, dp, kernel_bytes, kernel_packets, slice_name, day))
+            for slice_name, kernel_bytes, kernel_packets in readings:
+                row = db.execute("SELECT * FROM net_usage WHERE slice = ? AND day = ?",
+                                 (slice_name, day)).fetchone()
+                if row is None:
+                    prev = db.execute(
+                        "SELECT last_bytes, last_packets FROM net_usage WHERE slice = ? "
+                        "ORDER BY day DESC LIMIT 1", (slice_name,)).fetchone()
+                    last_b, last_p = (prev[0], prev[1]) if prev else (0, 0)
+                    db.execute("INSERT INTO net_usage(slice, day, last_bytes, last_packets) "
+                               "VALUES (?, ?, ?, ?)", (slice_name, day, last_b, last_p))
+                else:
+                    last_b, last_p = row["last_bytes"], row["last_packets"]
+                db_ = kernel_bytes - last_b if kernel_bytes >= last_b else kernel_bytes
+                dp = kernel_packets - last_p if kernel_packets >= last_p else kernel_packets
+                db.execute("UPDATE net_usage SET bytes = bytes + ?, packets = packets + ?, "
+                           "last_bytes = ?, last_packets = ? WHERE slice = ? AND day = ?",
+                           (db_, dp, kernel_bytes, kernel_packets, slice_name, day))
 
     def usage(self, slice_name: str, day: str) -> tuple[int, int]:
         with self.tx() as db:

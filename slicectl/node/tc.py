@@ -7,10 +7,15 @@ own ``IPRoute`` in a ``with`` block.
 from __future__ import annotations
 
 import errno
+import socket
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from slicectl.core.errors import EngineError
 from slicectl.core.netplan import (
@@ -23,6 +28,11 @@ from slicectl.core.netplan import (
     root_classes,
 )
 
+RTM_NEWTCLASS, RTM_GETTCLASS = 40, 42
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x4, 0x8
+NLMSG_HEADER = struct.Struct("=IHHII")
+TCMSG = struct.Struct("=BxxxiIII")
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 INGRESS = 0xFFFF0000
@@ -153,33 +163,84 @@ def has_redirect(veth: str) -> bool:
         return any(f.get_attr("TCA_KIND") == "u32" for f in ipr.get_filters(found[0], parent=INGRESS))
 
 
+def _stats(msg: Any) -> ClassStats:
+    opts = msg.get_attr("TCA_OPTIONS")
+    parms = opts.get_attr("TCA_HTB_PARMS") if opts is not None else None
+    stats = msg.get_attr("TCA_STATS2")
+    basic = stats.get_attr("TCA_STATS_BASIC") if stats is not None else None
+    queue = stats.get_attr("TCA_STATS_QUEUE") if stats is not None else None
+    return ClassStats(
+        classid=int(msg["handle"]), parent=int(msg["parent"]),
+        rate_bps=int(parms["rate"]) if parms else 0,
+        ceil_bps=int(parms["ceil"]) if parms else 0,
+        bytes=int(basic["bytes"]) if basic else 0,
+        packets=int(basic["packets"]) if basic else 0,
+        drops=int(queue["drops"]) if queue else 0,
+    )
+
+
 def read_classes(ifb: str) -> dict[int, ClassStats]:
-    """Every HTB class on the IFB with its rate, ceil and kernel counters."""
+    """Every HTB class on the IFB with its rate, ceil and kernel counters (one dump: for
+    the counter poll, never for one sliver's operation)."""
     out: dict[int, ClassStats] = {}
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifb)
         if not found:
             return out
         for msg in ipr.get_classes(found[0]):
-            opts = msg.get_attr("TCA_OPTIONS")
-            parms = opts.get_attr("TCA_HTB_PARMS") if opts is not None else None
-            stats = msg.get_attr("TCA_STATS2")
-            basic = stats.get_attr("TCA_STATS_BASIC") if stats is not None else None
-            queue = stats.get_attr("TCA_STATS_QUEUE") if stats is not None else None
-            out[int(msg["handle"])] = ClassStats(
-                classid=int(msg["handle"]), parent=int(msg["parent"]),
-                rate_bps=int(parms["rate"]) if parms else 0,
-                ceil_bps=int(parms["ceil"]) if parms else 0,
-                bytes=int(basic["bytes"]) if basic else 0,
-                packets=int(basic["packets"]) if basic else 0,
-                drops=int(queue["drops"]) if queue else 0,
-            )
+            out[int(msg["handle"])] = _stats(msg)
+    return out
+
+
+def _get_class(sock: socket.socket, idx: int, classid: int, seq: int) -> ClassStats | None:
+    """One RTM_GETTCLASS request: the kernel answers with the class (NLM_F_ECHO sends it
+    to the asker, not only the TC group) and an ack, or ENOENT."""
+    body = TCMSG.pack(socket.AF_UNSPEC, idx, classid, 0, 0)
+    sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_GETTCLASS,
+                                NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO, seq, 0) + body)
+    found: ClassStats | None = None
+    while True:
+        data = sock.recv(65536)
+        offset = 0
+        while offset + NLMSG_HEADER.size <= len(data):
+            length, kind, _, got_seq, _ = NLMSG_HEADER.unpack_from(data, offset)
+            if length < NLMSG_HEADER.size:
+                raise EngineError(f"tc class {handle_text(classid)}: a netlink answer "
+                                  f"of {length} bytes, expected at least {NLMSG_HEADER.size}")
+            if got_seq == seq and kind == RTM_NEWTCLASS:
+                msg = tcmsg(data[offset:offset + length])
+                msg.decode()
+                found = _stats(msg)
+            elif got_seq == seq and kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0]
+                if code in (0, errno.ENOENT):
+                    return found
+                raise EngineError(f"tc class {handle_text(classid)}: cannot read it "
+                                  f"(errno {code})")
+            offset += (length + 3) & ~3
+
+
+def read_classes_of(ifb: str, classids: Iterable[int]) -> dict[int, ClassStats]:
+    """The named HTB classes on the IFB (those that exist), each asked for by itself, so
+    the cost does not grow with the number of slivers on the node."""
+    out: dict[int, ClassStats] = {}
+    try:
+        idx = socket.if_nametoindex(ifb)
+    except OSError:
+        return out
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.settimeout(5)
+        for seq, classid in enumerate(classids, start=1):
+            got = _get_class(sock, idx, classid, seq)
+            if got is not None:
+                out[classid] = got
     return out
 
 
 def read_back(ifb: str, plan: SliverTc) -> None:
     """Check the kernel holds the planned classes with the planned rates."""
-    held = read_classes(ifb)
+    held = read_classes_of(ifb, [c.classid for c in plan.classes])
     for c in plan.classes:
         got = held.get(c.classid)
         if got is None:
@@ -193,4 +254,4 @@ def read_back(ifb: str, plan: SliverTc) -> None:
 
 
 __all__ = ["ClassStats", "apply_sliver", "ensure_tree", "handle", "read_back", "read_classes",
-           "redirect_to_ifb", "remove_sliver", "remove_tree", "update_classes"]
+           "read_classes_of", "redirect_to_ifb", "remove_sliver", "remove_tree", "update_classes"]

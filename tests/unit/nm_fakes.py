@@ -122,6 +122,7 @@ class FakeNetwork:
         self.attached: dict[str, NetIdentity] = {}
         self.updates: list[NetIdentity] = []
         self.port_syncs: list[list[str]] = []
+        self.ports: dict[str, NetIdentity] = {}
 
     @property
     def cap_kbit(self) -> int:
@@ -140,7 +141,15 @@ class FakeNetwork:
         self.attached.pop(ident.slice, None)
 
     def apply_ports(self, slivers: list[NetIdentity]) -> None:
-        self.port_syncs.append(sorted(s.slice for s in slivers))
+        self.ports = {s.slice: s for s in slivers}
+        self.port_syncs.append(sorted(self.ports))
+
+    def apply_slice_ports(self, slice_name: str, ident: NetIdentity | None) -> None:
+        if ident is None:
+            self.ports.pop(slice_name, None)
+        else:
+            self.ports[slice_name] = ident
+        self.port_syncs.append(sorted(self.ports))
 
     def set_cap(self, kbit: int, guaranteed_kbit: int, slivers: list[NetIdentity]) -> None:
         self._cap = kbit

@@ -11,6 +11,7 @@ from slicectl.core.netplan import (
     PortGrant,
     chain_names,
     firewall_rules,
+    grants_delta,
     handle,
     handle_text,
     host_rules,
@@ -121,6 +122,41 @@ def test_firewall_rules() -> None:
         w in ln for w in ("--ctstate INVALID", "169.254.0.0/16"))]
     assert len([ln for ln in empty if ln.startswith("-A")]) == 2
     assert ":SLICECTL-FWD - [0:0]" in empty
+
+
+GRANT_A = PortGrant("pl_web", "172.30.128.1", "tcp", 8080)
+GRANT_B = PortGrant("pl_web", "172.30.128.1", "udp", 53)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "deleted", "appended"),
+    [([], [], None, None),                          # a sliver without ports: nothing to do
+     ([GRANT_A], [GRANT_A], None, None),            # unchanged
+     ([], [GRANT_A], [], [GRANT_A]),                # a bind that reserves a port
+     ([GRANT_A, GRANT_B], [], [GRANT_A, GRANT_B], []),  # a destroy
+     ([GRANT_A], [GRANT_B], [GRANT_A], [GRANT_B])],  # a port traded for another
+)
+def test_grants_delta_touches_only_the_changed_grants(
+        old: list[PortGrant], new: list[PortGrant], deleted: list[PortGrant] | None,
+        appended: list[PortGrant] | None) -> None:
+    chains = chain_names("node")
+    text = grants_delta(old, new, "slicectl0", "172.30.0.0/16", chains)
+    if deleted is None:
+        assert text is None
+        return
+    assert text is not None
+    lines = text.splitlines()
+    full = firewall_rules([*deleted, *(appended or [])], "slicectl0", "172.30.0.0/16",
+                          chains).splitlines()
+    grant_lines = [ln[3:] for ln in full if ln.startswith("-A") and "slicectl pl_web" in ln]
+    changed = [ln[3:] for ln in lines if ln.startswith(("-A", "-D"))]
+    assert sorted(changed) == sorted(grant_lines)  # the same rules as a full rebuild has
+    assert sum(ln.startswith("-D") for ln in lines) == 4 * len(deleted)
+    assert sum(ln.startswith("-A") for ln in lines) == 4 * len(appended or [])
+    # never a chain declaration (it would flush the chain) and never a fixed wall rule
+    assert not any(ln.startswith(":") for ln in lines)
+    assert not any("INVALID" in ln or "169.254" in ln for ln in lines)
+    assert lines.count("COMMIT") == sum(t in lines for t in ("*nat", "*filter"))
 
 
 WALLS = {

@@ -144,6 +144,32 @@ def test_bind_reads_the_slice_rcaps_once(node: FakeNode, monkeypatch: pytest.Mon
     monkeypatch.setattr(node.store, "rcaps", counting)
     node.nm.slivers.bind(ROOT, "pl_a", rcap, None)
     assert reads.count("pl_a") == 1
+    assert None not in reads, "a bind read every slice's rcaps"
+
+
+def test_the_engines_start_event_of_a_sliver_just_bound_does_not_attach_it_again(
+        node: FakeNode) -> None:
+    bound(node, "pl_a")
+    confines = node.engine.calls.count(("confine", "sliver-pl_a"))
+    node.nm.sliver_started("pl_a")  # the event of the start bind itself made
+    assert node.engine.calls.count(("confine", "sliver-pl_a")) == confines
+    node.net.attached.clear()
+    node.engine.containers["sliver-pl_a"].status = "exited"
+    node.nm.sliver_started("pl_a")  # not running: nothing to attach
+    node.engine.containers["sliver-pl_a"].status = "running"
+    node.nm.slivers._attached["pl_a"] = 1  # the engine restarted it: a new init
+    node.nm.sliver_started("pl_a")
+    assert node.engine.calls.count(("confine", "sliver-pl_a")) == confines + 1
+    assert "pl_a" in node.net.attached
+
+
+def test_a_bind_changes_the_port_rules_of_its_own_slice_only(node: FakeNode) -> None:
+    bound(node, "pl_web", tcp_ports=[8080])
+    bound(node, "pl_idle")
+    assert set(node.net.ports) == {"pl_web", "pl_idle"}
+    assert node.net.port_syncs.count(["pl_idle", "pl_web"]) == 1  # no rebuild from all
+    node.nm.destroy(ROOT, "pl_web")
+    assert set(node.net.ports) == {"pl_idle"}
 
 
 def test_bind_onto_an_existing_sliver_adds_resources(node: FakeNode) -> None:

@@ -74,6 +74,8 @@ class Slivers:
         self.clock = clock
         self._locks_guard = threading.Lock()
         self._slice_locks: dict[str, threading.Lock] = {}
+        #: slice -> pid of the sliver init its network was last attached to
+        self._attached: dict[str, int] = {}
 
     @contextmanager
     def locked(self, name: str) -> Iterator[None]:
@@ -88,13 +90,19 @@ class Slivers:
             spec = identity_spec([r.rspec for r in self.store.rcaps(sliver.slice)], self.clock())
         return NetIdentity(sliver.slice, sliver.xid, spec)
 
-    def attach(self, sliver: SliverRow, spec: RSpec | None = None) -> None:
-        """Give a running sliver its user-namespace limits and bandwidth classes."""
+    def attach(self, sliver: SliverRow, spec: RSpec | None = None, *,
+               unless_attached: bool = False) -> None:
+        """Give a running sliver its user-namespace limits and bandwidth classes
+        (``unless_attached``: not again to the same init, as when the engine reports the
+        start of a sliver the node manager itself started and attached)."""
         name = container_name(sliver.slice)
         st = self.engine.state(name)
         if st is not None and st.status == "running" and st.pid:
+            if unless_attached and self._attached.get(sliver.slice) == int(st.pid):
+                return
             self.engine.confine(name, int(st.pid))
             self.net.attach(self.ident(sliver, spec), int(st.pid))
+            self._attached[sliver.slice] = int(st.pid)
 
     # bind ---------------------------------------------------------------------------
 
@@ -144,7 +152,7 @@ class Slivers:
             if new:
                 self.teardown(name)
                 self.store.delete_sliver(name)
-                self.ports.sync()
+                self.ports.sync_slice(name)
             else:
                 self.apply_resources(self.store.get_sliver(name))
         except Exception:  # the original error matters more; reconcile finishes the rest
@@ -166,7 +174,7 @@ class Slivers:
                 self.engine.start(plan.name)
             self.engine.read_back(plan.name, resource_update(spec, self.facts.ncpus))
             self.attach(sliver, spec)
-        self.ports.sync()
+        self.ports.sync_slice(name, spec)
         self.state.write_login(name, cid, uid)
         self.store.update_sliver(name, state=sliver.desired)
 
@@ -182,12 +190,13 @@ class Slivers:
         if st.status == "running":
             self.engine.read_back(cname, resources)
         self.net.update(self.ident(sliver, spec))
-        self.ports.sync()
+        self.ports.sync_slice(sliver.slice, spec)
 
     def teardown(self, name: str) -> None:
         """Remove the container, the bandwidth classes, the host account and the state
-        directory of a sliver (its ports go with the next ``ports.sync``)."""
+        directory of a sliver (its ports go with the next ``ports.sync_slice``)."""
         self.engine.remove(container_name(name))
+        self._attached.pop(name, None)
         sliver = self.store.find_sliver(name)
         if sliver is not None:
             self.net.detach(self.ident(sliver))
@@ -200,7 +209,7 @@ class Slivers:
         self.store.update_sliver(name, desired=DESTROYED)
         self.teardown(name)
         self.store.delete_sliver(name)
-        self.ports.sync()
+        self.ports.sync_slice(name)
 
     def set_desired(self, name: str, desired: str) -> None:
         sliver = self.store.get_sliver(name)
@@ -242,5 +251,5 @@ class Slivers:
             sliver = self.store.find_sliver(name)
             if sliver is None or sliver.desired != RUNNING or sliver.state == CREATING:
                 return
-            self.attach(sliver)
+            self.attach(sliver, unless_attached=True)
 

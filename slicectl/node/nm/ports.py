@@ -3,16 +3,19 @@ slices' safe raw and sniffer sockets hold (claims the shim makes)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from slicectl.core.admission import NODE_SERVICE_PORTS
-from slicectl.core.errors import AdmissionError, PermissionDenied, ValidationError
+from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError, ValidationError
 from slicectl.core.rspec import RSpec, combine, parse_rspec, validate_slice_name
 from slicectl.core.wire import NetEntry
 from slicectl.node.nm.boundary import NetIdentity, Network
 from slicectl.node.nm.rcaps import RcapBook
 from slicectl.node.store import RUNNING, STOPPED, Store
+
+log = logging.getLogger("slicectl.node.nm")
 
 DESTROYED = "destroyed"
 LIVE = frozenset({RUNNING, STOPPED})
@@ -51,6 +54,24 @@ class PortBook:
     def sync(self) -> None:
         """Make the port manager's chains match the reserved ports of all slivers."""
         self.net.apply_ports(self.identities())
+
+    def sync_slice(self, name: str, spec: RSpec | None = None) -> None:
+        """Make the chains match one slice's reserved ports (none once its sliver is gone
+        or being destroyed): reads that slice's rows only. A change that does not apply
+        (a rule removed from outside) rebuilds the chains from all slivers. ``spec``: the
+        slice's combined rspec, if the caller has just read it."""
+        sliver = self.store.find_sliver(name)
+        ident = None
+        if sliver is not None and sliver.desired in LIVE:
+            if spec is None:
+                spec = identity_spec([r.rspec for r in self.store.rcaps(name)], self.clock())
+            ident = NetIdentity(name, sliver.xid, spec)
+        try:
+            self.net.apply_slice_ports(name, ident)
+        except SlicectlError as e:
+            log.warning("slice %s: its port rules did not apply (%s); rebuilding the chains",
+                        name, e)
+            self.sync()
 
     def net_map(self) -> list[NetEntry]:
         """Every sliver's network identity and socket rights, from the database alone."""
