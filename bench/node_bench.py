@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import statistics
@@ -39,14 +40,17 @@ from typing import Any
 
 import docker
 import docker.errors
+import yaml
 
 from slicectl.core.labels import LABEL_KIND, LABEL_NODE, REFERENCE_REPO
-from slicectl.core.rspec import TOTAL_CPU_SHARES
+from slicectl.core.policy import NodePolicy
+from slicectl.core.rspec import TOTAL_CPU_SHARES, parse_rspec
 from slicectl.ipc.rpc import Client
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import prepare
+from slicectl.node.daemons import install_programs, prepare, remove_programs, supervisor
 from slicectl.node.dockerd import Say
+from slicectl.node.nm.daemon import node_capacity
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -709,15 +713,37 @@ def summary(res: Results) -> None:
 # setup and cleanup ----------------------------------------------------------------------
 
 
-def start_node() -> tuple[Node, NodeConfig]:
-    """Prepare the node and start a private node manager, as the ``nm`` fixture does."""
+def overcommit_for(n: int, data_root: str) -> dict[str, float]:
+    """Overcommit factors (node policy) that admit ``n`` slivers of the default rspec on
+    this machine, never below the defaults: PlanetLab's nodes overcommitted so too, since
+    a sliver's reservation is a bound, not what it holds (the bench reports what it
+    holds)."""
+    spec = parse_rspec({}, time.time())
+    cap = node_capacity(data_root, NodePolicy())
+    need = {"mem_overcommit": n * spec.mem_mb / cap.mem_mb,
+            "disk_overcommit": n * spec.disk_mb / cap.disk_mb,
+            "nproc_overcommit": n * spec.nproc / cap.max_nproc,
+            "nofile_overcommit": n * spec.nofile / cap.total_nofile}
+    return {k: min(100.0, max(getattr(NodePolicy(), k), math.ceil(v * 1.1)))
+            for k, v in need.items()}
+
+
+def start_node(n: int) -> tuple[Node, NodeConfig]:
+    """Prepare the node and start a private node manager, as the ``nm`` fixture does, with
+    a node policy that admits ``n`` default slivers."""
     node_cfg = NodeConfig.from_env(os.environ)
     node_cfg = node_cfg.with_(image=prepare(node_cfg, os.environ, Say(quiet=True)))
     engine = docker.DockerClient(base_url=node_cfg.engine_url, timeout=120)
     cfg = private_config(node_cfg, engine, kind="bench")
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    policy = overcommit_for(n, engine.info()["DockerRootDir"])
+    cfg.policy_path.write_text(yaml.safe_dump(policy))
+    say("node policy for the bench: " + ", ".join(f"{k} {v:g}" for k, v in policy.items()))
+    supervisor().remove_orphans()  # programs of a private node whose owner died
     cfg = create_network(cfg, engine)
+    install_programs(cfg, lambda d: log_path(cfg, d.name), os.getpid())
     handle = NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))
     info = engine.info()
     image = engine.images.get(cfg.image or f"{REFERENCE_REPO}:latest").id
@@ -732,7 +758,10 @@ def cleanup(node: Node) -> bool:
     try:
         node.handle.stop()
     finally:
-        cleanup_private(cfg, node.engine)
+        try:
+            remove_programs(cfg)
+        finally:
+            cleanup_private(cfg, node.engine)
     left = node.engine.containers.list(all=True, filters={"label": f"{LABEL_NODE}={cfg.node_id}"})
     accounts = HostAccounts().ours(cfg.slivers_dir)
     node.engine.close()
@@ -784,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
 
     t_start = time.perf_counter()
-    node, cfg = start_node()
+    node, cfg = start_node(args.slivers + args.flat_rounds)
     say(f"node_bench: private node manager {cfg.node_id} (state {cfg.state_dir}, "
         f"socket {cfg.nm_sock}); {os.cpu_count()} CPUs, image {node.image[:19]}")
     res = Results()

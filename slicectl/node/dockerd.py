@@ -115,15 +115,39 @@ def restart_for_remap(cfg: NodeConfig, say: Say, timeout_s: float = 60) -> None:
         client.images.prune(filters={"dangling": False})
     finally:
         client.close()
-    pidfile = cfg.run_dir / "dockerd.pid"
-    pid = int(pidfile.read_text().split()[0])
-    os.kill(pid, signal.SIGTERM)
+    pid = int((cfg.run_dir / "dockerd.pid").read_text().split()[0])
+    if not stop_pid(pid, timeout_s):
+        raise EngineError(f"Docker engine pid {pid}: did not stop within {timeout_s:.0f}s of "
+                          "SIGTERM; stop it and run `slicectl node up` again")
+
+
+def stop_pid(pid: int, timeout_s: float, *, kill_after: bool = False) -> bool:
+    """SIGTERM a process we started (by its pid, never by name) and wait up to
+    ``timeout_s`` for it to go; then SIGKILL it if ``kill_after``. True if it is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
     deadline = time.monotonic() + timeout_s
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    if Path(f"/proc/{pid}").exists():
-        raise EngineError(f"Docker engine pid {pid}: did not stop within {timeout_s:.0f}s of "
-                          "SIGTERM; stop it and run `slicectl node up` again")
+    if Path(f"/proc/{pid}").exists() and kill_after:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return not Path(f"/proc/{pid}").exists()
+
+
+def make_btrfs_file(path: Path, size_gb: int) -> None:
+    """A sparse file of ``size_gb`` GiB holding a new btrfs for sliver root filesystems:
+    single-copy metadata (the file lives on a disk with its own redundancy) and 4 KiB
+    tree nodes, so each sliver snapshot costs ~4x less metadata. Made under a temporary
+    name, so an interrupted mkfs leaves no file that looks finished."""
+    part = path.with_suffix(".part")
+    with open(part, "wb") as f:
+        f.truncate(size_gb << 30)
+    run(["mkfs.btrfs", "-q", "-L", "slicectl", "-m", "single", "-n", "4096", str(part)],
+        what=f"mkfs.btrfs {part}")
+    part.rename(path)
 
 
 class Say:
@@ -259,12 +283,7 @@ def ensure_btrfs(cfg: NodeConfig, disk_gb: int, say: Say) -> Path:
         image = cfg.state_dir / "engine.btrfs"
         if not image.exists():
             say(f"creating a {disk_gb} GiB sparse btrfs file {image} for sliver root filesystems")
-            with open(image, "wb") as f:
-                f.truncate(disk_gb << 30)
-            # Single-copy metadata (the file lives on a disk with its own redundancy) and
-            # 4 KiB tree nodes: each sliver snapshot then costs ~4x less metadata.
-            run(["mkfs.btrfs", "-q", "-L", "slicectl", "-m", "single", "-n", "4096", str(image)],
-                what="mkfs.btrfs")
+            make_btrfs_file(image, disk_gb)
         run(["mount", "-o", "loop", str(image), str(root)], what=f"mount {image}")
         if fs_type(root) != "btrfs":
             raise EngineError(f"engine data root {root}: expected btrfs after mounting, found "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,16 @@ _UPDATE_FIELDS = {
 
 def engine_client(url: str, timeout: int = 120) -> docker.DockerClient:
     return docker.DockerClient(base_url=url, timeout=timeout)
+
+
+@contextmanager
+def engine_session(url: str, timeout: int = 120) -> Iterator[docker.DockerClient]:
+    """A client of the engine at ``url``, closed when the block ends."""
+    client = engine_client(url, timeout)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 class SliverEngine:

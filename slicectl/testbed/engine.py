@@ -11,17 +11,14 @@ testbed's network is a bridge between its containers and this machine, and
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import docker
 import docker.errors
 
 from slicectl.core.errors import EngineError
-from slicectl.node.dockerd import DOCKERD, Say, socket_answers, wait_for_engine
+from slicectl.node.dockerd import DOCKERD, Say, socket_answers, stop_pid, wait_for_engine
 from slicectl.node.hostcmd import run
 
 RUN_DIR = Path("/run/slicectl/testbed")
@@ -67,10 +64,10 @@ def stop_engine_if_idle(say: Say, timeout_s: float = 60) -> bool:
     finally:
         client.close()
     pid = int(PIDFILE.read_text().split()[0])
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    if not stop_pid(pid, timeout_s):
+        say(f"the testbed engine (pid {pid}) did not stop within {timeout_s:.0f}s of SIGTERM; "
+            "it is left running")
+        return False
     say("stopped the testbed engine (its images stay for the next up)")
     return True
 

@@ -27,8 +27,8 @@ import docker.errors
 
 from slicectl.core.errors import SlicectlError, StateError
 from slicectl.node.config import NodeConfig
-from slicectl.node.dockerd import Say, start_engine
-from slicectl.node.engine import engine_client
+from slicectl.node.dockerd import Say, make_btrfs_file, start_engine
+from slicectl.node.engine import engine_session
 from slicectl.node.hostcmd import run
 from slicectl.plc.bootstrap import RootCredentials
 from slicectl.testbed import engine
@@ -94,16 +94,14 @@ def wait_plc(lay: Layout, say: Say, timeout_s: float = 120) -> None:
 
 
 def _check_running(lay: Layout, service: str) -> None:
-    client = engine_client(ENGINE_URL)
-    try:
-        c = client.containers.get(lay.container(service))
+    with engine_session(ENGINE_URL) as client:
+        try:
+            c = client.containers.get(lay.container(service))
+        except docker.errors.NotFound:
+            return
         if c.status in ("exited", "dead"):
             tail = c.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
             raise StateError(f"testbed {service}: its container {c.name} exited: {tail}")
-    except docker.errors.NotFound:
-        pass
-    finally:
-        client.close()
 
 
 def enrol(lay: Layout) -> dict[str, int]:
@@ -145,8 +143,7 @@ def _node_ready(client: docker.DockerClient, lay: Layout, name: str) -> str:
 
 def wait_nodes(lay: Layout, say: Say, timeout_s: float = 900) -> None:
     started = time.monotonic()
-    client = engine_client(ENGINE_URL)
-    try:
+    with engine_session(ENGINE_URL) as client:
         last_say = 0.0
         while True:
             states = {n.name: _node_ready(client, lay, n.name) for n in lay.nodes}
@@ -168,26 +165,18 @@ def wait_nodes(lay: Layout, say: Say, timeout_s: float = 900) -> None:
                 say(f"nodes: {ready}/{len(states)} ready ({now - started:.0f}s)")
                 last_say = now
             time.sleep(1)
-    finally:
-        client.close()
 
 
 def prepare(lay: Layout, env: Mapping[str, str], say: Say, plc_args: str = "") -> None:
     """Images, the compose variables and the nodes' compose file of ``lay``."""
     node_cfg = NodeConfig.from_env(env)
     start_engine(node_cfg, say)  # the node's engine has the images every node's loads
-    client = engine_client(node_cfg.engine_url)
-    try:
+    with engine_session(node_cfg.engine_url) as client:
         tags = node_engine_images(client, env, say)
         tar = images_tar(client, node_cfg.engine_url, tags, say)
-    finally:
-        client.close()
     engine.start_engine(say)
-    client = engine_client(ENGINE_URL)
-    try:
+    with engine_session(ENGINE_URL) as client:
         node_image = ensure_node_image(client, env, say)
-    finally:
-        client.close()
     home, venv, src = _code_paths()
     lay.state.mkdir(parents=True, exist_ok=True)
     lay.plc_dir.mkdir(exist_ok=True)
@@ -226,8 +215,7 @@ def up(lay: Layout, env: Mapping[str, str], say: Say, plc_args: str = "") -> dic
 def say_failed_logs(lay: Layout, say: Say, lines: int = 25) -> None:
     """The last log lines of each of the testbed's containers that stopped (before
     ``down`` removes them)."""
-    client = engine_client(ENGINE_URL)
-    try:
+    with engine_session(ENGINE_URL) as client:
         for service in lay.services():
             with contextlib.suppress(docker.errors.NotFound):
                 c = client.containers.get(lay.container(service))
@@ -235,8 +223,6 @@ def say_failed_logs(lay: Layout, say: Say, lines: int = 25) -> None:
                     say(f"{service} stopped; its last log lines:")
                     for ln in c.logs(tail=lines).decode(errors="replace").splitlines():
                         say(f"  | {ln}")
-    finally:
-        client.close()
 
 
 def set_plc_args(lay: Layout, plc_args: str, say: Say) -> None:
@@ -277,12 +263,7 @@ def ensure_disks(lay: Layout, say: Say, size_gb: int = DISK_GB) -> dict[str, str
             continue
         if not f.exists():
             f.parent.mkdir(parents=True, exist_ok=True)
-            part = f.with_suffix(".part")
-            with open(part, "wb") as fh:
-                fh.truncate(size_gb << 30)
-            run(["mkfs.btrfs", "-q", "-L", "slicectl", "-m", "single", "-n", "4096", str(part)],
-                what=f"mkfs.btrfs {part}")
-            part.rename(f)
+            make_btrfs_file(f, size_gb)
         out[n.name] = run(["losetup", "--find", "--show", str(f)],
                           what=f"losetup {f}").stdout.strip()
         (lay.state / "disks.json").write_text(json.dumps({**saved, **out}))
@@ -307,17 +288,14 @@ def _remove_by_label(project: str) -> int:
     """Containers and networks labelled as this testbed's (when its files are gone)."""
     if not engine.answers():
         return 0
-    client = engine_client(ENGINE_URL)
     n = 0
-    try:
+    with engine_session(ENGINE_URL) as client:
         for c in client.containers.list(all=True, filters={"label": f"{LABEL_TESTBED}={project}"}):
             c.remove(force=True, v=True)
             n += 1
         for net in client.networks.list(filters={"label": f"{LABEL_TESTBED}={project}"}):
             net.remove()
             n += 1
-    finally:
-        client.close()
     return n
 
 
@@ -364,8 +342,7 @@ def status(lay: Layout) -> dict[str, Any]:
     if not engine.answers():
         raise StateError(f"testbed {lay.project}: its engine {ENGINE_URL} does not answer; "
                          "`slicectl testbed up` starts it")
-    client = engine_client(ENGINE_URL)
-    try:
+    with engine_session(ENGINE_URL) as client:
         nodes = [{"name": n.name, "hostname": n.hostname, "address": n.address,
                   "node_id": ids.get(n.name), "container": lay.container(n.name),
                   "state": _node_ready(client, lay, n.name)} for n in lay.nodes]
@@ -373,8 +350,6 @@ def status(lay: Layout) -> dict[str, Any]:
             plc_state = client.containers.get(lay.container("plc")).status
         except docker.errors.NotFound:
             plc_state = "absent"
-    finally:
-        client.close()
     return {"project": lay.project, "db": lay.db, "engine": ENGINE_URL,
             "plc": {"url": lay.plc_url, "cafile": str(lay.cafile),
                     "root_file": str(lay.root_file), "hostname": lay.plc_hostname,

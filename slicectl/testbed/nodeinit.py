@@ -11,7 +11,6 @@ manager's database and the slivers' filesystems are in the container).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -27,7 +26,7 @@ import docker.errors
 
 from slicectl.core.errors import SlicectlError
 from slicectl.node.config import NodeConfig, default_config
-from slicectl.node.dockerd import Say, data_root, start_engine
+from slicectl.node.dockerd import Say, data_root, start_engine, stop_pid
 from slicectl.node.engine import engine_client
 from slicectl.testbed.layout import ENGINE_DEVICE
 
@@ -128,12 +127,7 @@ def stop(say: Say) -> None:
         pid = int(pidfile.read_text().split()[0])
         # live-restore keeps the slivers running while it stops, and it may take long
         # over that: what is left ends with this PID namespace, like a machine's power-off
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + ENGINE_STOP_S
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            os.kill(pid, signal.SIGKILL)
+        stop_pid(pid, ENGINE_STOP_S, kill_after=True)
     ctypes.CDLL(None, use_errno=True).umount2(str(data_root(cfg)).encode(), _MNT_DETACH)
     say("node stopped")
 

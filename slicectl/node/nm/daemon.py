@@ -32,10 +32,16 @@ from slicectl.node.store import Store
 log = logging.getLogger("slicectl.node.nm.daemon")
 
 
+#: The largest kernel.pid_max on a 64-bit kernel (include/linux/threads.h).
+PID_MAX_LIMIT = 1 << 22
+
+
 def raise_host_limits(proc_sys: Path = Path("/proc/sys")) -> None:
     """Raise the host's per-user limits that slivers' namespaces are charged to (see
-    :mod:`slicectl.core.userns`) far above what all slivers together may take."""
-    wanted = host_limits(MAX_NET_XID)
+    :mod:`slicectl.core.userns`) far above what all slivers together may take, and the
+    pid space to the kernel's maximum: admission grants processes out of kernel.pid_max,
+    and the default 32,768 holds 64 slivers of the default rspec's 512."""
+    wanted = {**host_limits(MAX_NET_XID), "kernel/pid_max": PID_MAX_LIMIT}
     current = {k: int((proc_sys / k).read_text()) for k in wanted}
     for key, value in raised(current, wanted).items():
         (proc_sys / key).write_text(f"{value}\n")
@@ -112,11 +118,11 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     for d in (cfg.shim_dir, cfg.sniffer_dir):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
+    raise_host_limits()  # before the node's capacity is read: it counts kernel.pid_max
     parts = build_node_manager(cfg)
     nm = parts.nm
     parts.accounts.ensure_group()
     parts.net.setup()
-    raise_host_limits()
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm), identify=pin,
                               max_per_owner=parts.policy.nm_connections_per_owner)
