@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(docker.io btrfs-progs debootstrap openssh-server openssh-client sudo iproute2
       iptables procps util-linux iperf3 tcpdump curl e2fsprogs python3-venv wrk
-      chromium chromium-driver supervisor postgresql openssl docker-compose)
+      chromium chromium-driver supervisor postgresql openssl docker-compose crun)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.unit
 
 
 def test_host_limits_are_raised_and_never_lowered(tmp_path: Path) -> None:
-    keys = [*host_limits(MAX_NET_XID), "kernel/pid_max"]
+    keys = [*host_limits(MAX_NET_XID), "kernel/pid_max", "kernel/keys/maxkeys",
+            "kernel/keys/maxbytes"]
     for key in keys:
         (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / key).write_text("100\n")
@@ -22,6 +23,7 @@ def test_host_limits_are_raised_and_never_lowered(tmp_path: Path) -> None:
     (tmp_path / higher).write_text(f"{1 << 40}\n")
     raise_host_limits(tmp_path)
     assert int((tmp_path / "kernel/pid_max").read_text()) == PID_MAX_LIMIT
+    assert int((tmp_path / "kernel/keys/maxkeys").read_text()) >= 10_000  # a sliver each
     assert int((tmp_path / higher).read_text()) == 1 << 40  # never lowered
     for key, value in host_limits(MAX_NET_XID).items():
         if key != higher:

@@ -34,14 +34,23 @@ log = logging.getLogger("slicectl.node.nm.daemon")
 
 #: The largest kernel.pid_max on a 64-bit kernel (include/linux/threads.h).
 PID_MAX_LIMIT = 1 << 22
+#: Keys and key payload bytes one sliver's start may charge to the slivers' host uid
+#: (a session keyring each start; room for a few more).
+KEYS_PER_SLIVER = 4
+KEY_BYTES_PER_SLIVER = 1024
 
 
 def raise_host_limits(proc_sys: Path = Path("/proc/sys")) -> None:
     """Raise the host's per-user limits that slivers' namespaces are charged to (see
     :mod:`slicectl.core.userns`) far above what all slivers together may take, and the
     pid space to the kernel's maximum: admission grants processes out of kernel.pid_max,
-    and the default 32,768 holds 64 slivers of the default rspec's 512."""
-    wanted = {**host_limits(MAX_NET_XID), "kernel/pid_max": PID_MAX_LIMIT}
+    and the default 32,768 holds 64 slivers of the default rspec's 512. Every sliver's
+    start makes a session keyring (runc's ``_ses.<container id>``) owned by the one
+    host uid slivers' root maps to, whose key quota (kernel.keys.maxkeys, 200 by
+    default) refused the 200th sliver with "disk quota exceeded"."""
+    wanted = {**host_limits(MAX_NET_XID), "kernel/pid_max": PID_MAX_LIMIT,
+              "kernel/keys/maxkeys": KEYS_PER_SLIVER * (MAX_NET_XID + 1),
+              "kernel/keys/maxbytes": KEY_BYTES_PER_SLIVER * (MAX_NET_XID + 1)}
     current = {k: int((proc_sys / k).read_text()) for k in wanted}
     for key, value in raised(current, wanted).items():
         (proc_sys / key).write_text(f"{value}\n")
