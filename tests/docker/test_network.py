@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ import docker
 import pytest
 
 from slicectl.core.errors import AdmissionError
-from slicectl.core.netplan import handle, sliver_tc
+from slicectl.core.netplan import handle, parent_classid, sliver_tc
 from slicectl.core.rspec import parse_rspec
 from slicectl.node import tc
 from slicectl.node.network import host_veth
@@ -250,3 +251,33 @@ def test_node_cap_changes_live(nm: NMHandle) -> None:
     out = nm.cli("node", "set", "net_cap_kbit", "30000")
     assert out.returncode == 0, out.stderr
     assert tc.read_classes(nm.cfg.ifb)[handle(0xC000)].ceil_bps == 30_000 * 125
+
+
+def _rules_of(name: str) -> list[str]:
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return [ln for ln in saved.splitlines() if f'"slicectl {name}"' in ln]
+
+
+def test_a_slices_port_rules_change_alone_and_survive_a_rule_removed_from_outside(
+        nm: NMHandle) -> None:
+    a = make_sliver(nm, "pa", tcp_ports=[41011])
+    b = make_sliver(nm, "pb", udp_ports=[41012])
+    plain = make_sliver(nm, "pn")
+    before_b = _rules_of(b["name"])
+    assert len(_rules_of(a["name"])) == 4 and len(before_b) == 4
+    assert _rules_of(plain["name"]) == []
+    # One kernel-side read of the sliver's own classes, not a dump, checks a bind:
+    own = tc.read_classes_of(nm.cfg.ifb, [parent_classid(a["xid"]), handle(0xBFFF)])
+    assert list(own) == [parent_classid(a["xid"])]  # and none for a class that is not there
+    nm.call("destroy", a["name"])
+    assert _rules_of(a["name"]) == [] and _rules_of(b["name"]) == before_b
+    # Someone deletes one of b's rules by hand: b's next change cannot delete it again,
+    # so the chains are rebuilt from every sliver, and b's rules are whole once more.
+    dnat = next(ln for ln in before_b if "DNAT" in ln and "--to-destination" in ln)
+    subprocess.run(["iptables", "-w", "-t", "nat", *shlex.split(dnat.replace("-A ", "-D ", 1))],
+                   check=True)
+    nm.call("destroy", b["name"])
+    assert _rules_of(b["name"]) == []
+    assert "its port rules did not apply" in nm.log()
+    c = make_sliver(nm, "pc", tcp_ports=[41013])
+    assert len(_rules_of(c["name"])) == 4
