@@ -41,7 +41,7 @@ from slicectl.core.sniffrecord import read_frames_blocking
 from slicectl.ipc.rpc import Client
 from slicectl.node import shim, tc
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import SNIFFER, daemon_pid, prepare
+from slicectl.node.daemons import SHIM, SNIFFER, daemon_pid, prepare
 from slicectl.node.dockerd import Say
 from slicectl.node.engine import engine_client
 from slicectl.node.ring import in_netns, synthetic_block
@@ -142,13 +142,16 @@ def native_pps(src: str, dst: str, secs: float, netns_pid: int | None = None,
 
 
 def shim_pps(engine: Any, container: str, cfg: NodeConfig, dst: str, secs: float,
-             batch: int) -> float:
-    """Packets/s the shim checked and sent for a sliver's safe raw socket: ``send`` one
-    at a time, or (``batch``) ``send_many`` of that many."""
-    before = shim.stats(cfg).get("sent", 0)
+             batch: int) -> tuple[float, float]:
+    """Packets/s the shim checked and sent for a sliver's safe raw socket, ``send`` one
+    at a time or (``batch``) ``send_many`` of that many; and the shim's CPU microseconds
+    per packet (its checks, and the kernel's sending, which a native sender pays too)."""
+    pid = daemon_pid(cfg, SHIM)
+    assert pid is not None
+    before, cpu0 = shim.stats(cfg).get("sent", 0), cpu_s(pid)
     r = exec_py(engine, container, SHIM_PPS, dst, str(secs), str(batch))
     sent = int(shim.stats(cfg).get("sent", 0)) - int(before)
-    return sent / float(r["elapsed"])
+    return sent / float(r["elapsed"]), (cpu_s(pid) - cpu0) / max(1, sent) * 1e6
 
 
 def exec_py(engine: Any, container: str, script: str, *args: str) -> dict[str, Any]:
@@ -373,12 +376,15 @@ def pps_table(engine: Any, cfg: NodeConfig, info: dict[str, Any], out: OutsideNs
     sliver_pid = int(engine.containers.get(ct).attrs["State"]["Pid"])
     paths: dict[str, list[float]] = {k: [] for k in ("host", "native", "native_mmsg", "safe",
                                                       "safe_mmsg")}
+    cpu: dict[str, list[float]] = {"safe": [], "safe_mmsg": []}
     for _ in range(rounds):
         paths["host"].append(native_pps(out.node_addr, out.addr, secs))
         paths["native"].append(native_pps(address, out.addr, secs, sliver_pid))
         paths["native_mmsg"].append(native_pps(address, out.addr, secs, sliver_pid, BATCH))
-        paths["safe"].append(shim_pps(engine, ct, cfg, out.addr, secs, 0))
-        paths["safe_mmsg"].append(shim_pps(engine, ct, cfg, out.addr, secs, BATCH))
+        for key, batch in (("safe", 0), ("safe_mmsg", BATCH)):
+            rate, us = shim_pps(engine, ct, cfg, out.addr, secs, batch)
+            paths[key].append(rate)
+            cpu[key].append(us)
     pps = {k: statistics.median(v) for k, v in paths.items()}
     nat, nat_m = pps["native"], pps["native_mmsg"]
     rows = []
@@ -391,10 +397,12 @@ def pps_table(engine: Any, cfg: NodeConfig, info: dict[str, Any], out: OutsideNs
         spread = f"{min(paths[key]):,.0f}-{max(paths[key]):,.0f}"
         rows.append([label, f"{pps[key]:,.0f}", spread,
                      "-" if key == "host" else f"{pps[key] / nat:.2f}",
-                     "-" if key == "host" else f"{pps[key] / nat_m:.2f}"])
+                     "-" if key == "host" else f"{pps[key] / nat_m:.2f}",
+                     f"{statistics.median(cpu[key]):.1f}" if key in cpu else "-"])
     table(f"1. packets per second, 46-byte UDP packets (one sender process each; median of "
           f"{rounds} interleaved rounds of {secs:g} s)",
-          ["path", "packets/s", "range", "vs native sendto", "vs native sendmmsg"], rows)
+          ["path", "packets/s", "range", "vs native sendto", "vs native sendmmsg",
+           "shim cpu us/pkt"], rows)
 
 
 def rtt_table(engine: Any, ct: str, out: OutsideNs, pings: int) -> None:

@@ -78,7 +78,6 @@ from slicectl.saferaw.packet import (
     ICMP_ERRORS,
     PROTOS,
     Binding,
-    IPv4,
     PacketRefused,
     check_outgoing,
     incoming_matches,
@@ -442,15 +441,23 @@ class Shim:
             self.close(s)
             return
         out.clear()
+        b = s.binding
+        can_send = s.kind != "sniff" and s.tx is not None
         for i in range(n):
             data = rx.message(i)
             if not data and peer_gone(s.client):
                 self.send_out(s, out)
                 self.close(s)
                 return
-            ip = self.checked(s, data)
-            if ip is not None:
-                out.add_received(rx, i, dst=ip.dst)
+            if not can_send:
+                self.refuse(s, "sniffer", "sniffer sockets cannot send")
+                continue
+            try:
+                ip = check_outgoing(data, b)
+            except PacketRefused as e:
+                self.refuse(s, e.reason, e.strerror or str(e))
+                continue
+            out.add_received(rx, i, dst=ip.dst)
         self.send_out(s, out)
 
     def request_from(self, s: Session) -> None:
@@ -468,18 +475,6 @@ class Shim:
             self.close(s)
             return
         self.handle_request(s, data)
-
-    def checked(self, s: Session, data: bytes) -> IPv4 | None:
-        """The header of a packet the session may send, or None: refused and counted."""
-        if s.kind == "sniff" or s.tx is None:
-            self.refuse(s, "sniffer", "sniffer sockets cannot send")
-            return None
-        assert s.binding is not None
-        try:
-            return check_outgoing(data, s.binding)
-        except PacketRefused as e:
-            self.refuse(s, e.reason, e.strerror or str(e))
-            return None
 
     def send_out(self, s: Session, out: Outbox) -> None:
         """Send the checked packets on the session's raw socket. A packet the kernel

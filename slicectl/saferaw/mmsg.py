@@ -39,8 +39,9 @@ class MMsgHdr(ctypes.Structure):
     _fields_ = [("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint)]
 
 
-#: An iovec as native bytes (pointer, size_t): written with one pack_into per piece.
+#: An iovec as native bytes (pointer, size_t), and a message's two: one pack_into each.
 _IOV = struct.Struct("PN")
+_IOV2 = struct.Struct("PNPN")
 _HDR = ctypes.sizeof(MMsgHdr)
 #: msg_len and msg_flags of message i are 32-bit words i * _WORDS + _LEN, + _FLAGS.
 _WORDS = _HDR // 4
@@ -217,7 +218,7 @@ class Outbox:
         """Queue ``head`` (copied) and message ``i`` of ``rx`` as it lies there: valid
         until ``rx`` reads again."""
         length = rx.length(i)
-        if not self.room(len(head)):
+        if self.n >= self.count or self.used + len(head) > self.capacity:
             raise ValueError(f"Outbox: expected room for a message, found {self.n} of "
                              f"{self.count} messages and {self.used} of {self.capacity} "
                              "bytes queued")
@@ -235,9 +236,7 @@ class Outbox:
             raise ValueError("Outbox: expected a destination for each message of a named box "
                              "and none for an unnamed one")
         j = self.n
-        off = 2 * j * _IOV.size
-        _IOV.pack_into(self._iov_mem, off, first, first_len)
-        _IOV.pack_into(self._iov_mem, off + _IOV.size, second, second_len)
+        _IOV2.pack_into(self._iov_mem, j * _IOV2.size, first, first_len, second, second_len)
         if dst is not None:
             if len(dst) != 4:
                 raise ValueError(f"Outbox: expected a 4-byte IPv4 destination, found "
