@@ -4,8 +4,11 @@ Run as root on a prepared node: ``.venv/bin/python bench/raw_bench.py``. It star
 private node (NM, admin sniffer, shim), one sliver and a namespace acting as the outside,
 and prints three tables:
 
-1. packets/s: a native raw socket on the host vs a safe raw socket in a sliver (what the
-   shim checked and sent), both sending the same 46-byte UDP packets to the outside.
+1. packets/s: native raw sockets in the sliver's namespace (one ``sendto`` per packet,
+   and ``sendmmsg`` of 64, the fair baseline for batches) vs a safe raw socket in the
+   sliver (what the shim checked and sent: ``send`` one at a time, and ``send_many`` of
+   64), all sending the same 46-byte UDP packets to the outside; the four interleaved over
+   ``--rounds`` rounds (medians), so that load from elsewhere hits all alike.
 2. round trip: UDP echo off a server in the outside namespace, from a host UDP socket,
    from the sliver's own kernel (a UDP socket) and through the shim (saferaw), kernel and
    shim rounds interleaved; the added median is shim minus kernel, from the same sliver.
@@ -38,11 +41,12 @@ from slicectl.core.sniffrecord import read_frames_blocking
 from slicectl.ipc.rpc import Client
 from slicectl.node import shim, tc
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import SNIFFER, daemon_pid, prepare
+from slicectl.node.daemons import SHIM, SNIFFER, daemon_pid, prepare
 from slicectl.node.dockerd import Say
 from slicectl.node.engine import engine_client
 from slicectl.node.ring import in_netns, synthetic_block
 from slicectl.node.sniffer import parse_block
+from slicectl.saferaw.mmsg import Outbox
 from slicectl.saferaw.packet import packet, udp_segment
 from slicectl.testbed.privnode import private_node
 
@@ -86,38 +90,68 @@ def table(title: str, headers: list[str], rows: list[list[str]]) -> None:
 
 # 1. packets per second --------------------------------------------------------------------
 
+BATCH = 64
 SHIM_PPS = """
 import json, saferaw, sys, time
-dst, secs = sys.argv[1], float(sys.argv[2])
+dst, secs, batch = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 s = saferaw.socket("udp"); s.bind(40500)
 pkt = saferaw.packet(s.address, dst, 17, saferaw.udp_segment(s.address, dst, 40500, 9, b"x" * 18))
+pkts = [pkt] * batch
 n = 0; t0 = time.monotonic(); end = t0 + secs
 while time.monotonic() < end:
-    for _ in range(256):
-        s.send(pkt)
-    n += 256
+    if batch:
+        for _ in range(4):
+            n += s.send_many(pkts)
+    else:
+        for _ in range(256):
+            s.send(pkt)
+        n += 256
 print(json.dumps({"sent": n, "elapsed": time.monotonic() - t0}))
 """
 
 
-def native_pps(src: str, dst: str, secs: float, netns_pid: int | None = None) -> float:
+def native_pps(src: str, dst: str, secs: float, netns_pid: int | None = None,
+               batch: int = 0) -> float:
     """A native raw socket sending 46-byte UDP packets: on the host, or (with
-    ``netns_pid``) in that process's network namespace, as CAP_NET_RAW would allow."""
+    ``netns_pid``) in that process's network namespace, as CAP_NET_RAW would allow; one
+    ``sendto`` per packet, or (``batch``) ``sendmmsg`` of that many."""
     pkt = packet(src, dst, 17, udp_segment(src, dst, 40500, 9, b"x" * 18))
     if netns_pid is None:
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     else:
         with in_netns(netns_pid):
             s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    out = Outbox(batch, batch * len(pkt), named=True) if batch else None
+    where = socket.inet_aton(dst)
     n = 0
     t0 = time.monotonic()
     end = t0 + secs
     while time.monotonic() < end:
+        if out is not None:
+            for _ in range(4):
+                for _ in range(batch):
+                    out.add(pkt, where)
+                while out.pending:
+                    n += out.send(s)
+            continue
         for _ in range(256):
             s.sendto(pkt, (dst, 0))
         n += 256
     s.close()
     return n / (time.monotonic() - t0)
+
+
+def shim_pps(engine: Any, container: str, cfg: NodeConfig, dst: str, secs: float,
+             batch: int) -> tuple[float, float]:
+    """Packets/s the shim checked and sent for a sliver's safe raw socket, ``send`` one
+    at a time or (``batch``) ``send_many`` of that many; and the shim's CPU microseconds
+    per packet (its checks, and the kernel's sending, which a native sender pays too)."""
+    pid = daemon_pid(cfg, SHIM)
+    assert pid is not None
+    before, cpu0 = shim.stats(cfg).get("sent", 0), cpu_s(pid)
+    r = exec_py(engine, container, SHIM_PPS, dst, str(secs), str(batch))
+    sent = int(shim.stats(cfg).get("sent", 0)) - int(before)
+    return sent / float(r["elapsed"]), (cpu_s(pid) - cpu0) / max(1, sent) * 1e6
 
 
 def exec_py(engine: Any, container: str, script: str, *args: str) -> dict[str, Any]:
@@ -298,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--pings", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the four packets/s paths, interleaved (medians)")
+    ap.add_argument("--sections", default="1,2,3",
+                    help="which tables: 1 packets/s, 2 round trips, 3 admin sniffer")
     args = ap.parse_args(argv)
+    sections = {int(x) for x in args.sections.split(",") if x.strip()}
     if os.geteuid() != 0:
         print("raw_bench: run as root", file=sys.stderr)
         return 2
@@ -318,75 +357,108 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raw_bench: node {cfg.node_id}, sliver {name}, outside {out.addr}",
                   flush=True)
 
-            sliver_pid = int(engine.containers.get(ct).attrs["State"]["Pid"])
-            host = native_pps(out.node_addr, out.addr, args.seconds)
-            nat = native_pps(info["net"]["address"], out.addr, args.seconds, sliver_pid)
-            before = shim.stats(cfg).get("sent", 0)
-            r = exec_py(engine, ct, SHIM_PPS, out.addr, str(args.seconds))
-            shim_sent = shim.stats(cfg).get("sent", 0) - before
-            shim_pps = shim_sent / r["elapsed"]
-            table("1. packets per second, 46-byte UDP packets (one sender process each)",
-                  ["path", "packets/s", "vs native"],
-                  [["native raw socket on the host (straight to the outside)", f"{host:,.0f}", "-"],
-                   ["native raw socket in the sliver's namespace (NET_RAW)", f"{nat:,.0f}", "1.00"],
-                   ["safe raw socket in the sliver (shim sent)", f"{shim_pps:,.0f}",
-                    f"{shim_pps / nat:.2f}"]])
-
-            echo = subprocess.Popen(["ip", "netns", "exec", out.ns, "python3", "-c", ECHO,
-                                     out.addr, "7"])
-            time.sleep(0.5)
-            pingpong = subprocess.run([sys.executable, "-c", PINGPONG, str(args.pings)],
-                                      capture_output=True, text=True, check=True).stdout.split()
-            try:
-                nat_rtt = native_rtts(out.addr, 7, args.pings)
-                # Alternate kernel and shim rounds so that load from elsewhere hits both alike.
-                k_rtt, s_rtt = [], []
-                chunk = str(max(1, args.pings // 4))
-                for _ in range(4):
-                    k_rtt += exec_py(engine, ct, KERNEL_RTT, out.addr, "7", chunk)["rtts"]
-                    s_rtt += exec_py(engine, ct, SHIM_RTT, out.addr, "7", chunk)["rtts"]
-            finally:
-                echo.terminate()
-                echo.wait(10)
-            rows = []
-            for label, v in (("host UDP socket", nat_rtt), ("sliver kernel UDP socket", k_rtt),
-                             ("sliver safe raw UDP socket", s_rtt)):
-                rows.append([label, f"{statistics.median(v):.1f}", f"{pct(v, 0.9):.1f}",
-                             f"{pct(v, 0.99):.1f}"])
-            table(f"2. UDP echo round trip to the outside, microseconds ({args.pings} each)",
-                  ["path", "p50", "p90", "p99"], rows)
-            added = statistics.median(s_rtt) - statistics.median(k_rtt)
-            print(f"   added by the shim (median): {added:.1f} us; for scale, a bare two-process "
-                  f"unix ping-pong here takes {pingpong[0]} us across CPUs and {pingpong[1]} us "
-                  "on one (the shim adds two such hops)")
-
-            sniffer_pid = daemon_pid(cfg, SNIFFER)
-            assert sniffer_pid is not None
-            counter = Counter(cfg.sniffer_dir / "records.sock", info["xid"])
-            time.sleep(0.5)
-            klass = handle(0xC000 + info["xid"])
-            k_before = tc.read_classes(cfg.ifb)[klass].packets
-            cpu0 = cpu_s(sniffer_pid)
-            r = flood(engine, ct, out, args.seconds)
-            time.sleep(1.5)
-            cpu = cpu_s(sniffer_pid) - cpu0
-            passed = tc.read_classes(cfg.ifb)[klass].packets - k_before
-            got = counter.records
-            wire_mbit = passed * 60 * 8 / r["elapsed"] / 1e6
-            table(f"3. admin sniffer at the node cap, {args.seconds:.0f} s of 60-byte frames",
-                  ["offered pps", "passed pps", "wire Mbit/s", "records", "missing",
-                   "ring drops", "sniffer cpu s", "records per cpu-s"],
-                  [[f"{r['offered'] / r['elapsed']:,.0f}", f"{passed / r['elapsed']:,.0f}",
-                    f"{wire_mbit:.1f}", f"{got:,}", f"{passed - got:,}",
-                    str(counter.drops.get("kernel", "?")), f"{cpu:.2f}",
-                    f"{got / cpu:,.0f}" if cpu else "-"]])
-            rate = parser_rate()
-            print(f"   parser alone (synthetic ring block): {rate:,.0f} packets per CPU-second")
+            if 1 in sections:
+                pps_table(engine, cfg, info, out, args.seconds, args.rounds)
+            if 2 in sections:
+                rtt_table(engine, ct, out, args.pings)
+            if 3 in sections:
+                sniffer_table(engine, cfg, info, out, args.seconds)
             nm.call("destroy", name)
     finally:
         out.close()
         engine.close()
     return 0
+
+
+def pps_table(engine: Any, cfg: NodeConfig, info: dict[str, Any], out: OutsideNs,
+              secs: float, rounds: int) -> None:
+    ct, address = info["container"], info["net"]["address"]
+    sliver_pid = int(engine.containers.get(ct).attrs["State"]["Pid"])
+    paths: dict[str, list[float]] = {k: [] for k in ("host", "native", "native_mmsg", "safe",
+                                                      "safe_mmsg")}
+    cpu: dict[str, list[float]] = {"safe": [], "safe_mmsg": []}
+    for _ in range(rounds):
+        paths["host"].append(native_pps(out.node_addr, out.addr, secs))
+        paths["native"].append(native_pps(address, out.addr, secs, sliver_pid))
+        paths["native_mmsg"].append(native_pps(address, out.addr, secs, sliver_pid, BATCH))
+        for key, batch in (("safe", 0), ("safe_mmsg", BATCH)):
+            rate, us = shim_pps(engine, ct, cfg, out.addr, secs, batch)
+            paths[key].append(rate)
+            cpu[key].append(us)
+    pps = {k: statistics.median(v) for k, v in paths.items()}
+    nat, nat_m = pps["native"], pps["native_mmsg"]
+    rows = []
+    for key, label in (
+            ("host", "native raw socket on the host (straight to the outside), sendto"),
+            ("native", "native raw socket in the sliver's namespace (NET_RAW), sendto"),
+            ("native_mmsg", f"native raw socket in the sliver's namespace, sendmmsg of {BATCH}"),
+            ("safe", "safe raw socket in the sliver (shim sent), send one at a time"),
+            ("safe_mmsg", f"safe raw socket in the sliver (shim sent), send_many of {BATCH}")):
+        spread = f"{min(paths[key]):,.0f}-{max(paths[key]):,.0f}"
+        rows.append([label, f"{pps[key]:,.0f}", spread,
+                     "-" if key == "host" else f"{pps[key] / nat:.2f}",
+                     "-" if key == "host" else f"{pps[key] / nat_m:.2f}",
+                     f"{statistics.median(cpu[key]):.1f}" if key in cpu else "-"])
+    table(f"1. packets per second, 46-byte UDP packets (one sender process each; median of "
+          f"{rounds} interleaved rounds of {secs:g} s)",
+          ["path", "packets/s", "range", "vs native sendto", "vs native sendmmsg",
+           "shim cpu us/pkt"], rows)
+
+
+def rtt_table(engine: Any, ct: str, out: OutsideNs, pings: int) -> None:
+    echo = subprocess.Popen(["ip", "netns", "exec", out.ns, "python3", "-c", ECHO,
+                             out.addr, "7"])
+    time.sleep(0.5)
+    pingpong = subprocess.run([sys.executable, "-c", PINGPONG, str(pings)],
+                              capture_output=True, text=True, check=True).stdout.split()
+    try:
+        nat_rtt = native_rtts(out.addr, 7, pings)
+        # Alternate kernel and shim rounds so that load from elsewhere hits both alike.
+        k_rtt, s_rtt = [], []
+        chunk = str(max(1, pings // 4))
+        for _ in range(4):
+            k_rtt += exec_py(engine, ct, KERNEL_RTT, out.addr, "7", chunk)["rtts"]
+            s_rtt += exec_py(engine, ct, SHIM_RTT, out.addr, "7", chunk)["rtts"]
+    finally:
+        echo.terminate()
+        echo.wait(10)
+    rows = []
+    for label, v in (("host UDP socket", nat_rtt), ("sliver kernel UDP socket", k_rtt),
+                     ("sliver safe raw UDP socket", s_rtt)):
+        rows.append([label, f"{statistics.median(v):.1f}", f"{pct(v, 0.9):.1f}",
+                     f"{pct(v, 0.99):.1f}"])
+    table(f"2. UDP echo round trip to the outside, microseconds ({pings} each)",
+          ["path", "p50", "p90", "p99"], rows)
+    added = statistics.median(s_rtt) - statistics.median(k_rtt)
+    print(f"   added by the shim (median): {added:.1f} us; for scale, a bare two-process "
+          f"unix ping-pong here takes {pingpong[0]} us across CPUs and {pingpong[1]} us "
+          "on one (the shim adds two such hops)")
+
+
+def sniffer_table(engine: Any, cfg: NodeConfig, info: dict[str, Any], out: OutsideNs,
+                  secs: float) -> None:
+    sniffer_pid = daemon_pid(cfg, SNIFFER)
+    assert sniffer_pid is not None
+    counter = Counter(cfg.sniffer_dir / "records.sock", info["xid"])
+    time.sleep(0.5)
+    klass = handle(0xC000 + info["xid"])
+    k_before = tc.read_classes(cfg.ifb)[klass].packets
+    cpu0 = cpu_s(sniffer_pid)
+    r = flood(engine, info["container"], out, secs)
+    time.sleep(1.5)
+    cpu = cpu_s(sniffer_pid) - cpu0
+    passed = tc.read_classes(cfg.ifb)[klass].packets - k_before
+    got = counter.records
+    wire_mbit = passed * 60 * 8 / r["elapsed"] / 1e6
+    table(f"3. admin sniffer at the node cap, {secs:.0f} s of 60-byte frames",
+          ["offered pps", "passed pps", "wire Mbit/s", "records", "missing",
+           "ring drops", "sniffer cpu s", "records per cpu-s"],
+          [[f"{r['offered'] / r['elapsed']:,.0f}", f"{passed / r['elapsed']:,.0f}",
+            f"{wire_mbit:.1f}", f"{got:,}", f"{passed - got:,}",
+            str(counter.drops.get("kernel", "?")), f"{cpu:.2f}",
+            f"{got / cpu:,.0f}" if cpu else "-"]])
+    rate = parser_rate()
+    print(f"   parser alone (synthetic ring block): {rate:,.0f} packets per CPU-second")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ connection is one safe raw socket (see :mod:`slicectl.saferaw` for the client si
    answered with an ``E`` message. Packets for the binding go back as ``P`` messages
    (kind byte, capture time as a little-endian double, the IP packet).
 
+Both ways go in batches (:mod:`slicectl.saferaw.mmsg`): one ``recvmmsg`` takes up to
+``RECV_BURST`` messages of a session, each is checked on its own exactly as if it had
+come alone, and the ones that pass leave in one ``sendmmsg``; captured packets likewise.
+
 Closing the connection undoes everything: the port claim, the DROP rule, the sockets.
 """
 
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError
+from slicectl.core.errors import AdmissionError, EngineError, PermissionDenied, SlicectlError
 from slicectl.core.policy import NodePolicy
 from slicectl.core.requests import loads_bounded, shim_request
 from slicectl.core.wire import NetEntry, from_struct
@@ -68,6 +72,7 @@ from slicectl.node.ring import (
     attach_filter,
     in_netns,
 )
+from slicectl.saferaw.mmsg import Outbox, Received
 from slicectl.saferaw.packet import (
     ICMP,
     ICMP_ERRORS,
@@ -89,7 +94,11 @@ DROP_COMMENT = "slicectl-raw"
 #: node-policy budget (NodePolicy.shim_buffer_mib_per_sliver).
 CLIENT_BUFFER = CAPTURE_BUFFER = SEND_BUFFER = 1 << 21
 PROC_NET = {"tcp": ("tcp", "tcp6"), "udp": ("udp", "udp6")}
+#: Messages a session may have handled per wakeup, each way (one recvmmsg, one sendmmsg).
 RECV_BURST = 64
+#: A message from a sliver is read into this many bytes: one more than any IP packet, so
+#: that a longer message is cut to a length no IPv4 header can claim, and refused.
+CLIENT_MESSAGE = 65536 + 1
 #: How long the loop keeps polling after traffic before it sleeps (see Shim.run).
 BUSY_POLL_S = 0.0005
 BUSY_POLL_SHARE = 0.1
@@ -243,7 +252,15 @@ class Shim:
         self.totals: Counter[str] = Counter()
         self.stop = threading.Event()
         self.listener: socket.socket | None = None
-        self.buf = memoryview(bytearray(65536 + 1))
+        self.buf = memoryview(bytearray(CLIENT_MESSAGE))
+        try:
+            # Shared by all sessions: the loop serves one event at a time.
+            self.from_client = Received(RECV_BURST, CLIENT_MESSAGE)
+            self.captured = Received(RECV_BURST, SNIFF_SNAPLEN)
+            self.outgoing = Outbox(RECV_BURST, 1, named=True)
+            self.to_client = Outbox(RECV_BURST, RECV_BURST * (1 + TS.size))
+        except OSError as e:
+            raise EngineError(f"batched socket calls: {e}") from e
 
     @property
     def sock_path(self) -> Path:
@@ -406,41 +423,71 @@ class Shim:
             pass
 
     def from_sliver(self, s: Session) -> None:
-        """Handle what a sliver sent: its request, then packets (a burst per wakeup)."""
-        buf = self.buf
-        for _ in range(RECV_BURST):
-            try:
-                n = s.client.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.close(s)
-                return
-            data = bytes(buf[:n])
+        """Handle what a sliver sent: its request, then packets (up to ``RECV_BURST`` per
+        wakeup, read with one recvmmsg; each checked alone, the passing ones sent with
+        one sendmmsg)."""
+        if s.binding is None:
+            self.request_from(s)
+            return
+        rx, out = self.from_client, self.outgoing
+        try:
+            n = rx.recv(s.client, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close(s)
+            return
+        if n == 0 and peer_gone(s.client):
+            self.close(s)
+            return
+        out.clear()
+        b = s.binding
+        can_send = s.kind != "sniff" and s.tx is not None
+        for i in range(n):
+            data = rx.message(i)
             if not data and peer_gone(s.client):
+                self.send_out(s, out)
                 self.close(s)
                 return
-            if s.binding is None:
-                self.handle_request(s, data)
-                return
-            self.send_for(s, data)
+            if not can_send:
+                self.refuse(s, "sniffer", "sniffer sockets cannot send")
+                continue
+            try:
+                ip = check_outgoing(data, b)
+            except PacketRefused as e:
+                self.refuse(s, e.reason, e.strerror or str(e))
+                continue
+            out.add_received(rx, i, dst=ip.dst)
+        self.send_out(s, out)
 
-    def send_for(self, s: Session, data: bytes) -> None:
-        if s.kind == "sniff" or s.tx is None:
-            self.refuse(s, "sniffer", "sniffer sockets cannot send")
-            return
-        assert s.binding is not None
+    def request_from(self, s: Session) -> None:
+        """The first message of a session (or a root's stats request), read alone."""
+        buf = self.buf
         try:
-            ip = check_outgoing(data, s.binding)
-        except PacketRefused as e:
-            self.refuse(s, e.reason, e.strerror or str(e))
+            n = s.client.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
+        except BlockingIOError:
             return
-        try:
-            s.tx.sendto(data, (socket.inet_ntoa(ip.dst), 0))
-            self.totals["sent"] += 1
-        except OSError as e:
-            self.reply(s, b"E", json.dumps({"ok": False, "errno": "EIO",
-                                            "error": f"send: {e.strerror}"}).encode())
+        except OSError:
+            self.close(s)
+            return
+        data = bytes(buf[:n])
+        if not data and peer_gone(s.client):
+            self.close(s)
+            return
+        self.handle_request(s, data)
+
+    def send_out(self, s: Session, out: Outbox) -> None:
+        """Send the checked packets on the session's raw socket. A packet the kernel
+        refuses (ENOBUFS, EMSGSIZE, a route) is answered with an ``E`` message and the
+        rest go on, as when each was sent alone."""
+        while out.pending:
+            assert s.tx is not None
+            try:
+                self.totals["sent"] += out.send(s.tx)
+            except OSError as e:
+                out.skip()
+                self.reply(s, b"E", json.dumps({"ok": False, "errno": "EIO",
+                                                "error": f"send: {e.strerror}"}).encode())
 
     def refuse(self, s: Session, reason: str, message: str) -> None:
         self.refusals.count(s.slice, reason, message)
@@ -479,21 +526,34 @@ class Shim:
         self.reply(s, b"", json.dumps(stats).encode())
 
     def to_sliver(self, s: Session) -> None:
+        """Forward captured packets for the binding: up to ``RECV_BURST`` per wakeup, read
+        with one recvmmsg and passed on with one sendmmsg (stamped with the read's time).
+        What the sliver has no room for is counted lost."""
         cap, b = s.cap, s.binding
         assert cap is not None and b is not None
-        for _ in range(RECV_BURST):
+        rx, out = self.captured, self.to_client
+        try:
+            n = rx.recv(cap, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close(s)
+            return
+        head = b"P" + TS.pack(time.time())
+        out.clear()
+        sniff = s.kind == "sniff"
+        for i in range(n):
+            pkt = rx.message(i)
+            if sniff_matches(pkt, b.proto, b.port) if sniff else incoming_matches(pkt, b):
+                out.add_received(rx, i, head=head)
+        while out.pending:
             try:
-                pkt = cap.recv(65535)
+                out.send(s.client, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return
+                self.totals["lost"] += out.pending
+                out.clear()
             except OSError:
-                self.close(s)
-                return
-            ok = sniff_matches(pkt, b.proto, b.port) if s.kind == "sniff" \
-                else incoming_matches(pkt, b)
-            if not ok:
-                continue
-            self.reply(s, b"P", TS.pack(time.time()) + pkt)
+                out.clear()
 
     # the loop -------------------------------------------------------------------------
 

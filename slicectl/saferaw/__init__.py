@@ -14,6 +14,7 @@ sliver's own source address and the bound port or id. Anything else is refused::
     s.sendto(saferaw.udp_segment(s.address, "192.0.2.1", 33434, 33434, b"probe"),
              ("192.0.2.1", 0))
     reply = s.recv()            # whole IP packets, e.g. an ICMP time exceeded
+    s.send_many([pkt1, pkt2])   # whole IP packets, many per system call (sendmmsg)
 
 The socket is a real file descriptor: ``select``/``poll`` work on it. Sniffer sockets
 (``saferaw.sniffer("tcp", 8080)``) receive copies of all packets sent and received on a
@@ -27,9 +28,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import socket as _socket
 import struct
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .packet import (
     ICMP,
@@ -49,6 +52,9 @@ from .packet import (
     udp_segment,
 )
 
+if TYPE_CHECKING:
+    from .mmsg import Outbox
+
 __all__ = [
     "ICMP", "IPPROTO_IP", "IP_HDRINCL", "IP_OPTIONS", "IP_TTL", "TCP", "UDP", "PacketRefused",
     "RawSocket", "check_outgoing", "icmp_echo", "ip_header", "packet", "parse_ip",
@@ -61,6 +67,9 @@ IP_HDRINCL = _socket.IP_HDRINCL
 IP_TTL = _socket.IP_TTL
 IP_OPTIONS = 4
 MAX_PACKET = 65535
+#: send_many: packets per sendmmsg call, and the bytes they are copied into.
+SEND_BATCH = 64
+SEND_BATCH_BYTES = 256 << 10
 TS = struct.Struct("<d")
 
 _ERRNOS = {name: getattr(errno, name) for name in
@@ -99,6 +108,7 @@ class RawSocket:
         self.options = b""
         self.sniffing = False
         self.last_ts = 0.0
+        self._outbox: Outbox | None = None
 
     # binding --------------------------------------------------------------------------
 
@@ -174,6 +184,59 @@ class RawSocket:
         check_outgoing(pkt, b)
         self.sock.send(pkt)
         return len(pkt)
+
+    def send_many(self, packets: Sequence[bytes]) -> int:
+        """Send whole IP packets, as :meth:`send` sends each, in as few system calls as
+        they fit in (``sendmmsg``, up to ``SEND_BATCH`` a call). All are checked first: a
+        bad one raises PacketRefused before any is sent.
+
+        Returns how many were sent, in order: all of them on a blocking socket; with a
+        timeout, or non-blocking, the ones that fit before the socket stayed full
+        (``TimeoutError`` or ``BlockingIOError`` when not even the first did)."""
+        b = self._check_bound()
+        if self.sniffing:
+            raise OSError(errno.EBADF, "sniffer sockets cannot send")
+        for pkt in packets:
+            check_outgoing(pkt, b)
+        if self._outbox is None:
+            from .mmsg import Outbox
+
+            self._outbox = Outbox(SEND_BATCH, SEND_BATCH_BYTES)
+        out = self._outbox
+        out.clear()
+        sent = 0
+        for pkt in packets:
+            if not out.room(len(pkt)):
+                done, full = self._flush(out)
+                sent += done
+                if full:
+                    return self._partial(sent)
+            out.add(pkt)
+        done, full = self._flush(out)
+        sent += done
+        return self._partial(sent) if full else sent
+
+    def _flush(self, out: Outbox) -> tuple[int, bool]:
+        """Send what ``out`` holds: (how many were sent, whether the socket stayed full
+        past its timeout, the rest then dropped)."""
+        sent = 0
+        timeout = self.sock.gettimeout()
+        while out.pending:
+            try:
+                sent += out.send(self.sock)
+            except BlockingIOError:  # a timeout (or non-blocking) socket: its fd is O_NONBLOCK
+                if timeout == 0.0 or not select.select([], [self.sock], [], timeout)[1]:
+                    out.clear()
+                    return sent, True
+        return sent, False
+
+    def _partial(self, sent: int) -> int:
+        if sent:
+            return sent
+        if self.sock.gettimeout():
+            raise TimeoutError(errno.ETIMEDOUT, "send_many: the shim's socket stayed full "
+                                                "past the timeout")
+        raise BlockingIOError(errno.EAGAIN, "send_many: the shim's socket is full")
 
     def sendto(self, data: bytes, addr: tuple[str, int] | str) -> int:
         """Send ``data`` to ``addr``: a whole IP packet when IP_HDRINCL is set, else the

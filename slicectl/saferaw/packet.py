@@ -12,6 +12,7 @@ import functools
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 TCP, UDP, ICMP = 6, 17, 1
 PROTOS = {"tcp": TCP, "udp": UDP, "icmp": ICMP}
@@ -39,6 +40,14 @@ RESERVED_DESTINATIONS: tuple[tuple[int, int, str], ...] = (
     (0xF0000000, 4, "240.0.0.0/4 (reserved, broadcast)"),
 )
 LINK_LOCAL = (0xA9FE0000, 16, "169.254.0.0/16 (link-local, cloud metadata)")
+#: The reserved ranges above by first octet (each is at most 8 bits long; link-local's 16
+#: are looked at in reserved_destination): one index per packet instead of a loop.
+_RESERVED_BY_OCTET: tuple[str | None, ...] = tuple(
+    next((name for net, length, name in RESERVED_DESTINATIONS
+          if octet >> (8 - length) == net >> (32 - length)), None) for octet in range(256))
+if any(length > 8 for _net, length, _name in RESERVED_DESTINATIONS):
+    raise ValueError("RESERVED_DESTINATIONS: expected prefixes of at most 8 bits (the table "
+                     "by first octet), found a longer one")
 #: ICMP query messages carrying an identifier: echo, timestamp, information, mask.
 ICMP_QUERIES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
@@ -70,8 +79,7 @@ class Binding:
         return socket.inet_aton(self.address)
 
 
-@dataclass(frozen=True)
-class IPv4:
+class IPv4(NamedTuple):
     """The fields of an IPv4 packet the checks need."""
 
     ihl: int
@@ -109,7 +117,8 @@ def parse_ip(pkt: bytes) -> IPv4:
     if frag & 0x3FFF:
         raise PacketRefused("fragment", "expected an unfragmented packet, found a fragment "
                                         "(its ports cannot be checked)")
-    check_options(pkt[20:ihl])
+    if ihl > 20:
+        check_options(pkt[20:ihl])
     return IPv4(ihl, total, ttl, proto, frag, src, dst)
 
 
@@ -142,24 +151,29 @@ def check_options(opts: bytes) -> None:
 
 def check_sendable_options(opts: bytes) -> None:
     """Refuse IP options a sliver may not send (see :data:`ALLOWED_OPTIONS`)."""
-    allowed = ", ".join(f"{k} ({n})" for k, n in ALLOWED_OPTIONS.items())
+    if not opts:
+        return
     for kind in option_kinds(opts):
         if kind in SOURCE_ROUTES:
-            raise PacketRefused("source-route", f"expected IP options among {allowed}, found "
+            raise PacketRefused("source-route", f"expected IP options among {_ALLOWED}, found "
                                                 f"{kind} {SOURCE_ROUTES[kind]}")
         if kind not in ALLOWED_OPTIONS:
-            raise PacketRefused("ip-option", f"expected IP options among {allowed}, found "
+            raise PacketRefused("ip-option", f"expected IP options among {_ALLOWED}, found "
                                              f"option {kind}")
+
+
+_ALLOWED = ", ".join(f"{k} ({n})" for k, n in ALLOWED_OPTIONS.items())
 
 
 def reserved_destination(dst: bytes, allow_link_local: bool = False) -> str | None:
     """What a reserved destination address is, or None for one a sliver may send to."""
-    addr = int.from_bytes(dst, "big")
-    ranges = RESERVED_DESTINATIONS if allow_link_local else (*RESERVED_DESTINATIONS, LINK_LOCAL)
-    for net, length, name in ranges:
-        if addr >> (32 - length) == net >> (32 - length):
-            return name
-    return None
+    name = _RESERVED_BY_OCTET[dst[0]]
+    if name is None and not allow_link_local and dst[0] == 169 and dst[1] == 254:
+        return LINK_LOCAL[2]
+    return name
+
+
+_L4 = struct.Struct("!HHH")
 
 
 def _ports(pkt: bytes, off: int, proto: int) -> tuple[int, int]:
@@ -167,12 +181,12 @@ def _ports(pkt: bytes, off: int, proto: int) -> tuple[int, int]:
     if len(pkt) - off < need:
         raise PacketRefused("malformed", f"expected a {PROTO_NAMES[proto].upper()} header of "
                                          f"{need} bytes, found {len(pkt) - off}")
-    sport, dport = struct.unpack_from("!HH", pkt, off)
+    sport, dport, udp_len = _L4.unpack_from(pkt, off)
     if proto == TCP and not 20 <= (pkt[off + 12] >> 4) * 4 <= len(pkt) - off:
         raise PacketRefused("malformed", "expected a TCP data offset inside the packet")
-    if proto == UDP and struct.unpack_from("!H", pkt, off + 4)[0] != len(pkt) - off:
+    if proto == UDP and udp_len != len(pkt) - off:
         raise PacketRefused("malformed", f"expected UDP length {len(pkt) - off}, found "
-                                         f"{struct.unpack_from('!H', pkt, off + 4)[0]}")
+                                         f"{udp_len}")
     return sport, dport
 
 
@@ -229,7 +243,8 @@ def check_outgoing(pkt: bytes, b: Binding) -> IPv4:
                                            f"in {reserved}")
     if ip.ttl == 0:
         raise PacketRefused("malformed", "expected a TTL of at least 1, found 0")
-    check_sendable_options(pkt[20:ip.ihl])
+    if ip.ihl > 20:
+        check_sendable_options(pkt[20:ip.ihl])
     off = ip.ihl
     if ip.proto == ICMP:
         if len(pkt) - off < 8:

@@ -30,7 +30,7 @@ from .conftest import (
     veth_namespace,
     wait_for,
 )
-from .test_saferaw import Capture, run_py
+from .test_saferaw import Capture, run_py, run_py_watched
 
 #: Every private address a sliver can have (the node's 172.30/16, private nodes' 172.31/16).
 PRIVATE_SOURCES = "src net 172.16.0.0/12"
@@ -221,11 +221,9 @@ def test_shim_refuses_source_routes_reserved_destinations_and_foreign_quotes(
         wnm: NMHandle, engine: docker.DockerClient, outside: Outside, tmp_path: Path) -> None:
     a = make_sliver(wnm, "refuse")
     before = shim.stats(wnm.cfg).get("sent", 0)
-    cap = Capture(outside.ns, tmp_path / "wire.pcap", f"ip and dst host {outside.address}")
-    try:
-        code, out = run_py(engine, a, REFUSALS, outside.address)
-    finally:
-        lines = cap.stop()
+    code, out, lines = run_py_watched(engine, a, outside, tmp_path / "wire.pcap",
+                                      f"ip and dst host {outside.address}", REFUSALS,
+                                      outside.address)
     assert code == 0, out
     got = json.loads(out)
     dest = {k: "destination" for k in ("this-network", "loopback", "multicast", "reserved",

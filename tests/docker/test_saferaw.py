@@ -98,6 +98,18 @@ def run_py(engine: docker.DockerClient, info: dict[str, Any], script: str, *args
     return sliver_exec(engine, info["container"], ["python3", "-c", script, *args], user=user)
 
 
+def run_py_watched(engine: docker.DockerClient, info: dict[str, Any], outside: Outside,
+                   pcap: Path, bpf: str, script: str, *args: str) -> tuple[int, str, list[str]]:
+    """Run ``script`` in the sliver with tcpdump watching the outside's wire for ``bpf``:
+    (exit status, output, the packets tcpdump saw)."""
+    cap = Capture(outside.ns, pcap, bpf)
+    try:
+        code, out = run_py(engine, info, script, *args)
+    finally:
+        lines = cap.stop()
+    return code, out, lines
+
+
 def test_plping_round_trips(dnm: NMHandle, engine: docker.DockerClient, outside: Outside) -> None:
     a = make_sliver(dnm, "ping")
     code, out = sliver_exec(engine, a["container"],
@@ -269,11 +281,9 @@ def test_fuzzed_bad_packets_never_reach_the_wire(dnm: NMHandle, engine: docker.D
                                                  outside: Outside, tmp_path: Path) -> None:
     a = make_sliver(dnm, "fuzz")
     n = 4000
-    cap = Capture(outside.ns, tmp_path / "wire.pcap", f"ip and dst host {outside.address}")
-    try:
-        code, out = run_py(engine, a, FUZZ, outside.address, str(n))
-    finally:
-        lines = cap.stop()
+    code, out, lines = run_py_watched(engine, a, outside, tmp_path / "wire.pcap",
+                                      f"ip and dst host {outside.address}", FUZZ,
+                                      outside.address, str(n))
     assert code == 0, out
     assert json.loads(out)["errors"] == n
     stats = shim.stats(dnm.cfg)

@@ -307,3 +307,19 @@ def test_pcap_framing() -> None:
 
 def test_record_layout_is_fixed() -> None:
     assert RECORD.size == 32
+
+
+def test_reserved_destination_by_octet_answers_as_the_ranges_do() -> None:
+    from slicectl.saferaw.packet import LINK_LOCAL, RESERVED_DESTINATIONS, reserved_destination
+
+    def by_ranges(addr: int, allow_link_local: bool) -> str | None:
+        ranges = RESERVED_DESTINATIONS if allow_link_local else (*RESERVED_DESTINATIONS,
+                                                                 LINK_LOCAL)
+        return next((name for net, length, name in ranges
+                     if addr >> (32 - length) == net >> (32 - length)), None)
+
+    samples = [o << 24 | r for o in range(256) for r in (0, 0xFE0000, 0xFEFFFF, 0xFF0001)]
+    samples += [0xA9FE0000, 0xA9FEFFFF, 0xA9FD0000, 0xA9FF0000, 0xA8FE0000]
+    for addr in samples:
+        for allow in (False, True):
+            assert reserved_destination(addr.to_bytes(4, "big"), allow) == by_ranges(addr, allow)
