@@ -48,7 +48,7 @@ from slicectl.core.rspec import TOTAL_CPU_SHARES, parse_rspec
 from slicectl.ipc.rpc import Client
 from slicectl.node.accounts import HostAccounts
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import install_programs, prepare, remove_programs, supervisor
+from slicectl.node.daemons import install_programs, prepare, remove_programs
 from slicectl.node.dockerd import Say
 from slicectl.node.nm.daemon import node_capacity
 
@@ -56,7 +56,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from slicectl.testbed.privnode import PRIVATE_STATE, create_network, log_path, private_config  # noqa: E402
+from slicectl.testbed.privnode import (  # noqa: E402
+    PRIVATE_STATE,
+    create_network,
+    log_path,
+    private_config,
+    reap_orphans,
+)
 from slicectl.testbed.privnode import cleanup as cleanup_private  # noqa: E402
 from tests.docker.conftest import NMHandle  # noqa: E402
 
@@ -761,7 +767,7 @@ def start_node(n: int) -> tuple[Node, NodeConfig]:
     policy = overcommit_for(n, engine.info()["DockerRootDir"])
     cfg.policy_path.write_text(yaml.safe_dump(policy))
     say("node policy for the bench: " + ", ".join(f"{k} {v:g}" for k, v in policy.items()))
-    supervisor().remove_orphans()  # programs of a private node whose owner died
+    reap_orphans(node_cfg, engine, say)  # what private nodes whose owner died left
     cfg = create_network(cfg, engine)
     install_programs(cfg, lambda d: log_path(cfg, d.name), os.getpid())
     handle = NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))

@@ -7,17 +7,20 @@ node's own node manager or another instance. Removal takes exactly what its node
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import socket
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import docker.errors
 import yaml
+from docker.models.containers import Container
 
 from slicectl.core.errors import EngineError
 from slicectl.core.labels import LABEL_NODE
@@ -69,11 +72,39 @@ def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:
     return cfg.state_dir.parent / f"{daemon}-{cfg.state_dir.name}.log"
 
 
+def reap_orphans(base: NodeConfig, engine: docker.DockerClient, say: Say | None = None) -> list[str]:
+    """Remove what private nodes whose owning process died (a test run or bench killed
+    with SIGKILL) left: their programs, containers, classes, chains, network, accounts and
+    directories. Returns their node ids."""
+    gone = supervisor().remove_orphans()
+    for node_id in gone:
+        kind, _, tag = node_id.partition("-")
+        if not tag:
+            continue
+        if say is not None:
+            say(f"removing what private node {node_id} left (its owner is gone)")
+        cleanup(private_config(base, engine, kind, tag), engine)
+    return gone
+
+
+def remove_labelled(engine: docker.DockerClient, label: str, jobs: int = 8) -> int:
+    """Remove every container carrying ``label`` (running or not), ``jobs`` at a time: an
+    interrupted bench can leave a thousand, and the engine removes them faster in
+    parallel. One already gone is fine. Returns how many were removed."""
+    def remove(c: Container) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            c.remove(force=True, v=True)
+
+    found = engine.containers.list(all=True, filters={"label": label})
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(remove, found))
+    return len(found)
+
+
 def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
     """Remove everything the instance made: containers, classes, chains, network,
     accounts, directories."""
-    for c in engine.containers.list(all=True, filters={"label": f"{LABEL_NODE}={cfg.node_id}"}):
-        c.remove(force=True, v=True)
+    remove_labelled(engine, f"{LABEL_NODE}={cfg.node_id}")
     if cfg.db_path.exists():
         NodeNetwork(Store(cfg.db_path), node_id=cfg.node_id, subnet=cfg.subnet,
                     bridge=cfg.bridge, ifb=cfg.ifb).teardown()
@@ -140,7 +171,7 @@ def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "tes
     os.chmod(PRIVATE_STATE, 0o755)
     say = say or Say(quiet=True)
     try:
-        supervisor().remove_orphans()
+        reap_orphans(base, engine, say)
         if policy is not None:
             parse_policy(dict(policy))  # refuse a bad policy before anything is made
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
