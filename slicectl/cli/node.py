@@ -37,6 +37,7 @@ from slicectl.node.daemons import (
 )
 from slicectl.node.dockerd import Say
 from slicectl.node.engine import engine_client
+from slicectl.node.nm.manager import NODE_SETTINGS
 from slicectl.node.services import ServiceRunner, start_services
 from slicectl.node.sshd import stop_sshd
 from slicectl.plc.credentials import NodeCredentials
@@ -299,6 +300,9 @@ def register(add: AddCommand) -> None:
     nsub.add_parser("restart", help="restart the node daemons (slivers keep running)")
     nsub.add_parser("down", help="stop the node daemons and sshd (slivers keep running)")
     output_flag(nsub.add_parser("status", help="the node manager's view of the node"))
-    st = nsub.add_parser("set", help="change a node setting live (net_cap_kbit)")
-    st.add_argument("name", choices=("net_cap_kbit",))
+    st = nsub.add_parser("set", help="change a node setting live: net_cap_kbit (the node's "
+                                     "outgoing cap), dormant_after_s (idle slivers stop "
+                                     "after this many seconds and wake at their next use; "
+                                     "0: never)")
+    st.add_argument("name", choices=NODE_SETTINGS)
     st.add_argument("value")

@@ -118,7 +118,9 @@ def exec_request(args: argparse.Namespace) -> tuple[bool, list[str]]:
 
 def cmd_exec(args: argparse.Namespace, cfg: NodeConfig) -> int:
     root, command = exec_request(args)
-    info = from_struct(SliverView, nm_client(cfg).call("get_sliver", args.slice))
+    nm = nm_client(cfg)
+    nm.call("wake", args.slice)  # a dormant sliver starts; a running one counts as used
+    info = from_struct(SliverView, nm.call("get_sliver", args.slice))
     argv = [DOCKER, "-H", cfg.engine_url, "exec", "-i"]
     if sys.stdin.isatty():
         argv.append("-t")

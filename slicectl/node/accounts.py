@@ -124,9 +124,9 @@ class HostAccounts:
 
     @staticmethod
     def write_login(home: Path, *, container: str, engine_sock: Path, uid: int,
-                    slice_name: str) -> None:
+                    slice_name: str, nm_sock: Path) -> None:
         info = {"container": container, "engine_sock": str(engine_sock), "uid": uid,
-                "home": f"/home/{slice_name}"}
+                "home": f"/home/{slice_name}", "slice": slice_name, "nm_sock": str(nm_sock)}
         _write_atomic(home / "login.json", json.dumps(info) + "\n", 0o644)
 
     @staticmethod

@@ -178,6 +178,19 @@ class SliverEngine:
     def version(self) -> str:
         return str(self.client.version().get("Version", ""))
 
+    @staticmethod
+    def pid_counts(cgroup_parent: str, container_ids: list[str]) -> dict[str, int]:
+        """Processes in each container's pids cgroup now (kernel files, no engine call);
+        a container that has none (not running) is left out."""
+        base = CGROUP_ROOT / "pids" / cgroup_parent.strip("/")
+        out: dict[str, int] = {}
+        for cid in container_ids:
+            try:
+                out[cid] = int((base / cid / "pids.current").read_text())
+            except (OSError, ValueError):
+                continue
+        return out
+
     def sliver_starts(self) -> Iterator[str]:
         """Slice names of this node's slivers as the engine starts them (blocks)."""
         filters = {"label": [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"],

@@ -223,6 +223,16 @@ class NodeNetwork:
                         log.info("slice %s: daily budget sets ceil to %d kbit/s", s.slice,
                                  plan.classes[0].ceil_kbit)
 
+    def sent(self, slice_name: str) -> tuple[int, int] | None:
+        """The (bytes, packets) its classes had sent at the last fold (None: none yet)."""
+        return self._folded.get(slice_name)
+
+    def park(self, slice_name: str) -> None:
+        """The sliver stopped and keeps its classes (it went dormant): forget its veth,
+        which went with it; :meth:`attach` at its next start finds the classes in place."""
+        with self._lock:
+            self._veths.pop(slice_name, None)
+
     def counters(self, slice_name: str) -> dict[str, int]:
         """Sent: today's totals (kept across restarts). Received: what the running sliver's
         veth delivered to it since it was attached (the host side's transmit counters)."""

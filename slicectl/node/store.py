@@ -80,7 +80,9 @@ CREATE TABLE IF NOT EXISTS settings (
 """
 
 #: Sliver states. ``creating``: recorded, container maybe not yet made or started.
-CREATING, RUNNING, STOPPED = "creating", "running", "stopped"
+#: ``dormant``: desired running, but stopped by the node for idleness until its next use
+#: (see :mod:`slicectl.node.nm.dormancy`).
+CREATING, RUNNING, STOPPED, DORMANT = "creating", "running", "stopped", "dormant"
 
 
 @dataclass(frozen=True)

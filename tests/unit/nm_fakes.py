@@ -35,6 +35,8 @@ class FakeEngine:
         self.calls: list[tuple[str, str]] = []
         self.services: dict[str, str] = {}
         self.fail_start: set[str] = set()
+        #: container id -> processes in its pids cgroup while it runs (default: init only)
+        self.pids: dict[str, int] = {}
         self.on_remove: list[Any] = []
         self._n = 0
 
@@ -78,6 +80,10 @@ class FakeEngine:
             hook(name)
         self.containers.pop(name, None)
 
+    def pid_counts(self, cgroup_parent: str, container_ids: list[str]) -> dict[str, int]:
+        running = {c.id for c in self.containers.values() if c.status == "running"}
+        return {cid: self.pids.get(cid, 2) for cid in container_ids if cid in running}
+
     def summaries(self) -> dict[str, dict[str, Any]]:
         return {c.plan.kwargs["labels"]["org.slicectl.slice"]:
                 {"State": c.status, "Id": c.id} for c in self.containers.values()}
@@ -112,7 +118,7 @@ class FakeAccounts:
         self.initscripts[etc.parent.name] = text
 
     def write_login(self, home: Path, *, container: str, engine_sock: Path, uid: int,
-                    slice_name: str) -> None:
+                    slice_name: str, nm_sock: Path) -> None:
         self.logins[slice_name] = container
 
 
@@ -123,6 +129,9 @@ class FakeNetwork:
         self.updates: list[NetIdentity] = []
         self.port_syncs: list[list[str]] = []
         self.ports: dict[str, NetIdentity] = {}
+        #: slice -> (bytes, packets) its classes sent, as the last poll folded them
+        self.sent_by: dict[str, tuple[int, int]] = {}
+        self.parked: list[str] = []
 
     @property
     def cap_kbit(self) -> int:
@@ -156,6 +165,12 @@ class FakeNetwork:
 
     def poll(self, slivers: list[NetIdentity]) -> None:
         pass
+
+    def sent(self, slice_name: str) -> tuple[int, int] | None:
+        return self.sent_by.get(slice_name)
+
+    def park(self, slice_name: str) -> None:
+        self.parked.append(slice_name)
 
     def counters(self, slice_name: str) -> dict[str, int]:
         return {"bytes_sent_today": 0}

@@ -26,6 +26,7 @@ METHODS: dict[str, str] = {
     "list": "list_slivers",
     "get_sliver": "get_sliver",
     "start": "start",
+    "wake": "wake",
     "stop": "stop",
     "destroy": "destroy",
     "release_name": "release_name",

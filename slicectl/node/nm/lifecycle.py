@@ -25,7 +25,7 @@ from slicectl.node.nm.callers import Caller, require_manage, require_name, requi
 from slicectl.node.nm.ports import DESTROYED, PortBook, identity_spec
 from slicectl.node.nm.rcaps import RcapBook
 from slicectl.node.nm.slicestate import SliceState, validate_attrs
-from slicectl.node.store import CREATING, RUNNING, RcapRow, SliverRow, Store
+from slicectl.node.store import CREATING, DORMANT, RUNNING, RcapRow, SliverRow, Store
 
 log = logging.getLogger("slicectl.node.nm")
 
@@ -224,6 +224,32 @@ class Slivers:
             self.engine.stop(cname)
         self.store.update_sliver(name, state=desired)
 
+    def make_dormant(self, name: str) -> None:
+        """Stop an idle sliver that is meant to run: its memory and its bridge port go,
+        its container, classes, ports and files stay (the caller holds its lock)."""
+        self.engine.stop(container_name(name))
+        self._attached.pop(name, None)
+        self.net.park(name)
+        self.store.update_sliver(name, state=DORMANT)
+
+    def wake(self, name: str) -> bool:
+        """Start a dormant sliver and give it its limits and network again (the caller
+        holds its lock). Returns whether it was dormant.
+
+        Raises:
+            StateError: the sliver is not meant to run (stopped, or still being made).
+        """
+        sliver = self.store.get_sliver(name)
+        if sliver.desired != RUNNING or sliver.state == CREATING:
+            raise StateError(f"slice {name}: expected a sliver meant to run, found it "
+                             f"{sliver.state} (desired {sliver.desired}); start it first")
+        if sliver.state != DORMANT:
+            return False
+        self.engine.start(container_name(name))
+        self.attach(sliver)
+        self.store.update_sliver(name, state=RUNNING)
+        return True
+
     def managed(self, caller: Caller, slice_name: object) -> SliverRow:
         """The sliver of ``slice_name`` if ``caller`` may manage it."""
         sliver = self.store.get_sliver(validate_slice_name(slice_name))
@@ -246,10 +272,13 @@ class Slivers:
             self.apply_resources(self.store.get_sliver(row.slice))
 
     def started(self, name: str) -> None:
-        """The engine (re)started a sliver on its own: give it its network again."""
+        """The engine (re)started a sliver on its own: give it its network again (a
+        dormant one, started from outside the node manager, is running again)."""
         with self.locked(name):
             sliver = self.store.find_sliver(name)
             if sliver is None or sliver.desired != RUNNING or sliver.state == CREATING:
                 return
             self.attach(sliver, unless_attached=True)
+            if sliver.state == DORMANT and name in self._attached:
+                self.store.update_sliver(name, state=RUNNING)
 

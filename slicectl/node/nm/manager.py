@@ -10,6 +10,7 @@ a part with its collaborators passed in:
 - :class:`~slicectl.node.nm.slicestate.SliceState`: a slice's keys, initscript, home;
 - :class:`~slicectl.node.nm.ports.PortBook`: reserved ports and socket claims;
 - :class:`~slicectl.node.nm.reconcile.Reconciler`: reconcile and expiry;
+- :class:`~slicectl.node.nm.dormancy.Dormancy`: idle slivers go dormant, and wake;
 - :class:`~slicectl.node.nm.views.Views`: what callers are shown;
 - :class:`~slicectl.node.nm.callers.Callers`: who is calling, and the rules of who may.
 """
@@ -39,6 +40,7 @@ from slicectl.node.nm.callers import (
     require_privileged,
     require_root,
 )
+from slicectl.node.nm.dormancy import Dormancy
 from slicectl.node.nm.lifecycle import Slivers
 from slicectl.node.nm.ports import DESTROYED, LIVE, PortBook
 from slicectl.node.nm.rcaps import RCAP, RcapBook
@@ -52,6 +54,8 @@ from slicectl.node.store import RUNNING, STOPPED, Store
 log = logging.getLogger("slicectl.node.nm")
 
 USAGE_KEEP_DAYS = 7
+#: What ``set_node`` changes.
+NODE_SETTINGS = ("net_cap_kbit", "dormant_after_s")
 
 
 class NodeManager:
@@ -78,10 +82,12 @@ class NodeManager:
         self.clock = clock
         self.rcaps = RcapBook(store, capacity, lambda: net.cap_kbit, clock, host_ports)
         self.ports = PortBook(store, net, self.rcaps, clock)
-        self.state = SliceState(cfg.slivers_dir, accounts, store, cfg.node_id, cfg.engine_sock)
+        self.state = SliceState(cfg.slivers_dir, accounts, store, cfg.node_id, cfg.engine_sock,
+                                cfg.nm_sock)
         self.slivers = Slivers(store, engine, net, self.state, self.rcaps, self.ports, facts,
                                sliver_xid_range(cfg.subnet)[1], clock)
         self.reconciler = Reconciler(store, self.slivers, clock)
+        self.dormancy = Dormancy(store, self.slivers, facts.cgroup_parent, clock)
         self.reports = ServiceReports(clock)
         self.views = Views(store, engine, net, self.rcaps, facts, capacity, cfg.node_id,
                            code_hash(), clock)
@@ -166,8 +172,20 @@ class NodeManager:
         name = validate_slice_name(slice_name)
         with self.slivers.locked(name):
             self.slivers.managed(caller, name)
+            if desired == RUNNING:
+                self.dormancy.used(name)
             self.slivers.set_desired(name, desired)
         return self.views.describe(name)
+
+    def wake(self, caller: Caller, slice_name: object) -> bool:
+        """Make a sliver that is meant to run ready to be entered: start it if it is
+        dormant, and count it as used now, so that it is not made dormant while a login
+        enters it (root: the login shell calls this; or the slice's creator). Returns
+        whether it was dormant."""
+        name = validate_slice_name(slice_name)
+        with self.slivers.locked(name):
+            self.slivers.managed(caller, name)
+            return self.dormancy.wake(name)
 
     def get_keys(self, caller: Caller, slice_name: object) -> list[str]:
         return self.slivers.managed(caller, slice_name).keys
@@ -207,7 +225,8 @@ class NodeManager:
         return self.views.list_slivers(caller)
 
     def status(self, caller: Caller) -> dict[str, Any]:
-        return self.views.status(caller)
+        return {**self.views.status(caller), "dormant_after_s": self.dormancy.after_s,
+                "dormant": self.dormancy.count()}
 
     # slice creation services ------------------------------------------------------------
 
@@ -258,11 +277,17 @@ class NodeManager:
     # the node ---------------------------------------------------------------------------
 
     def set_node(self, caller: Caller, name: object, value: object) -> dict[str, Any]:
-        """Change a node setting live (root on the node only). Settings: net_cap_kbit."""
+        """Change a node setting live (root on the node only): ``net_cap_kbit``, the node's
+        outgoing cap; ``dormant_after_s``, the idleness after which a sliver goes dormant
+        (0: never)."""
         if not caller.is_root:
             raise PermissionDenied(f"caller {caller.name}: node settings are for root on the node")
+        if name == "dormant_after_s":
+            after = self.dormancy.set_after(value)
+            log.info("node setting dormant_after_s = %d by %s", after, caller.name)
+            return self.status(caller)
         if name != "net_cap_kbit":
-            raise ValidationError("setting", "one of: net_cap_kbit", name)
+            raise ValidationError("setting", f"one of: {', '.join(NODE_SETTINGS)}", name)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000_000:
             raise ValidationError("net_cap_kbit", "an integer from 1 to 100000000", value)
         peak = self.rcaps.peak_guaranteed_kbit()
@@ -272,9 +297,11 @@ class NodeManager:
         return self.status(caller)
 
     def poll_network(self) -> None:
-        """Fold kernel traffic counters into the database; apply daily budgets."""
+        """Fold kernel traffic counters into the database; apply daily budgets; make
+        slivers idle long enough dormant."""
         self.net.poll(self.ports.identities(frozenset({RUNNING})))
         self.store.prune_usage(utc_day(self.clock() - USAGE_KEEP_DAYS * 86400))
+        self.dormancy.check()
 
     def reconcile(self) -> list[str]:
         """Finish binds a killed node manager left in ``creating``, recreate lost

@@ -10,12 +10,12 @@ from typing import Any
 from slicectl.core.containerplan import container_name
 from slicectl.node.nm.lifecycle import Slivers
 from slicectl.node.nm.ports import DESTROYED
-from slicectl.node.store import CREATING, RUNNING, SliverRow, Store
+from slicectl.node.store import CREATING, DORMANT, RUNNING, SliverRow, Store
 
 log = logging.getLogger("slicectl.node.nm")
 
-FINISH_DESTROY, CREATE, RECREATE, START, KEEP = (
-    "finish destroying", "finish creating", "recreate", "start", "keep")
+FINISH_DESTROY, CREATE, RECREATE, START, KEEP, AWAKE = (
+    "finish destroying", "finish creating", "recreate", "start", "keep", "mark running")
 
 
 def reconcile_step(sliver: SliverRow, summary: dict[str, Any] | None) -> str:
@@ -27,6 +27,8 @@ def reconcile_step(sliver: SliverRow, summary: dict[str, Any] | None) -> str:
         return CREATE
     if summary is None:
         return RECREATE
+    if sliver.state == DORMANT:  # stays dormant until its next use; started from outside
+        return AWAKE if summary.get("State") == "running" else KEEP
     if sliver.desired == RUNNING and summary.get("State") != "running":
         return START
     return KEEP
@@ -61,11 +63,14 @@ class Reconciler:
                         s.engine.start(container_name(name))
                         self.store.update_sliver(name, state=RUNNING)
                         actions.append(f"started {name}")
+                    elif step == AWAKE:
+                        self.store.update_sliver(name, state=RUNNING)
+                        actions.append(f"{name} is running again")
             except Exception as e:  # one broken sliver must not keep the node down
                 log.exception("reconcile %s failed", name)
                 actions.append(f"failed {name}: {e}")
         for sliver in self.store.slivers():
-            if sliver.desired == RUNNING:
+            if sliver.desired == RUNNING and sliver.state != DORMANT:
                 try:
                     s.attach(sliver)
                 except Exception as e:

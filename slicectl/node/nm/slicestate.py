@@ -63,15 +63,18 @@ class SliceState:
         store: the node's database (the attributes' record).
         node_id: written into each sliver's ``slice.json``.
         engine_sock: the engine socket the login shell enters slivers through.
+        nm_sock: the node manager's socket, through which the login shell wakes a dormant
+            sliver before it enters it.
     """
 
     def __init__(self, slivers_dir: Path, accounts: Accounts, store: Store, node_id: str,
-                 engine_sock: Path) -> None:
+                 engine_sock: Path, nm_sock: Path) -> None:
         self.slivers_dir = slivers_dir
         self.accounts = accounts
         self.store = store
         self.node_id = node_id
         self.engine_sock = engine_sock
+        self.nm_sock = nm_sock
 
     def home(self, name: str) -> Path:
         return self.slivers_dir / name
@@ -105,7 +108,8 @@ class SliceState:
 
     def write_login(self, name: str, container_id: str, uid: int) -> None:
         self.accounts.write_login(self.home(name), container=container_id,
-                                  engine_sock=self.engine_sock, uid=uid, slice_name=name)
+                                  engine_sock=self.engine_sock, uid=uid, slice_name=name,
+                                  nm_sock=self.nm_sock)
 
     def remove(self, name: str) -> None:
         """Remove the slice's host account and home."""

@@ -13,7 +13,13 @@ from slicectl.core.wire import SliverView
 from slicectl.node.nm.boundary import Engine, Network
 from slicectl.node.nm.callers import Caller, may_see, require_privileged, require_read
 from slicectl.node.nm.rcaps import RcapBook
-from slicectl.node.store import CREATING, RcapRow, Store
+from slicectl.node.store import CREATING, DORMANT, RcapRow, Store
+
+
+def shown_state(kept: str, engine_status: str) -> str:
+    """The state a sliver is shown in: the engine's, except that a sliver the node made
+    dormant shows ``dormant`` while its container is not running."""
+    return DORMANT if kept == DORMANT and engine_status != "running" else engine_status
 
 
 class Views:
@@ -53,13 +59,14 @@ class Views:
         )
         if summary is not None:
             nets = (summary.get("NetworkSettings") or {}).get("Networks") or {}
-            return replace(info, state=summary.get("State", sliver.state),
+            return replace(info, state=shown_state(sliver.state,
+                                                   summary.get("State", sliver.state)),
                            address=(nets.get(self.facts.network) or {}).get("IPAddress") or None)
         st = self.engine.state(container_name(name))
         if st is None:
             return replace(info, state=sliver.state if sliver.state == CREATING else "missing")
-        return replace(info, state=st.status, pid=st.pid, address=st.address,
-                       container_id=st.container_id)
+        return replace(info, state=shown_state(sliver.state, st.status), pid=st.pid,
+                       address=st.address, container_id=st.container_id)
 
     def get_sliver(self, caller: Caller, name: str) -> SliverView:
         require_read(caller, self.store.get_sliver(name))
