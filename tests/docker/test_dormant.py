@@ -14,6 +14,7 @@ import pytest
 from slicectl.core.netplan import parent_classid
 from slicectl.core.userns import SLIVER_LIMITS
 from slicectl.node import tc
+from slicectl.node.network import host_veth
 
 from .conftest import NMHandle, sliver_exec, wait_for
 from .test_ssh import ssh
@@ -29,7 +30,7 @@ def state(nm: NMHandle, name: str) -> str:
 def idle_sliver(nm: NMHandle, ssh_key: Path) -> dict[str, Any]:
     set_ = nm.cli("node", "set", "dormant_after_s", str(AFTER_S))
     assert set_.returncode == 0, set_.stderr
-    assert set_.stdout.strip() == f"dormant_after_s = {AFTER_S}"
+    assert set_.stdout.strip() == f"slicectl: dormant_after_s = {AFTER_S}"
     key = Path(f"{ssh_key}.pub").read_text().strip()
     rcap = nm.call("acquire", {"net_min_kbit": 100, "tcp_ports": [41234]})
     return dict(nm.call("bind", nm.slice("idle"), rcap, {"keys": [key]}))
@@ -38,10 +39,12 @@ def idle_sliver(nm: NMHandle, ssh_key: Path) -> dict[str, Any]:
 def test_an_idle_sliver_goes_dormant_and_keeps_its_classes(
         nm: NMHandle, engine: docker.DockerClient, idle_sliver: dict[str, Any]) -> None:
     name = idle_sliver["name"]
+    veth = host_veth(engine.containers.get(idle_sliver["container"]).attrs["State"]["Pid"])
+    assert Path(f"/sys/class/net/{veth}/brport").exists()
     wait_for(lambda: state(nm, name) == "dormant", timeout=AFTER_S + 15, what="dormancy")
     c = engine.containers.get(idle_sliver["container"])
     assert c.status == "exited" and not c.attrs["State"]["Pid"]
-    assert not c.attrs["NetworkSettings"]["SandboxKey"], "no veth on the bridge"
+    assert not Path(f"/sys/class/net/{veth}").exists(), "its port on the bridge is gone"
     assert parent_classid(idle_sliver["xid"]) in tc.read_classes(nm.cfg.ifb)
     shown = nm.cli("show", name)
     assert shown.returncode == 0 and "dormant" in shown.stdout, shown.stdout
@@ -64,9 +67,10 @@ def test_ssh_wakes_a_dormant_sliver_transparently(
     assert out.stdout.split() == ["awake", name]
     assert state(nm, name) == "running"
     # woken with its limits and network, as at its first start
-    code, text = sliver_exec(engine, idle_sliver["container"],
-                             ["cat", "/proc/sys/user/max_user_namespaces"])
-    assert code == 0 and int(text) == SLIVER_LIMITS["max_user_namespaces"]
+    for key, want in SLIVER_LIMITS.items():
+        code, text = sliver_exec(engine, idle_sliver["container"],
+                                 ["cat", f"/proc/sys/user/{key}"])
+        assert code == 0 and int(text) == want, key
     filters = subprocess.run(["tc", "filter", "show", "dev", nm.cfg.ifb], capture_output=True,
                              text=True, check=True).stdout
     assert filters.strip(), "its traffic goes through the node's classes again"
