@@ -41,11 +41,13 @@ class NodeCapacity:
     disk_overcommit: float = 2.0
     nproc_overcommit: float = 1.0
     nofile_overcommit: float = 1.0
+    cpu_overcommit: float = 1.0
 
     def pools(self) -> tuple[tuple[str, int, str], ...]:
         """(rspec field, what all outstanding reservations may sum to, its name)."""
         return (
-            ("cpu_share", self.cpu_shares, f"{self.cpu_shares} shares"),
+            ("cpu_share", int(self.cpu_shares * self.cpu_overcommit),
+             f"{self.cpu_shares} shares x {self.cpu_overcommit:g} overcommit"),
             ("net_min_kbit", self.net_cap_kbit,
              f"the node cap of {self.net_cap_kbit} kbit/s (guarantees)"),
             ("mem_mb", int(self.mem_mb * self.mem_overcommit),

@@ -30,6 +30,9 @@ class NodePolicy:
     #: ... and of processes and open files (1: the kernel's own limits).
     nproc_overcommit: float = 1.0
     nofile_overcommit: float = 1.0
+    #: ... and of CPU shares (1: shares are guarantees; more: a node of mostly dormant or
+    #: idle slivers admits more slivers than it has shares, as PlanetLab's nodes did).
+    cpu_overcommit: float = 1.0
     #: May slivers reach 169.254.0.0/16 (link-local, cloud metadata)?
     allow_link_local: bool = False
 

@@ -117,6 +117,17 @@ def test_overcommit_comes_from_node_policy() -> None:
         check(spec(mem_mb=16), {"a": spec(mem_mb=1000)}, strict)
 
 
+def test_cpu_shares_overcommit_from_node_policy() -> None:
+    full = {"a": spec(cpu_share=1000)}
+    with pytest.raises(AdmissionError, match=r"of 1000 shares x 1 overcommit"):
+        check(spec(cpu_share=1), full, CAP)
+    ten = NodeCapacity(mem_mb=24_000, disk_mb=40_000, cpu_overcommit=10.0)
+    check(spec(cpu_share=1000), {f"r{i}": spec(cpu_share=1000) for i in range(9)}, ten)
+    with pytest.raises(AdmissionError, match=r"^cpu_share: asked for 1, but only 0 of 1000 "
+                                             r"shares x 10 overcommit"):
+        check(spec(cpu_share=1), {f"r{i}": spec(cpu_share=1000) for i in range(10)}, ten)
+
+
 def test_peaks_sweep_matches_the_brute_force() -> None:
     import random
 

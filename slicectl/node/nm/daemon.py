@@ -76,6 +76,7 @@ def node_capacity(data_root: str, policy: NodePolicy) -> NodeCapacity:
         disk_overcommit=policy.disk_overcommit,
         nproc_overcommit=policy.nproc_overcommit,
         nofile_overcommit=policy.nofile_overcommit,
+        cpu_overcommit=policy.cpu_overcommit,
     )
 
 
