@@ -737,14 +737,16 @@ def summary(res: Results) -> None:
 # setup and cleanup ----------------------------------------------------------------------
 
 
-def overcommit_for(n: int, data_root: str) -> dict[str, float]:
-    """Overcommit factors (node policy) that admit ``n`` slivers of the default rspec on
-    this machine, never below the defaults: PlanetLab's nodes overcommitted so too, since
-    a sliver's reservation is a bound, not what it holds (the bench reports what it
-    holds)."""
-    spec = parse_rspec({}, time.time())
+def overcommit_for(n: int, data_root: str,
+                   rspec: dict[str, Any] | None = None) -> dict[str, float]:
+    """Overcommit factors (node policy) that admit ``n`` slivers of ``rspec`` (default:
+    the default rspec) on this machine, never below the defaults: PlanetLab's nodes
+    overcommitted so too, since a sliver's reservation is a bound, not what it holds (the
+    bench reports what it holds)."""
+    spec = parse_rspec(rspec or {}, time.time())
     cap = node_capacity(data_root, NodePolicy())
-    need = {"mem_overcommit": n * spec.mem_mb / cap.mem_mb,
+    need = {"cpu_overcommit": n * spec.cpu_share / cap.cpu_shares,
+            "mem_overcommit": n * spec.mem_mb / cap.mem_mb,
             "disk_overcommit": n * spec.disk_mb / cap.disk_mb,
             "nproc_overcommit": n * spec.nproc / cap.max_nproc,
             "nofile_overcommit": n * spec.nofile / cap.total_nofile}
