@@ -226,7 +226,8 @@ def host_rules(bridge: str, chains: dict[str, str], services: Iterable[tuple[str
 
 
 def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
-                   chains: dict[str, str], allow_link_local: bool = False) -> str:
+                   chains: dict[str, str], allow_link_local: bool = False,
+                   parked: frozenset[str] = frozenset(), wake_group: int | None = None) -> str:
     """iptables-restore text (for ``--noflush``) that replaces our chains' contents.
 
     - DNAT: connections to the node's own addresses on a reserved port go to its sliver;
@@ -236,7 +237,9 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
     - FWD: packets from slivers that conntrack finds INVALID are dropped (NAT never sees
       them, so they would leave with the sliver's private source address), as is traffic
       to link-local addresses unless node policy allows it; forwarded connections are let
-      through only to reserved ports.
+      through only to reserved ports; with ``wake_group``, the first packets of those to
+      the ``parked`` (dormant) slices are logged to that NFLOG group first (see
+      :func:`wake_rule`).
     """
     nat = ["*nat", f":{chains['dnat']} - [0:0]", f":{chains['snat']} - [0:0]"]
     fwd = chains["fwd"]
@@ -247,10 +250,43 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
         flt.append(f"-A {fwd} -i {bridge} -d {LINK_LOCAL} "
                    '-m comment --comment "slicectl link-local is not for slivers" '
                    "-j REJECT --reject-with icmp-admin-prohibited")
+    if wake_group is not None:
+        flt += [f"-A {wake_rule(g, bridge, chains, wake_group)}" for g in grants
+                if g.slice in parked]
     for g in grants:
         for table, rule in grant_rules(g, bridge, subnet, chains):
             (nat if table == "nat" else flt).append(f"-A {rule}")
     return "\n".join([*nat, "COMMIT", *flt, "COMMIT", ""])
+
+
+#: The NFLOG prefix of a wake rule, before the slice's name.
+WAKE_PREFIX = "slicectl-wake "
+
+
+def wake_rule(g: PortGrant, bridge: str, chains: dict[str, str], group: int) -> str:
+    """The filter rule (chain and rule, as ``-I``/``-D`` take them) that logs packets of
+    connections forwarded to a dormant sliver's reserved port to NFLOG ``group``, with the
+    slice in the prefix, so the node manager wakes it; at most 10 a second. It must come
+    before the port's ACCEPT; the packet goes on to the sliver, which is up within a
+    second, in time for the connection's first retransmission."""
+    return (f"{chains['fwd']} -d {g.address}/32 -o {bridge} -p {g.proto} -m {g.proto} "
+            f"--dport {g.port} -m conntrack --ctstate DNAT -m limit --limit 10/sec "
+            f'-m comment --comment "slicectl {g.slice}" -j NFLOG --nflog-prefix '
+            f'"{WAKE_PREFIX}{g.slice}" --nflog-group {group}')
+
+
+def wake_delta(old: Iterable[PortGrant], new: Iterable[PortGrant], bridge: str,
+               chains: dict[str, str], group: int) -> str | None:
+    """iptables-restore text (for ``--noflush``) that takes the wake rules of ``old``
+    grants out and puts those of ``new`` in (first in the chain), or None if no change."""
+    before, after = set(old), set(new)
+    if before == after:
+        return None
+    lines = [f"-D {wake_rule(g, bridge, chains, group)}"
+             for g in sorted(before - after, key=lambda g: (g.proto, g.port))]
+    lines += [f"-I {wake_rule(g, bridge, chains, group)}"
+              for g in sorted(after - before, key=lambda g: (g.proto, g.port))]
+    return "\n".join(["*filter", *lines, "COMMIT", ""])
 
 
 def jump_rules(chains: dict[str, str]) -> list[tuple[str, str, list[str]]]:

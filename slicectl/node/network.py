@@ -30,6 +30,7 @@ from slicectl.core.netplan import (
     port_grants,
     sliver_address,
     sliver_tc,
+    wake_delta,
 )
 from slicectl.core.rspec import RSpec
 from slicectl.node import firewall, tc
@@ -99,6 +100,10 @@ class NodeNetwork:
         self._grants: dict[str, tuple[PortGrant, ...]] = {}
         #: slice -> the last class counters folded in (an unchanged reading is skipped)
         self._folded: dict[str, tuple[int, int]] = {}
+        #: dormant slices: stopped, classes and ports kept (see :meth:`park`)
+        self._parked: set[str] = set()
+        #: the NFLOG group wake rules log to (None: connections wake no sliver)
+        self.wake_group: int | None = None
 
     @property
     def cap_kbit(self) -> int:
@@ -137,6 +142,7 @@ class NodeNetwork:
             veth = host_veth(pid)
             tc.redirect_to_ifb(veth, self.ifb)
             self._veths[ident.slice] = veth
+            self._unpark(ident.slice)
 
     def update(self, ident: NetIdentity) -> None:
         plan = self.plan(ident)
@@ -151,6 +157,7 @@ class NodeNetwork:
             tc.remove_sliver(self.ifb, self.plan(ident))
             self._veths.pop(ident.slice, None)
             self._folded.pop(ident.slice, None)
+            self._unpark(ident.slice)
 
     def apply_ports(self, slivers: list[NetIdentity]) -> None:
         """Rebuild the port manager's chains from the reserved ports of all slivers (at
@@ -158,7 +165,8 @@ class NodeNetwork:
         grants = port_grants((s.slice, self.address(s.xid), s.rspec) for s in slivers)
         with self._lock:
             firewall.apply(firewall_rules(grants, self.bridge, self.subnet, self.chains,
-                                          self.allow_link_local))
+                                          self.allow_link_local, frozenset(self._parked),
+                                          self.wake_group))
             self._grants = {}
             for g in grants:
                 self._grants[g.slice] = (*self._grants.get(g.slice, ()), g)
@@ -175,11 +183,13 @@ class NodeNetwork:
         new = () if ident is None else tuple(
             port_grants([(ident.slice, self.address(ident.xid), ident.rspec)]))
         with self._lock:
-            text = grants_delta(self._grants.get(slice_name, ()), new, self.bridge,
-                                self.subnet, self.chains)
+            old = self._grants.get(slice_name, ())
+            text = grants_delta(old, new, self.bridge, self.subnet, self.chains)
             if text is None:
                 return
             firewall.apply(text)
+            if slice_name in self._parked:
+                self._wake_rules(old, new)
             if new:
                 self._grants[slice_name] = new
             else:
@@ -228,10 +238,27 @@ class NodeNetwork:
         return self._folded.get(slice_name)
 
     def park(self, slice_name: str) -> None:
-        """The sliver stopped and keeps its classes (it went dormant): forget its veth,
-        which went with it; :meth:`attach` at its next start finds the classes in place."""
+        """The sliver stopped and keeps its classes and ports (it went dormant): forget
+        its veth, which went with it, and have connections to its reserved ports logged to
+        the wake group (:meth:`attach` at its next start finds the classes in place and
+        takes the wake rules out). Idempotent."""
         with self._lock:
             self._veths.pop(slice_name, None)
+            if slice_name not in self._parked:
+                self._parked.add(slice_name)
+                self._wake_rules((), self._grants.get(slice_name, ()))
+
+    def _unpark(self, slice_name: str) -> None:
+        if slice_name in self._parked:
+            self._parked.discard(slice_name)
+            self._wake_rules(self._grants.get(slice_name, ()), ())
+
+    def _wake_rules(self, old: tuple[PortGrant, ...], new: tuple[PortGrant, ...]) -> None:
+        if self.wake_group is None:
+            return
+        text = wake_delta(old, new, self.bridge, self.chains, self.wake_group)
+        if text is not None:
+            firewall.apply(text)
 
     def counters(self, slice_name: str) -> dict[str, int]:
         """Sent: today's totals (kept across restarts). Received: what the running sliver's

@@ -1,10 +1,12 @@
 """Dormant slivers on the real engine and kernel: an idle sliver stops and keeps its
-classes; ``ssh slice@node`` and ``start`` wake it; a login keeps it awake; a restarted
-node manager keeps it dormant."""
+classes; ``ssh slice@node``, ``start`` and a connection to a reserved port wake it; a
+login keeps it awake; a restarted node manager keeps it dormant."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from slicectl.core.userns import SLIVER_LIMITS
 from slicectl.node import tc
 from slicectl.node.network import host_veth
 
-from .conftest import NMHandle, sliver_exec, wait_for
+from .conftest import NMHandle, Outside, sliver_exec, wait_for
 from .test_ssh import ssh
 
 AFTER_S = 3
@@ -109,3 +111,43 @@ def test_start_wakes_and_a_restarted_node_manager_keeps_dormant(
     bad = nm.cli("node", "set", "dormant_after_s", "99999999")
     assert bad.returncode != 0
     assert "dormant_after_s: expected an integer from 0 (never) to 604800" in bad.stderr
+
+
+SERVE_ONCE = """#!/bin/sh
+# at every start: answer one connection on the reserved port, for at most 8 s
+cd /tmp && nohup timeout 8 python3 -c '
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", PORT))
+s.listen()
+c, _ = s.accept()
+c.recv(1000)
+c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\nawake\\n")
+c.close()
+' > /dev/null 2>&1 &
+"""
+
+
+def test_a_connection_to_a_reserved_port_wakes_a_dormant_sliver(
+        nm: NMHandle, engine: docker.DockerClient, outside: Outside) -> None:
+    port = 42000 + secrets.randbelow(1000)
+    assert nm.cli("node", "set", "dormant_after_s", str(AFTER_S)).returncode == 0
+    rcap = nm.call("acquire", {"tcp_ports": [port]})
+    info = nm.call("bind", nm.slice("portwake"), rcap,
+                   {"initscript": SERVE_ONCE.replace("PORT", str(port))})
+    name = info["name"]
+    wait_for(lambda: state(nm, name) == "dormant", timeout=AFTER_S + 30,
+             what="dormancy after the first start's server timed out")
+    save = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True,
+                          check=True).stdout
+    assert f'--nflog-prefix "slicectl-wake {name}"' in save
+    t0 = time.monotonic()
+    out = outside.run("curl", "-sS", "-m", "15", f"http://{outside.node_address}:{port}/",
+                      timeout=30)
+    took = time.monotonic() - t0
+    assert out.returncode == 0 and out.stdout == "awake\n", (out.stderr, took, nm.log()[-2000:])
+    assert state(nm, name) == "running"
+    save = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"slicectl-wake {name}" not in save, "the wake rule goes with the wake"

@@ -215,3 +215,32 @@ def test_the_engine_starting_a_dormant_sliver_makes_it_running(node: FakeNode) -
 ])
 def test_shown_state(kept: str, engine: str, shown: str) -> None:
     assert shown_state(kept, engine) == shown
+
+
+def test_a_connection_to_a_reserved_port_wakes_only_a_dormant_sliver(node: FakeNode) -> None:
+    clock = idle_node(node)
+    bound(node, "pl_web", tcp_ports=[8080])
+    bound(node, "pl_off")
+    look(node, clock, 0)
+    assert sorted(look(node, clock, 60)) == ["pl_off", "pl_web"]
+    node.nm.stop(ROOT, "pl_off")
+    node.engine.calls.clear()
+    node.nm.wake_on_connection("pl_off")     # stopped by its creator: stays stopped
+    node.nm.wake_on_connection("pl_gone")    # no such sliver: nothing
+    assert node.engine.calls == []
+    node.nm.wake_on_connection("pl_web")
+    assert node.engine.calls == [("start", "sliver-pl_web"), ("confine", "sliver-pl_web")]
+    assert node.store.get_sliver("pl_web").state == RUNNING
+    node.nm.wake_on_connection("pl_web")     # a second logged packet: already up
+    assert len(node.engine.calls) == 2
+
+
+def test_reconcile_parks_the_dormant_slivers_of_a_restarted_node_manager(
+        node: FakeNode) -> None:
+    clock = idle_node(node)
+    bound(node, "pl_a", tcp_ports=[8080])
+    look(node, clock, 0)
+    look(node, clock, 60)
+    node.net.parked.clear()
+    assert node.nm.reconcile() == []
+    assert node.net.parked == ["pl_a"]

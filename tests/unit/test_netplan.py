@@ -20,6 +20,8 @@ from slicectl.core.netplan import (
     root_classes,
     sliver_address,
     sliver_tc,
+    wake_delta,
+    wake_rule,
 )
 from slicectl.core.rspec import parse_rspec
 from slicectl.node.network import budget_ceil_kbit, utc_day
@@ -264,3 +266,44 @@ def test_budget_ceiling(used_kbyte: int, expect: int | None) -> None:
 def test_no_budget_no_ceiling() -> None:
     assert budget_ceil_kbit(parse_rspec({}, NOW), 10**12, NOW) is None
     assert utc_day(NOW) == "2027-01-15"
+
+
+def test_wake_rules_of_parked_slices_come_after_the_walls_and_before_the_accepts() -> None:
+    grants = [GRANT_A, GRANT_B, PortGrant("pl_up", "172.30.128.2", "tcp", 9000)]
+    chains = chain_names("node")
+    text = firewall_rules(grants, "slicectl0", "172.30.0.0/16", chains,
+                          parked=frozenset({"pl_web"}), wake_group=23552)
+    fwd = [ln for ln in text.splitlines() if ln.startswith("-A SLICECTL-FWD ")]
+    assert fwd[:2] == [WALLS["invalid"], WALLS["link-local"]]
+    assert fwd[2:4] == [f"-A {wake_rule(g, 'slicectl0', chains, 23552)}"
+                        for g in (GRANT_A, GRANT_B)]
+    assert all("-j ACCEPT" in ln for ln in fwd[4:]) and len(fwd[4:]) == 3
+    assert fwd[2] == ('-A SLICECTL-FWD -d 172.30.128.1/32 -o slicectl0 -p tcp -m tcp --dport '
+                      '8080 -m conntrack --ctstate DNAT -m limit --limit 10/sec -m comment '
+                      '--comment "slicectl pl_web" -j NFLOG --nflog-prefix "slicectl-wake '
+                      'pl_web" --nflog-group 23552')
+    # no group (the node manager could not bind one): no wake rules, the same accepts
+    plain = firewall_rules(grants, "slicectl0", "172.30.0.0/16", chains,
+                           parked=frozenset({"pl_web"}))
+    assert "NFLOG" not in plain
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "lines"),
+    [([], [], None),
+     ([GRANT_A], [GRANT_A], None),
+     ([], [GRANT_A, GRANT_B], ["-I A", "-I B"]),   # parked: its ports log, first in the chain
+     ([GRANT_A, GRANT_B], [], ["-D A", "-D B"]),   # woken or gone
+     ([GRANT_A], [GRANT_B], ["-D A", "-I B"])],
+)
+def test_wake_delta(old: list[PortGrant], new: list[PortGrant], lines: list[str] | None) -> None:
+    chains = chain_names("node")
+    text = wake_delta(old, new, "slicectl0", chains, 23552)
+    if lines is None:
+        assert text is None
+        return
+    assert text is not None
+    rule = {"A": wake_rule(GRANT_A, "slicectl0", chains, 23552),
+            "B": wake_rule(GRANT_B, "slicectl0", chains, 23552)}
+    expect = [f"{op} {rule[g]}" for op, g in (ln.split() for ln in lines)]
+    assert text.splitlines() == ["*filter", *expect, "COMMIT"]

@@ -13,8 +13,9 @@ from pathlib import Path
 from types import FrameType
 
 from slicectl.core.admission import NodeCapacity
+from slicectl.core.errors import EngineError
 from slicectl.core.labels import REFERENCE_REPO
-from slicectl.core.netplan import MAX_NET_XID
+from slicectl.core.netplan import MAX_NET_XID, WAKE_PREFIX
 from slicectl.core.policy import NodePolicy
 from slicectl.core.userns import host_limits, raised
 from slicectl.ipc.rpc import UnixXMLRPCServer
@@ -24,6 +25,7 @@ from slicectl.node.daemons import daemon_logging, remove_pidfile, write_pidfile
 from slicectl.node.dockerd import open_to_sliver_root, quota_mode
 from slicectl.node.engine import SliverEngine, engine_client
 from slicectl.node.network import NodeNetwork
+from slicectl.node.nflog import LogGroup, open_group
 from slicectl.node.nm.api import NodeManagerAPI
 from slicectl.node.nm.manager import NodeManager
 from slicectl.node.procfs import host_listeners, pin
@@ -132,6 +134,12 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     parts = build_node_manager(cfg)
     nm = parts.nm
     parts.accounts.ensure_group()
+    wakes: LogGroup | None = None
+    try:
+        wakes = open_group(cfg.node_id)
+        parts.net.wake_group = wakes.group
+    except EngineError as e:
+        log.warning("%s: connections to dormant slivers' ports will not wake them", e)
     parts.net.setup()
     nm.reconcile()
     server = UnixXMLRPCServer(cfg.nm_sock, NodeManagerAPI(nm), identify=pin,
@@ -163,6 +171,18 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
                 log.exception("engine event stream failed; reconnecting")
                 stop.wait(1)
 
+    def port_wakes(group: LogGroup) -> None:
+        # The wake rules log the first packets of connections to dormant slivers' ports.
+        while not stop.is_set():
+            try:
+                for prefix in group.read(timeout=1.0):
+                    name = prefix.removeprefix(WAKE_PREFIX)
+                    if prefix.startswith(WAKE_PREFIX) and name:
+                        nm.wake_on_connection(name)
+            except Exception:
+                log.exception("wake on connection failed")
+                stop.wait(1)
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: shutting down", signum)
         stop.set()
@@ -172,11 +192,15 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=expiry, name="expiry", daemon=True).start()
     threading.Thread(target=engine_events, name="events", daemon=True).start()
+    if wakes is not None:
+        threading.Thread(target=port_wakes, args=(wakes,), name="wakes", daemon=True).start()
     log.info("node manager %s serving on %s (pid %d)", cfg.node_id, cfg.nm_sock, os.getpid())
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()
+        if wakes is not None:
+            wakes.close()
         remove_pidfile(cfg.nm_pidfile)
         parts.store.close()
 

@@ -49,7 +49,7 @@ from slicectl.node.nm.reports import ServiceReports
 from slicectl.node.nm.slicestate import SliceState, validate_attrs, validate_initscript
 from slicectl.node.nm.views import Views
 from slicectl.node.procfs import PinnedPeer
-from slicectl.node.store import RUNNING, STOPPED, Store
+from slicectl.node.store import DORMANT, RUNNING, STOPPED, Store
 
 log = logging.getLogger("slicectl.node.nm")
 
@@ -199,6 +199,14 @@ class NodeManager:
         next one on (set within a moment of the bind, it may also run in the first boot)."""
         self.slivers.set_attrs(caller, slice_name, {"initscript": validate_initscript(text)})
         return True
+
+    def wake_on_connection(self, name: str) -> None:
+        """A connection came for a reserved port of dormant slice ``name`` (the node's
+        wake rule logged it): start the sliver, if it is still dormant."""
+        with self.slivers.locked(name):
+            sliver = self.store.find_sliver(name)
+            if sliver is not None and sliver.state == DORMANT and sliver.desired == RUNNING:
+                self.dormancy.wake(name)
 
     def set_info(self, caller: Caller, slice_name: object, info: object) -> bool:
         """A sliver's ``description`` and ``contacts`` (what the audit pages show of it)."""

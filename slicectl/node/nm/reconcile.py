@@ -66,6 +66,8 @@ class Reconciler:
                     elif step == AWAKE:
                         self.store.update_sliver(name, state=RUNNING)
                         actions.append(f"{name} is running again")
+                    elif sliver.state == DORMANT:  # its wake rules go in with the ports
+                        s.net.park(name)
             except Exception as e:  # one broken sliver must not keep the node down
                 log.exception("reconcile %s failed", name)
                 actions.append(f"failed {name}: {e}")
