@@ -227,7 +227,8 @@ def host_rules(bridge: str, chains: dict[str, str], services: Iterable[tuple[str
 
 def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
                    chains: dict[str, str], allow_link_local: bool = False,
-                   parked: frozenset[str] = frozenset(), wake_group: int | None = None) -> str:
+                   parked: frozenset[str] = frozenset(), wake_group: int | None = None,
+                   refused_prefixes: tuple[str, ...] = ()) -> str:
     """iptables-restore text (for ``--noflush``) that replaces our chains' contents.
 
     - DNAT: connections to the node's own addresses on a reserved port go to its sliver;
@@ -236,7 +237,9 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
       masqueraded so the reply returns the same way;
     - FWD: packets from slivers that conntrack finds INVALID are dropped (NAT never sees
       them, so they would leave with the sliver's private source address), as is traffic
-      to link-local addresses unless node policy allows it; forwarded connections are let
+      to link-local addresses unless node policy allows it, and to the prefixes node
+      policy refuses (``refused_prefixes``, the site's own network, say); forwarded
+      connections are let
       through only to reserved ports; with ``wake_group``, the first packets of those to
       the ``parked`` (dormant) slices are logged to that NFLOG group first (see
       :func:`wake_rule`).
@@ -250,6 +253,9 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
         flt.append(f"-A {fwd} -i {bridge} -d {LINK_LOCAL} "
                    '-m comment --comment "slicectl link-local is not for slivers" '
                    "-j REJECT --reject-with icmp-admin-prohibited")
+    flt += [f"-A {fwd} -i {bridge} -d {prefix} "
+            '-m comment --comment "slicectl policy refused_prefixes" '
+            "-j REJECT --reject-with icmp-admin-prohibited" for prefix in refused_prefixes]
     if wake_group is not None:
         flt += [f"-A {wake_rule(g, bridge, chains, wake_group)}" for g in grants
                 if g.slice in parked]

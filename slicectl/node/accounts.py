@@ -56,7 +56,8 @@ def validate_contacts(contacts: object) -> list[str]:
     return list(contacts)
 
 
-def _write_atomic(path: Path, text: str, mode: int) -> None:
+def write_atomic(path: Path, text: str, mode: int) -> None:
+    """Replace ``path`` with ``text`` at once (a reader sees the old file or the new)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.chmod(tmp, mode)
@@ -120,18 +121,18 @@ class HostAccounts:
 
     @staticmethod
     def write_keys(home: Path, keys: list[str]) -> None:
-        _write_atomic(home / "authorized_keys", "".join(k + "\n" for k in keys), 0o644)
+        write_atomic(home / "authorized_keys", "".join(k + "\n" for k in keys), 0o644)
 
     @staticmethod
     def write_login(home: Path, *, container: str, engine_sock: Path, uid: int,
                     slice_name: str, nm_sock: Path) -> None:
         info = {"container": container, "engine_sock": str(engine_sock), "uid": uid,
                 "home": f"/home/{slice_name}", "slice": slice_name, "nm_sock": str(nm_sock)}
-        _write_atomic(home / "login.json", json.dumps(info) + "\n", 0o644)
+        write_atomic(home / "login.json", json.dumps(info) + "\n", 0o644)
 
     @staticmethod
     def write_initscript(etc: Path, text: str) -> None:
         if text:
-            _write_atomic(etc / "rc.vinit", text if text.endswith("\n") else text + "\n", 0o755)
+            write_atomic(etc / "rc.vinit", text if text.endswith("\n") else text + "\n", 0o755)
         else:
             (etc / "rc.vinit").unlink(missing_ok=True)

@@ -344,6 +344,15 @@ def start_host_daemons(cfg: NodeConfig, say: Say,
         start_daemon(cfg, d, ready, say, log_for(d))
 
 
+def restart_running(cfg: NodeConfig, say: Say) -> list[str]:
+    """Restart those of the node's daemons that run now, in order (so that they read the
+    node policy again); the names of those restarted. Slivers keep running."""
+    running = [(d, ready) for d, ready in HOST_DAEMONS if stop_daemon(cfg, d)]
+    for d, ready in running:
+        start_daemon(cfg, d, ready, say)
+    return [d.name for d, _ in running]
+
+
 def stop_host_daemons(cfg: NodeConfig) -> list[str]:
     """Stop the daemons in reverse order; the names of those that were running."""
     return [d.name for d, _ in reversed(HOST_DAEMONS) if stop_daemon(cfg, d)]

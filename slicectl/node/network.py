@@ -82,8 +82,12 @@ class NodeNetwork:
     def __init__(self, store: Store, *, node_id: str, subnet: str, bridge: str, ifb: str,
                  clock: Callable[[], float] = time.time,
                  sliver_services: tuple[tuple[str, int], ...] = (),
-                 allow_link_local: bool = False) -> None:
+                 allow_link_local: bool = False, cap_max_kbit: int = 0,
+                 refused_prefixes: tuple[str, ...] = ()) -> None:
         self.store = store
+        #: node policy: the bound on the cap (0: none), destinations slivers never reach
+        self.cap_max_kbit = cap_max_kbit
+        self.refused_prefixes = refused_prefixes
         #: (proto, port) of host services meant for slivers (the sensor server, DNS).
         self.sliver_services = sliver_services
         self.allow_link_local = allow_link_local
@@ -107,7 +111,9 @@ class NodeNetwork:
 
     @property
     def cap_kbit(self) -> int:
-        return int(self.store.setting("net_cap_kbit", str(DEFAULT_CAP_KBIT)))
+        """The node's outgoing cap: as set, never above node policy's bound."""
+        cap = int(self.store.setting("net_cap_kbit", str(DEFAULT_CAP_KBIT)))
+        return min(cap, self.cap_max_kbit) if self.cap_max_kbit else cap
 
     def setup(self) -> None:
         tc.ensure_tree(self.ifb, self.cap_kbit)
@@ -166,7 +172,7 @@ class NodeNetwork:
         with self._lock:
             firewall.apply(firewall_rules(grants, self.bridge, self.subnet, self.chains,
                                           self.allow_link_local, frozenset(self._parked),
-                                          self.wake_group))
+                                          self.wake_group, self.refused_prefixes))
             self._grants = {}
             for g in grants:
                 self._grants[g.slice] = (*self._grants.get(g.slice, ()), g)

@@ -12,6 +12,7 @@ from typing import Any
 from slicectl.core.admission import NodeCapacity
 from slicectl.core.containerplan import ContainerPlan, NodeFacts
 from slicectl.core.errors import EngineError
+from slicectl.core.policy import NodePolicy
 from slicectl.ipc.peer import Peer
 from slicectl.node.config import NodeConfig
 from slicectl.node.nm.boundary import NetIdentity, SliverStatus
@@ -185,7 +186,8 @@ class FakeNode:
     store: Store
 
 
-def fake_node(tmp: Path, now: float = 1_800_000_000.0) -> FakeNode:
+def fake_node(tmp: Path, now: float = 1_800_000_000.0,
+              policy: NodePolicy | None = None) -> FakeNode:
     cfg = NodeConfig(node_id="n1", state_dir=tmp / "state", run_dir=tmp / "run",
                      engine_sock=tmp / "docker.sock")
     cfg.slivers_dir.mkdir(parents=True)
@@ -195,7 +197,7 @@ def fake_node(tmp: Path, now: float = 1_800_000_000.0) -> FakeNode:
     store = Store(cfg.db_path)
     engine, accounts, net = FakeEngine(), FakeAccounts(), FakeNetwork()
     nm = NodeManager(cfg, store, engine, accounts, facts, NodeCapacity(mem_mb=24_000,
-                     disk_mb=100_000), net, clock=lambda: now)
+                     disk_mb=100_000), net, clock=lambda: now, policy=policy)
     return FakeNode(nm, engine, accounts, net, store)
 
 

@@ -111,10 +111,12 @@ def build_node_manager(cfg: NodeConfig) -> NodeParts:
     store = Store(cfg.db_path)
     net = NodeNetwork(store, node_id=cfg.node_id, subnet=cfg.subnet, bridge=cfg.bridge,
                       ifb=cfg.ifb, sliver_services=cfg.sliver_services(),
-                      allow_link_local=policy.allow_link_local)
+                      allow_link_local=policy.allow_link_local,
+                      cap_max_kbit=policy.net_cap_max_kbit,
+                      refused_prefixes=policy.refused_prefixes)
     accounts = HostAccounts()
     nm = NodeManager(cfg, store, engine, accounts, facts, capacity, net,
-                     host_ports=host_listeners)
+                     host_ports=host_listeners, policy=policy)
     return NodeParts(nm, engine, accounts, net, store, policy)
 
 

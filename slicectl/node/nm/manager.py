@@ -27,6 +27,7 @@ from slicectl.core.admission import NodeCapacity
 from slicectl.core.containerplan import NodeFacts
 from slicectl.core.errors import NotFoundError, PermissionDenied, StateError, ValidationError
 from slicectl.core.netplan import sliver_xid_range
+from slicectl.core.policy import NodePolicy
 from slicectl.core.rspec import validate_slice_name
 from slicectl.core.wire import NetEntry, RcapInfo, SliverView
 from slicectl.node.accounts import validate_keys
@@ -71,13 +72,17 @@ class NodeManager:
         net: the node's sliver network (bandwidth classes, ports, counters).
         clock: returns the current time (tests pass their own).
         host_ports: the host's own listening (proto, port)s, which no rcap may reserve.
+        policy: the local administrator's node policy (slices and sites it refuses, the
+            bound on the node's cap); PLC's view never overrides it.
     """
 
     def __init__(self, cfg: NodeConfig, store: Store, engine: Engine, accounts: Accounts,
                  facts: NodeFacts, capacity: NodeCapacity, net: Network,
                  clock: Callable[[], float] = time.time,
-                 host_ports: Callable[[], frozenset[tuple[str, int]]] = frozenset) -> None:
+                 host_ports: Callable[[], frozenset[tuple[str, int]]] = frozenset,
+                 policy: NodePolicy | None = None) -> None:
         self.store = store
+        self.policy = policy or NodePolicy()
         self.net = net
         self.clock = clock
         self.rcaps = RcapBook(store, capacity, lambda: net.cap_kbit, clock, host_ports)
@@ -132,8 +137,12 @@ class NodeManager:
         """Bind ``rcap`` to a slice: create and start its sliver, or add to an existing one.
 
         ``attrs`` may carry keys, contacts, description and initscript for a new sliver
-        (for an existing one, they replace the current values).
+        (for an existing one, they replace the current values). A slice or site the node's
+        policy refuses is refused, whoever asks.
         """
+        refusal = self.policy.refusal(validate_slice_name(slice_name))
+        if refusal is not None:
+            raise PermissionDenied(refusal)
         return self.views.describe(self.slivers.bind(caller, slice_name, rcap, attrs))
 
     def destroy(self, caller: Caller, slice_name: object) -> bool:
@@ -298,6 +307,10 @@ class NodeManager:
             raise ValidationError("setting", f"one of: {', '.join(NODE_SETTINGS)}", name)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000_000:
             raise ValidationError("net_cap_kbit", "an integer from 1 to 100000000", value)
+        bound = self.policy.net_cap_max_kbit
+        if bound and value > bound:
+            raise ValidationError("net_cap_kbit", f"at most the {bound} kbit/s this node's "
+                                  "policy allows (net_cap_max_kbit)", value)
         peak = self.rcaps.peak_guaranteed_kbit()
         with self.rcaps.lock:
             self.net.set_cap(value, peak, self.ports.identities(LIVE | {DESTROYED}))

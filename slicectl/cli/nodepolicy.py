@@ -1,0 +1,62 @@
+"""``slicectl node policy show|set``: the local administrator's node policy.
+
+The machine's owner (host root) sets it; PLC's view never overrides it. ``set`` checks the
+whole policy, writes the file at once and restarts the node daemons that run now (the node
+manager, the admin sniffer, the shim), which read it at start; slivers keep running.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from slicectl.cli.common import output_flag, print_json
+from slicectl.core.policy import NodePolicy, policy_data, with_setting
+from slicectl.node.accounts import write_atomic
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import restart_running
+from slicectl.node.dockerd import Say
+
+
+def register(nsub: Any) -> None:
+    p = nsub.add_parser("policy", help="the local administrator's node policy (show, set)")
+    psub = p.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
+    output_flag(psub.add_parser("show", help="every setting and its value"))
+    st = psub.add_parser("set", help="change one setting (lists: comma-separated, empty for "
+                                     "none); restarts the node daemons that run")
+    st.add_argument("key")
+    st.add_argument("value")
+
+
+def shown(value: object) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cmd_policy(args: argparse.Namespace, cfg: NodeConfig, say: Say) -> int:
+    policy = cfg.policy()
+    if args.policy_cmd == "show":
+        data = policy_data(policy)
+        if args.output == "json":
+            print_json({"path": str(cfg.policy_path), "policy": data})
+        else:
+            print(f"{'path:':28}{cfg.policy_path}")
+            for key, value in data.items():
+                print(f"{key + ':':28}{shown(value)}")
+        return 0
+    new = with_setting(policy, args.key, args.value)
+    defaults = policy_data(NodePolicy())
+    kept = {k: v for k, v in policy_data(new).items() if v != defaults[k]}
+    cfg.policy_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(cfg.policy_path, yaml.safe_dump(kept, sort_keys=True) if kept else "{}\n",
+                 0o644)
+    say(f"{args.key} = {shown(policy_data(new)[args.key])}")
+    restarted = restart_running(cfg, say)
+    say(f"restarted {', '.join(restarted)} to read it; slivers keep running" if restarted
+        else "no node daemon runs; the policy applies at their next start")
+    return 0
