@@ -26,6 +26,8 @@ class SliceInfo:
     name: str
     description: str = ""
     contacts: tuple[str, ...] = ()
+    #: for a sliver meant to be stopped: when, by whom and why ("" otherwise)
+    stopped: str = ""
 
 
 class Source(Protocol):
@@ -93,7 +95,15 @@ class Directory:
             return SliceInfo(name)
         contacts = got.get("contacts") or []
         return SliceInfo(name, str(got.get("description") or ""),
-                         tuple(str(c) for c in contacts))
+                         tuple(str(c) for c in contacts), stopped_text(got.get("stopped")))
+
+
+def stopped_text(stopped: object) -> str:
+    """``stopped`` of a sliver as the NM gives it, in a line: when, by whom, why."""
+    if not isinstance(stopped, dict):
+        return ""
+    why = f": {stopped.get('reason')}" if stopped.get("reason") else ""
+    return f"stopped {stopped.get('at', '')} by {stopped.get('by', '')}{why}"
 
 
 def nm_directory(sock: Path, ttl_s: float = 30.0) -> Directory:

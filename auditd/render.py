@@ -116,6 +116,11 @@ def folded_html(rows: Sequence[dict[str, Any]], w: Window, rows_per_minute: int,
             f"records are kept whole.</p>{table(rows, w, 'folded')}")
 
 
+def stopped_html(stopped: str) -> str:
+    """A sliver's stop (when, by whom, why: by PLC, say), or nothing for one that runs."""
+    return f'<p class="stopped">This slice is {e(stopped)}.</p>' if stopped else ""
+
+
 def contacts_html(contacts: Sequence[str]) -> str:
     if not contacts:
         return '<span class="small">no contact on record</span>'

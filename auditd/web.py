@@ -195,8 +195,8 @@ async def destination(request: web.Request) -> web.Response:
         reader.drops()))
     infos = [await app[DIRECTORY].slice(n) for n in dict.fromkeys(row["slice"] for row in rows)]
     doc = {"dst": ip, "from": q.iso(w.start), "to": q.iso(w.end), "rows": rows,
-           "slices": {i.name: {"description": i.description, "contacts": list(i.contacts)}
-                      for i in infos},
+           "slices": {i.name: {"description": i.description, "contacts": list(i.contacts),
+                               "stopped": i.stopped} for i in infos},
            "records": records, "records_total": total, "folded": folded, "drops": drops,
            "health": health(app)}
 
@@ -204,6 +204,7 @@ async def destination(request: web.Request) -> web.Response:
         who = "".join(
             f'<div class="slice"><h3>{r.link(r.slice_href(i.name, w), i.name)}</h3>'
             f'<p class="description">{r.e(i.description or "(no description)")}</p>'
+            f"{r.stopped_html(i.stopped)}"
             f"<p>Contacts: {r.contacts_html(i.contacts)}</p></div>" for i in infos)
         return r.page(f"Traffic to {ip}", "".join([
             f"<h1>Traffic to {r.e(ip)}</h1>",
@@ -235,12 +236,14 @@ async def slice_page(request: web.Request) -> web.Response:
         q.series(reader, w, slice_name=name)))
     info = await app[DIRECTORY].slice(name)
     doc = {"slice": name, "description": info.description, "contacts": list(info.contacts),
-           "from": q.iso(w.start), "to": q.iso(w.end), "rows": rows, "folded": folded}
+           "stopped": info.stopped, "from": q.iso(w.start), "to": q.iso(w.end), "rows": rows,
+           "folded": folded}
 
     def html() -> str:
         return r.page(f"Traffic from {name}", "".join([
             f"<h1>Traffic from slice {r.e(name)}</h1>",
             f'<p class="description">{r.e(info.description or "(no description)")}</p>',
+            r.stopped_html(info.stopped),
             f"<p>Contacts: {r.contacts_html(info.contacts)}</p>",
             f"<p>From {r.e(doc['from'])} to {r.e(doc['to'])}.</p>",
             r.chart_svg(step, series, w), r.table(rows, w, "from-slice"),

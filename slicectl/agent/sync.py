@@ -27,6 +27,8 @@ log = logging.getLogger("slicectl.agent")
 
 #: ``nm(method, *args)``: a call on the node manager (ipc.rpc.Client.call).
 NM = Callable[..., Any]
+#: Why the agent stops a sliver: PLC disabled the slice (its ``enabled`` tag <= 0).
+STOP_REASON = "stopped by PLC: the slice's enabled tag is 0 or less"
 
 
 @dataclass
@@ -136,8 +138,10 @@ def apply(nm: NM, action: Action, record: Record) -> None:
     elif action.kind == "set_info":
         nm("set_info", name, _info_struct(w))
         record.made[name]["info"] = {"description": w.info[0], "contacts": list(w.info[1])}
-    elif action.kind in ("stop", "start"):
-        nm(action.kind, name)
+    elif action.kind == "stop":
+        nm("stop", name, STOP_REASON)
+    elif action.kind == "start":
+        nm("start", name)
 
 
 def converge(nm: NM, view: dict[str, Any], record: Record, path: Path,

@@ -16,7 +16,7 @@ import docker
 from slicectl.agent.bundle import SLIVER_LOG
 from slicectl.agent.install import AGENT_SLICE, ensure_agent_sliver
 from slicectl.agent.join import join
-from slicectl.cli import nodepolicy
+from slicectl.cli import localadmin
 from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_json
 from slicectl.core.errors import (
     ConnectionFailed,
@@ -218,7 +218,9 @@ def cmd_node(args: argparse.Namespace, cfg: NodeConfig) -> int:
             _demo_slice(cfg, say)
         say(f"node up in {time.monotonic() - started:.1f}s")
     elif args.node_cmd == "policy":
-        return nodepolicy.cmd_policy(args, cfg, say)
+        return localadmin.cmd_policy(args, cfg, say)
+    elif args.node_cmd == "events":
+        return localadmin.cmd_events(args, cfg)
     elif args.node_cmd == "join":
         _join(cfg, args, say)
     elif args.node_cmd == "prepare":
@@ -309,4 +311,5 @@ def register(add: AddCommand) -> None:
                                      "0: never)")
     st.add_argument("name", choices=NODE_SETTINGS)
     st.add_argument("value")
-    nodepolicy.register(nsub)
+    localadmin.register(nsub)
+    localadmin.register_events(nsub)

@@ -68,6 +68,10 @@ def cmd_show(args: argparse.Namespace, cfg: NodeConfig) -> int:
         if isinstance(value, list):
             value = ", ".join(value) or "-"
         print(f"{key + ':':13}{value if value not in (None, '') else '-'}")
+    stopped = info.get("stopped")
+    if stopped:
+        why = f": {stopped['reason']}" if stopped.get("reason") else ""
+        print(f"{'stopped:':13}{stopped['at']} by {stopped['by']}{why}")
     print("rspec:")
     for key, value in sorted(info["rspec"].items()):
         print(f"  {key + ':':20}{value}")

@@ -70,6 +70,9 @@ class SliverView:
     keys: int
     rcaps: list[str]
     net: dict[str, Any]
+    #: for a sliver that is meant to be stopped: who stopped it, when and why
+    #: (``by``, ``at``, ``reason``); None otherwise
+    stopped: dict[str, str] | None = None
 
 
 def to_struct(value: Any) -> Any:
@@ -122,6 +125,9 @@ def from_struct(cls: type[R], data: object) -> R:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data and f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+            continue
         if f.name not in data:
             raise ValidationError(f"{name}.{f.name}", "a field of the struct", "none",
                                   as_text=True)

@@ -77,7 +77,19 @@ CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      REAL NOT NULL,
+    who     TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    slice   TEXT,
+    detail  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_slice ON events (slice, id);
 """
+
+#: Events kept: the oldest go as new ones come past this many.
+EVENTS_KEPT = 100_000
 
 #: Sliver states. ``creating``: recorded, container maybe not yet made or started.
 #: ``dormant``: desired running, but stopped by the node for idleness until its next use
@@ -109,6 +121,18 @@ class SliverRow:
     contacts: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     initscript: str = ""
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One thing done to the node or a sliver: when, by whom, what, to which slice."""
+
+    id: int
+    at: float
+    who: str
+    action: str
+    slice: str | None
+    detail: str
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -340,6 +364,33 @@ class Store:
         with self.tx() as db:
             db.execute("INSERT INTO settings(name, value) VALUES (?, ?) ON CONFLICT(name) DO "
                        "UPDATE SET value = excluded.value", (name, value))
+
+    # events ---------------------------------------------------------------------------
+
+    def add_event(self, at: float, who: str, action: str, slice_name: str | None,
+                  detail: str = "") -> None:
+        with self.tx() as db:
+            cur = db.execute("INSERT INTO events(at, who, action, slice, detail) "
+                             "VALUES (?, ?, ?, ?, ?)", (at, who, action, slice_name, detail))
+            if cur.lastrowid and cur.lastrowid % 1000 == 0:
+                db.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - EVENTS_KEPT,))
+
+    def events(self, slice_name: str | None = None, limit: int = 100,
+               actions: tuple[str, ...] = ()) -> list[EventRow]:
+        """The latest ``limit`` events, oldest first (of one slice, of some actions)."""
+        where, args = [], []
+        if slice_name is not None:
+            where.append("slice = ?")
+            args.append(slice_name)
+        if actions:
+            where.append(f"action IN ({', '.join('?' * len(actions))})")
+            args += actions
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self.tx() as db:
+            rows = db.execute(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?",
+                              (*args, limit)).fetchall()
+        return [EventRow(r["id"], r["at"], r["who"], r["action"], r["slice"], r["detail"])
+                for r in reversed(rows)]
 
     # traffic counters ---------------------------------------------------------------
 

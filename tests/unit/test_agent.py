@@ -204,6 +204,7 @@ class FakeNM:
             self.slivers[name]["info"] = (args[1]["description"], args[1]["contacts"])
         elif method in ("stop", "start"):
             self.slivers[name]["desired"] = "running" if method == "start" else "stopped"
+            self.slivers[name]["why"] = args[1] if len(args) > 1 else ""
         return True
 
 
@@ -214,6 +215,7 @@ def test_converge_makes_renews_rekeys_and_removes(tmp_path: Path) -> None:
     out = converge(nm, view, rec, path, NOW)
     assert out.failed == [] and out.done == ["create pu_a", "create pu_b", "stop pu_b"]
     assert nm.slivers["pu_b"]["desired"] == "stopped"
+    assert nm.slivers["pu_b"]["why"] == "stopped by PLC: the slice's enabled tag is 0 or less"
     assert nm.rcaps[nm.slivers["pu_a"]["rcaps"][0]] == {"cpu_share": 20, "end": iso(NOW + 3600)}
     # nothing changed: nothing done
     assert converge(nm, view, Record.load(path), path, NOW).done == []

@@ -32,8 +32,12 @@ EVIL = '<script>alert("x")</script><b onmouseover=alert(1)>'
 SLIVERS = {
     "site_one": {"description": "measures latency " + EVIL,
                  "contacts": ["alice@example.org", "bob+pl@example.net"]},
-    "site_two": {"description": "a CDN", "contacts": ["carol@example.com"]},
+    "site_two": {"description": "a CDN", "contacts": ["carol@example.com"],
+                 "stopped": {"by": "slice:slicectl_agent", "at": "2027-01-15T08:00:00Z",
+                             "reason": "stopped by PLC: the slice's enabled tag is 0 or less"}},
 }
+STOPPED_LINE = ("This slice is stopped 2027-01-15T08:00:00Z by slice:slicectl_agent: stopped by "
+                "PLC: the slice's enabled tag is 0 or less.")
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Any]
@@ -181,6 +185,18 @@ async def test_destination_page_names_slices_descriptions_and_contacts(
     assert [row[1] for row in records_table[1:]] == ["site_two", "site_one", "site_one",
                                                      "site_one"]
     assert records_table[-1][6] == "S"
+
+
+async def test_a_slice_stopped_by_plc_says_so_and_when(
+        aiohttp_client: MakeClient, tmp_path: Path, nm_sock: Path, sniffer: FakeSniffer) -> None:
+    client = await fed(aiohttp_client, tmp_path, nm_sock, sniffer)
+    for path in ("/dst/198.18.0.2", "/slice/site_two"):
+        text = " ".join(parse(await (await client.get(path)).text()).text)
+        assert STOPPED_LINE in text, path
+    one = " ".join(parse(await (await client.get("/slice/site_one")).text()).text)
+    assert "This slice is stopped" not in one
+    doc = await (await client.get("/slice/site_two.json")).json()
+    assert doc["stopped"] == STOPPED_LINE.removeprefix("This slice is ").removesuffix(".")
 
 
 async def test_descriptions_with_markup_show_as_text(

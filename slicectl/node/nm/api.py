@@ -35,6 +35,7 @@ METHODS: dict[str, str] = {
     "set_initscript": "set_initscript",
     "set_info": "set_info",
     "status": "status",
+    "events": "events",
     "report_service": "report_service",
     "services": "services",
     "set_node": "set_node",

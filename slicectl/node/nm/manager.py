@@ -29,6 +29,7 @@ from slicectl.core.errors import NotFoundError, PermissionDenied, StateError, Va
 from slicectl.core.netplan import sliver_xid_range
 from slicectl.core.policy import NodePolicy
 from slicectl.core.rspec import validate_slice_name
+from slicectl.core.units import iso
 from slicectl.core.wire import NetEntry, RcapInfo, SliverView
 from slicectl.node.accounts import validate_keys
 from slicectl.node.config import NodeConfig
@@ -142,8 +143,34 @@ class NodeManager:
         """
         refusal = self.policy.refusal(validate_slice_name(slice_name))
         if refusal is not None:
+            self.event(caller.name, "refused", str(slice_name), refusal)
             raise PermissionDenied(refusal)
-        return self.views.describe(self.slivers.bind(caller, slice_name, rcap, attrs))
+        name = self.slivers.bind(caller, slice_name, rcap, attrs)
+        self.event(caller.name, "bind", name)
+        return self.views.describe(name)
+
+    def event(self, who: str, action: str, slice_name: str | None, detail: str = "") -> None:
+        """Record what was done, by whom (``slicectl node events`` shows it)."""
+        self.store.add_event(self.clock(), who, action, slice_name, detail)
+
+    def events(self, caller: Caller, slice_name: object = "", limit: object = 100
+               ) -> list[dict[str, Any]]:
+        """The latest events (oldest first): of the node, for root and the node services;
+        of one sliver, also for its creator and the slice itself."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError("limit", "an integer from 1 to 10000", limit)
+        if slice_name == "":
+            if not caller.reads_all:
+                raise PermissionDenied(f"caller {caller.name}: the node's events are for root "
+                                       "and the node services; ask for one slice's")
+            rows = self.store.events(limit=limit)
+        else:
+            name = validate_slice_name(slice_name)
+            if not caller.reads_all:
+                self.views.get_sliver(caller, name)  # may it see the sliver?
+            rows = self.store.events(name, limit)
+        return [{"at": iso(r.at), "who": r.who, "action": r.action, "slice": r.slice or "",
+                 "detail": r.detail} for r in rows]
 
     def destroy(self, caller: Caller, slice_name: object) -> bool:
         """Stop and remove a sliver and free every resource bound to it."""
@@ -151,6 +178,7 @@ class NodeManager:
         with self.slivers.locked(name):
             self.slivers.managed(caller, name)
             self.slivers.destroy(name)
+        self.event(caller.name, "destroy", name)
         log.info("destroy %s by %s", name, caller.name)
         return True
 
@@ -174,16 +202,22 @@ class NodeManager:
     def start(self, caller: Caller, slice_name: object) -> SliverView:
         return self._set_desired(caller, slice_name, RUNNING)
 
-    def stop(self, caller: Caller, slice_name: object) -> SliverView:
-        return self._set_desired(caller, slice_name, STOPPED)
+    def stop(self, caller: Caller, slice_name: object, reason: object = "") -> SliverView:
+        """Stop a sliver; ``reason`` (at most 200 characters) is kept with who stopped it
+        and when, and shown with the sliver (``stopped``) and on the audit pages."""
+        if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
+            raise ValidationError("reason", "printable text of at most 200 characters", reason)
+        return self._set_desired(caller, slice_name, STOPPED, reason)
 
-    def _set_desired(self, caller: Caller, slice_name: object, desired: str) -> SliverView:
+    def _set_desired(self, caller: Caller, slice_name: object, desired: str,
+                     reason: str = "") -> SliverView:
         name = validate_slice_name(slice_name)
         with self.slivers.locked(name):
             self.slivers.managed(caller, name)
             if desired == RUNNING:
                 self.dormancy.used(name)
             self.slivers.set_desired(name, desired)
+        self.event(caller.name, "start" if desired == RUNNING else "stop", name, reason)
         return self.views.describe(name)
 
     def wake(self, caller: Caller, slice_name: object) -> bool:
@@ -194,13 +228,18 @@ class NodeManager:
         name = validate_slice_name(slice_name)
         with self.slivers.locked(name):
             self.slivers.managed(caller, name)
-            return self.dormancy.wake(name)
+            woke = self.dormancy.wake(name)
+        if woke:
+            self.event(caller.name, "wake", name)
+        return woke
 
     def get_keys(self, caller: Caller, slice_name: object) -> list[str]:
         return self.slivers.managed(caller, slice_name).keys
 
     def set_keys(self, caller: Caller, slice_name: object, keys: object) -> bool:
-        self.slivers.set_attrs(caller, slice_name, {"keys": validate_keys(keys)})
+        checked = validate_keys(keys)
+        self.slivers.set_attrs(caller, slice_name, {"keys": checked})
+        self.event(caller.name, "set_keys", str(slice_name), f"{len(checked)} keys")
         return True
 
     def set_initscript(self, caller: Caller, slice_name: object, text: object) -> bool:
@@ -216,6 +255,7 @@ class NodeManager:
             sliver = self.store.find_sliver(name)
             if sliver is not None and sliver.state == DORMANT and sliver.desired == RUNNING:
                 self.dormancy.wake(name)
+                self.event("node", "wake", name, "a connection to a reserved port")
 
     def set_info(self, caller: Caller, slice_name: object, info: object) -> bool:
         """A sliver's ``description`` and ``contacts`` (what the audit pages show of it)."""
@@ -301,6 +341,7 @@ class NodeManager:
             raise PermissionDenied(f"caller {caller.name}: node settings are for root on the node")
         if name == "dormant_after_s":
             after = self.dormancy.set_after(value)
+            self.event(caller.name, "set", None, f"dormant_after_s={after}")
             log.info("node setting dormant_after_s = %d by %s", after, caller.name)
             return self.status(caller)
         if name != "net_cap_kbit":
@@ -314,6 +355,7 @@ class NodeManager:
         peak = self.rcaps.peak_guaranteed_kbit()
         with self.rcaps.lock:
             self.net.set_cap(value, peak, self.ports.identities(LIVE | {DESTROYED}))
+        self.event(caller.name, "set", None, f"net_cap_kbit={value}")
         log.info("node setting net_cap_kbit = %d by %s", value, caller.name)
         return self.status(caller)
 
@@ -322,7 +364,8 @@ class NodeManager:
         slivers idle long enough dormant."""
         self.net.poll(self.ports.identities(frozenset({RUNNING})))
         self.store.prune_usage(utc_day(self.clock() - USAGE_KEEP_DAYS * 86400))
-        self.dormancy.check()
+        for name in self.dormancy.check():
+            self.event("node", "dormant", name, f"idle for {self.dormancy.after_s} s")
 
     def reconcile(self) -> list[str]:
         """Finish binds a killed node manager left in ``creating``, recreate lost
@@ -331,7 +374,11 @@ class NodeManager:
         return self.reconciler.reconcile()
 
     def expire(self) -> list[str]:
-        return self.reconciler.expire()
+        done = self.reconciler.expire()
+        for action in done:
+            if action.startswith("expired slice "):
+                self.event("node", "expire", action.removeprefix("expired slice "))
+        return done
 
     def caller_for(self, peer: PinnedPeer) -> Caller:
         """Identify a peer pinned at connect time: host root, a sliver of this node, or

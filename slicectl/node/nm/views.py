@@ -13,7 +13,7 @@ from slicectl.core.wire import SliverView
 from slicectl.node.nm.boundary import Engine, Network
 from slicectl.node.nm.callers import Caller, may_see, require_privileged, require_read
 from slicectl.node.nm.rcaps import RcapBook
-from slicectl.node.store import CREATING, DORMANT, RcapRow, Store
+from slicectl.node.store import CREATING, DORMANT, STOPPED, RcapRow, Store
 
 
 def shown_state(kept: str, engine_status: str) -> str:
@@ -56,6 +56,7 @@ class Views:
             contacts=sliver.contacts, description=sliver.description,
             keys=len(sliver.keys), rcaps=[r.rcap for r in rows],
             net={"address": self.net.address(sliver.xid), **self.net.counters(name)},
+            stopped=self.stopped(name) if sliver.desired == STOPPED else None,
         )
         if summary is not None:
             nets = (summary.get("NetworkSettings") or {}).get("Networks") or {}
@@ -67,6 +68,13 @@ class Views:
             return replace(info, state=sliver.state if sliver.state == CREATING else "missing")
         return replace(info, state=shown_state(sliver.state, st.status), pid=st.pid,
                        address=st.address, container_id=st.container_id)
+
+    def stopped(self, name: str) -> dict[str, str] | None:
+        """Who stopped the sliver, when and why (its last stop event)."""
+        last = self.store.events(name, 1, ("stop",))
+        if not last:
+            return None
+        return {"by": last[0].who, "at": iso(last[0].at), "reason": last[0].detail}
 
     def get_sliver(self, caller: Caller, name: str) -> SliverView:
         require_read(caller, self.store.get_sliver(name))

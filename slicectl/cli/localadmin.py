@@ -1,4 +1,5 @@
-"""``slicectl node policy show|set``: the local administrator's node policy.
+"""``slicectl node policy show|set`` (the local administrator's node policy) and ``slicectl
+node events`` (what was done to the node, by whom).
 
 The machine's owner (host root) sets it; PLC's view never overrides it. ``set`` checks the
 whole policy, writes the file at once and restarts the node daemons that run now (the node
@@ -16,8 +17,26 @@ from slicectl.cli.common import output_flag, print_json
 from slicectl.core.policy import NodePolicy, policy_data, with_setting
 from slicectl.node.accounts import write_atomic
 from slicectl.node.config import NodeConfig
-from slicectl.node.daemons import restart_running
+from slicectl.node.daemons import nm_client, restart_running
 from slicectl.node.dockerd import Say
+
+
+def register_events(nsub: Any) -> None:
+    p = nsub.add_parser("events", help="what was done to the node and its slivers, by whom")
+    p.add_argument("--slice", default="", help="only this slice's")
+    p.add_argument("-n", type=int, default=50, metavar="N", help="the latest N (default 50)")
+    output_flag(p)
+
+
+def cmd_events(args: argparse.Namespace, cfg: NodeConfig) -> int:
+    rows = nm_client(cfg).call("events", args.slice, args.n)
+    if args.output == "json":
+        print_json(rows)
+        return 0
+    for e in rows:
+        detail = f"  {e['detail']}" if e["detail"] else ""
+        print(f"{e['at']}  {e['who']:24}  {e['action']:9} {e['slice'] or '-':24}{detail}")
+    return 0
 
 
 def register(nsub: Any) -> None:
