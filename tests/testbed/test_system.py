@@ -207,3 +207,34 @@ def fault(call: Callable[[], Any]) -> str:
 def test_a_slice_the_pi_may_not_make_is_refused_by_plc(site: Site) -> None:
     msg = fault(lambda: site.call(site.user, "AddSlice", {"name": "sys_byuser"}))
     assert msg
+
+
+def test_plc_stops_a_slice_everywhere_and_the_audit_pages_say_who_and_when(site: Site) -> None:
+    tb = site.tb
+    name = site.slice("halt")
+    try:
+        for node in tb.nodes:
+            until(lambda n=node: ssh_ok(site.pi.key, name, n), APPEAR_S, f"{name} on {node.name}")
+        root, auth = tb.proxy(), tb.root_auth()
+        tag = root.AddSliceTag(auth, name, "enabled", "0")
+        for node in tb.nodes:  # bench/testbed_bench.py measures how fast; here: it happens
+            until(lambda n=node: tb.slicectl(n, "show", name)["desired"] == "stopped", 20,
+                  f"{name} stopped on {node.name}", pause=0.2)
+            info = tb.slicectl(node, "show", name)
+            assert info["stopped"]["by"] == "slice:slicectl_agent"
+            assert info["stopped"]["reason"].startswith("stopped by PLC")
+            assert not ssh_ok(site.pi.key, name, node)
+        url = f"http://{tb.nodes[0].address}/slice/{name}?format=json"
+
+        def stopped() -> str:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return str(json.loads(r.read().decode()).get("stopped", ""))
+
+        until(lambda: "by slice:slicectl_agent: stopped by PLC" in stopped(), 60,
+              f"the audit page of {name} saying it was stopped", pause=2)
+        root.UpdateSliceTag(auth, tag, "1")
+        for node in tb.nodes:
+            until(lambda n=node: ssh_ok(site.pi.key, name, n), APPEAR_S,
+                  f"{name} running again on {node.name}")
+    finally:
+        site.call(site.pi, "DeleteSlice", name)
