@@ -136,7 +136,7 @@ def test_a_complaint_leads_to_the_slice_and_its_owner(
     doc = json.loads(auditor.get(f"/dst/{outside.address}.json?{query}"))
     assert [[str(v) for v in r.values()] for r in doc["rows"]] == rows[1:]
     assert doc["slices"][culprit] == {"description": "latency study " + EVIL,
-                                      "contacts": ["alice@example.org"]}
+                                      "contacts": ["alice@example.org"], "stopped": ""}
     assert doc["drops"]["kernel"] == 0 and doc["drops"]["auditor"] == 0
     assert doc["records_total"] == 7
     assert {(r["src"], r["sport"], r["dport"]) for r in doc["records"]} == {
