@@ -20,9 +20,9 @@ from slicectl.core.containerplan import (
 from slicectl.core.errors import StateError
 from slicectl.core.rspec import RSpec, validate_slice_name
 from slicectl.core.units import iso
-from slicectl.node.nm.boundary import Engine, NetIdentity, Network
+from slicectl.node.nm.boundary import Engine, Network
 from slicectl.node.nm.callers import Caller, require_manage, require_name, require_privileged
-from slicectl.node.nm.ports import DESTROYED, PortBook, identity_spec
+from slicectl.node.nm.ports import DESTROYED, PortBook
 from slicectl.node.nm.rcaps import RcapBook
 from slicectl.node.nm.slicestate import SliceState, validate_attrs
 from slicectl.node.store import CREATING, DORMANT, RUNNING, RcapRow, SliverRow, Store
@@ -85,11 +85,6 @@ class Slivers:
         with lock:
             yield
 
-    def ident(self, sliver: SliverRow, spec: RSpec | None = None) -> NetIdentity:
-        if spec is None:
-            spec = identity_spec([r.rspec for r in self.store.rcaps(sliver.slice)], self.clock())
-        return NetIdentity(sliver.slice, sliver.xid, spec)
-
     def attach(self, sliver: SliverRow, spec: RSpec | None = None, *,
                unless_attached: bool = False) -> None:
         """Give a running sliver its user-namespace limits and bandwidth classes
@@ -101,7 +96,7 @@ class Slivers:
             if unless_attached and self._attached.get(sliver.slice) == int(st.pid):
                 return
             self.engine.confine(name, int(st.pid))
-            self.net.attach(self.ident(sliver, spec), int(st.pid))
+            self.net.attach(self.ports.ident(sliver, spec), int(st.pid))
             self._attached[sliver.slice] = int(st.pid)
 
     # bind ---------------------------------------------------------------------------
@@ -189,7 +184,7 @@ class Slivers:
         self.engine.update(cname, resources)
         if st.status == "running":
             self.engine.read_back(cname, resources)
-        self.net.update(self.ident(sliver, spec))
+        self.net.update(self.ports.ident(sliver, spec))
         self.ports.sync_slice(sliver.slice, spec)
 
     def teardown(self, name: str) -> None:
@@ -199,7 +194,7 @@ class Slivers:
         self._attached.pop(name, None)
         sliver = self.store.find_sliver(name)
         if sliver is not None:
-            self.net.detach(self.ident(sliver))
+            self.net.detach(self.ports.ident(sliver))
         self.state.remove(name)
 
     # lifecycle ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from slicectl.core.rspec import RSpec, combine, parse_rspec, validate_slice_name
 from slicectl.core.wire import NetEntry
 from slicectl.node.nm.boundary import NetIdentity, Network
 from slicectl.node.nm.rcaps import RcapBook
-from slicectl.node.store import RUNNING, STOPPED, Store
+from slicectl.node.store import RUNNING, STOPPED, SliverRow, Store
 
 log = logging.getLogger("slicectl.node.nm")
 
@@ -51,6 +51,13 @@ class PortBook:
         return [NetIdentity(s.slice, s.xid, identity_spec(by_slice.get(s.slice, []), now))
                 for s in self.store.slivers() if s.desired in desired]
 
+    def ident(self, sliver: SliverRow, spec: RSpec | None = None) -> NetIdentity:
+        """One sliver's network identity (``spec``: its combined rspec, if just read;
+        else its rcaps are read)."""
+        if spec is None:
+            spec = identity_spec([r.rspec for r in self.store.rcaps(sliver.slice)], self.clock())
+        return NetIdentity(sliver.slice, sliver.xid, spec)
+
     def sync(self) -> None:
         """Make the port manager's chains match the reserved ports of all slivers."""
         self.net.apply_ports(self.identities())
@@ -61,11 +68,8 @@ class PortBook:
         (a rule removed from outside) rebuilds the chains from all slivers. ``spec``: the
         slice's combined rspec, if the caller has just read it."""
         sliver = self.store.find_sliver(name)
-        ident = None
-        if sliver is not None and sliver.desired in LIVE:
-            if spec is None:
-                spec = identity_spec([r.rspec for r in self.store.rcaps(name)], self.clock())
-            ident = NetIdentity(name, sliver.xid, spec)
+        ident = self.ident(sliver, spec) if sliver is not None and sliver.desired in LIVE \
+            else None
         try:
             self.net.apply_slice_ports(name, ident)
         except SlicectlError as e:
