@@ -310,6 +310,8 @@ class Results:
     bind: list[float] = field(default_factory=list)
     bare: list[float] = field(default_factory=list)
     bare_crun: list[float] = field(default_factory=list)
+    #: why crun, though registered, could not start a container here ("" if it could)
+    crun_error: str = ""
     bare_disk_kib: float | None = None
     n: int = 0
     jobs: int = 1
@@ -363,10 +365,24 @@ def bare_create_start(node: Node, runtime: str | None = None) -> tuple[float, An
             storage_opt={"size": "2G"}, cgroup_parent=node.cfg.cgroup_parent,
             runtime=runtime,
         )
-        c.start()
+        try:
+            c.start()
+        except BaseException:
+            c.remove(force=True, v=True)
+            raise
         return c
 
     return timed(go)
+
+
+def crun_works(node: Node) -> str | None:
+    """None if a bare container starts under crun here, else the engine's reason."""
+    try:
+        _, c = bare_create_start(node, "crun")
+    except docker.errors.APIError as e:
+        return str(e.explanation or e)
+    c.remove(force=True, v=True)
+    return None
 
 
 def sliver_bind(node: Node, name: str, nm: Client | None = None) -> float:
@@ -381,8 +397,12 @@ def sliver_bind(node: Node, name: str, nm: Client | None = None) -> float:
 
 def bench_bind(node: Node, rounds: int, res: Results) -> None:
     crun = "crun" in node.engine.info().get("Runtimes", {})
+    if crun and (why := crun_works(node)) is not None:
+        say(f"crun is registered with the engine but does not start a container here: {why}")
+        res.crun_error = why
+        crun = False
     say(f"[2/3] bind-to-running vs bare docker create+start: {rounds} rounds "
-        "(+1 untimed warm-up), alternating" + ("" if crun else
+        "(+1 untimed warm-up), alternating" + ("" if crun or res.crun_error else
         "; crun is not registered with the engine (install it, then restart the engine: "
         "slicectl node down && slicectl node up)"))
     for i in range(-1, rounds):
@@ -732,6 +752,8 @@ def summary(res: Results) -> None:
                          f"{ms(statistics.median(few))} -> {ms(statistics.median(full))} ms",
                          ok(r, TARGET_FLAT_RATIO)])
     table("summary", ["metric", "measured", "target", "paper/baseline", "ok?"], rows)
+    if res.crun_error:
+        say(f"crun: not measured, it does not start containers on this machine ({res.crun_error})")
 
 
 # setup and cleanup ----------------------------------------------------------------------
