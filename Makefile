@@ -49,3 +49,4 @@ bench: venv
 	$(BIN)/python bench/sensor_bench.py
 	$(BIN)/python bench/raw_bench.py
 	$(BIN)/python bench/plc_bench.py
+	$(BIN)/python bench/dormant_bench.py --slivers 1000 --wakes 50
