@@ -25,7 +25,13 @@ def set_policy(nm: NMHandle, key: str, value: str) -> str:
 
 def test_a_refused_site_cannot_bind_and_a_bad_value_changes_nothing(nm: NMHandle) -> None:
     site = nm.slice("x").split("_", 1)[0]
+    early = nm.call("bind", nm.slice("early"), nm.call("acquire", {}))["name"]
     set_policy(nm, "refused_sites", f"{site},othersite")
+    info = nm.call("get_sliver", early)  # bound before the refusal: stopped, and says why
+    assert (info["state"], info["desired"]) == ("exited", "stopped")
+    assert info["stopped"]["by"] == "node" and "refused_sites" in info["stopped"]["reason"]
+    with pytest.raises(PermissionDenied, match="refused_sites"):
+        nm.call("start", early)
     with pytest.raises(PermissionDenied, match=f"refused by this node's policy "
                                                rf"\(refused_sites: {site}\)"):
         nm.call("bind", nm.slice("web"), nm.call("acquire", {}))
@@ -37,6 +43,7 @@ def test_a_refused_site_cannot_bind_and_a_bad_value_changes_nothing(nm: NMHandle
     assert json.loads(nm.cli("node", "policy", "show", "-o", "json").stdout) == shown
     set_policy(nm, "refused_sites", "")
     assert nm.call("bind", nm.slice("web"), nm.call("acquire", {}))["state"] == "running"
+    assert nm.call("start", early)["state"] == "running"
 
 
 def test_a_refused_prefix_is_unreachable_from_slivers(

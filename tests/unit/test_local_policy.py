@@ -12,7 +12,7 @@ from slicectl.core.netplan import chain_names, firewall_rules
 from slicectl.core.policy import NodePolicy, parse_policy, policy_data, setting_value, with_setting
 from slicectl.node.network import NodeNetwork
 from slicectl.node.store import Store
-from tests.unit.nm_fakes import END, ROOT, fake_node, privileged
+from tests.unit.nm_fakes import END, ROOT, bound, fake_node, privileged
 
 pytestmark = pytest.mark.unit
 
@@ -105,3 +105,24 @@ def test_refused_prefixes_are_walls_before_any_accept() -> None:
     assert fwd[2:] == [f'-A SLICECTL-FWD -i slicectl0 -d {p} -m comment --comment "slicectl '
                        'policy refused_prefixes" -j REJECT --reject-with icmp-admin-prohibited'
                        for p in ("192.0.2.0/24", "198.51.100.0/24")]
+
+
+def test_a_slice_refused_after_its_bind_is_stopped_at_start_and_cannot_start(
+        tmp_path: Path) -> None:
+    node = fake_node(tmp_path)
+    agent = privileged("pl_agent")
+    bound(node, "evil_web", by=agent)
+    bound(node, "pl_fine", by=agent)
+    # the owner refuses the site; the node manager restarts and reads the new policy
+    node.nm.policy = NodePolicy(refused_sites=("evil",))
+    assert node.nm.reconcile() == [
+        "stopped evil_web: slice evil_web: refused by this node's policy (refused_sites: evil)"]
+    assert node.engine.containers["sliver-evil_web"].status == "exited"
+    assert node.engine.containers["sliver-pl_fine"].status == "running"
+    view = node.nm.get_sliver(ROOT, "evil_web")
+    assert view.desired == "stopped" and view.stopped is not None
+    assert view.stopped["by"] == "node" and "refused_sites" in view.stopped["reason"]
+    with pytest.raises(PermissionDenied, match="refused_sites"):
+        node.nm.start(agent, "evil_web")
+    assert node.nm.reconcile() == []
+    node.nm.destroy(agent, "evil_web")  # what is there may still be removed

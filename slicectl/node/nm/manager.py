@@ -212,6 +212,9 @@ class NodeManager:
     def _set_desired(self, caller: Caller, slice_name: object, desired: str,
                      reason: str = "") -> SliverView:
         name = validate_slice_name(slice_name)
+        refusal = self.policy.refusal(name) if desired == RUNNING else None
+        if refusal is not None:
+            raise PermissionDenied(refusal)
         with self.slivers.locked(name):
             self.slivers.managed(caller, name)
             if desired == RUNNING:
@@ -370,8 +373,24 @@ class NodeManager:
     def reconcile(self) -> list[str]:
         """Finish binds a killed node manager left in ``creating``, recreate lost
         containers, start slivers that should run, finish destroys, and remove our
-        containers and accounts that no sliver row claims."""
-        return self.reconciler.reconcile()
+        containers and accounts that no sliver row claims; then stop the slivers of
+        slices the node's policy now refuses."""
+        return self.reconciler.reconcile() + self.apply_refusals()
+
+    def apply_refusals(self) -> list[str]:
+        """Stop the slivers meant to run of slices the node's policy refuses (refused
+        after they were bound); the reason names the policy. Returns what was done."""
+        done = []
+        for s in self.store.slivers():
+            why = self.policy.refusal(s.slice)
+            if why is None or s.desired != RUNNING:
+                continue
+            with self.slivers.locked(s.slice):
+                self.slivers.set_desired(s.slice, STOPPED)
+            self.event("node", "stop", s.slice, why)
+            log.info("reconcile: stopped %s: %s", s.slice, why)
+            done.append(f"stopped {s.slice}: {why}")
+        return done
 
     def expire(self) -> list[str]:
         done = self.reconciler.expire()
