@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -187,25 +187,42 @@ def read_classes(ifb: str) -> dict[int, ClassStats]:
         body = TCMSG.pack(socket.AF_UNSPEC, idx, 0, 0, 0)
         sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_GETTCLASS,
                                     NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        while True:
-            data = sock.recv(1 << 20)
-            offset = 0
-            while offset + NLMSG_HEADER.size <= len(data):
-                length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
-                if length < NLMSG_HEADER.size:
-                    raise EngineError(f"tc classes of {ifb}: a netlink answer of {length} "
-                                      "bytes in the dump")
+        for kind, data, start, end in replies(sock, f"tc classes of {ifb}", 1 << 20):
+            if kind == RTM_NEWTCLASS:
+                stats = _decode_class(data, start, end)
+                out[stats.classid] = stats
+    return out
+
+
+def replies(sock: socket.socket, what: str, bufsize: int, seq: int | None = None,
+            fine: tuple[int, ...] = (0,)) -> Iterator[tuple[int, bytes, int, int]]:
+    """(type, datagram, payload start, payload end) of each netlink answer to request
+    ``seq`` (None: to any), until the kernel says done or acks; an error whose errno is
+    not in ``fine`` raises.
+
+    Raises:
+        EngineError: naming ``what``, for a malformed answer or an error.
+    """
+    while True:
+        data = sock.recv(bufsize)
+        offset = 0
+        while offset + NLMSG_HEADER.size <= len(data):
+            length, kind, _, got_seq, _ = NLMSG_HEADER.unpack_from(data, offset)
+            if length < NLMSG_HEADER.size or offset + length > len(data):
+                raise EngineError(f"{what}: a netlink answer of {length} bytes in a datagram "
+                                  f"of {len(data) - offset}, expected at least "
+                                  f"{NLMSG_HEADER.size} and at most the datagram")
+            if seq is None or got_seq == seq:
                 if kind == NLMSG_DONE:
-                    return out
+                    return
                 if kind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0]
-                    if code == 0:
-                        return out
-                    raise EngineError(f"tc classes of {ifb}: cannot dump them (errno {code})")
-                if kind == RTM_NEWTCLASS:
-                    stats = _decode_class(data, offset + NLMSG_HEADER.size, offset + length)
-                    out[stats.classid] = stats
-                offset += (length + 3) & ~3
+                    if code in fine:
+                        return
+                    raise EngineError(f"{what}: the kernel refused (errno {code}, "
+                                      f"{errno.errorcode.get(code, '?')})")
+                yield kind, data, offset + NLMSG_HEADER.size, offset + length
+            offset += (length + 3) & ~3
 
 
 def _attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
@@ -247,23 +264,11 @@ def _get_class(sock: socket.socket, idx: int, classid: int, seq: int) -> ClassSt
     sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_GETTCLASS,
                                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO, seq, 0) + body)
     found: ClassStats | None = None
-    while True:
-        data = sock.recv(65536)
-        offset = 0
-        while offset + NLMSG_HEADER.size <= len(data):
-            length, kind, _, got_seq, _ = NLMSG_HEADER.unpack_from(data, offset)
-            if length < NLMSG_HEADER.size:
-                raise EngineError(f"tc class {handle_text(classid)}: a netlink answer "
-                                  f"of {length} bytes, expected at least {NLMSG_HEADER.size}")
-            if got_seq == seq and kind == RTM_NEWTCLASS:
-                found = _decode_class(data, offset + NLMSG_HEADER.size, offset + length)
-            elif got_seq == seq and kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0]
-                if code in (0, errno.ENOENT):
-                    return found
-                raise EngineError(f"tc class {handle_text(classid)}: cannot read it "
-                                  f"(errno {code})")
-            offset += (length + 3) & ~3
+    for kind, data, start, end in replies(sock, f"tc class {handle_text(classid)}", 65536,
+                                          seq, (0, errno.ENOENT)):
+        if kind == RTM_NEWTCLASS:
+            found = _decode_class(data, start, end)
+    return found
 
 
 def read_classes_of(ifb: str, classids: Iterable[int]) -> dict[int, ClassStats]:
