@@ -23,7 +23,7 @@ from slicectl.core.errors import ConnectionFailed, SlicectlError
 from slicectl.sliverapp import reporting
 from slicectl.sliverapp.reporting import printable
 
-from .sync import NM, Record, converge
+from .sync import NM, REFUSED, Record, converge
 
 log = logging.getLogger("slicectl.agent")
 
@@ -54,16 +54,24 @@ class Source(Protocol):
 REPORTED = ("running", "stopped", "starting", "missing", "failed", "dormant")
 
 
-def reported(listing: list[dict[str, Any]], made: Any) -> list[dict[str, str]]:
-    """What the agent tells PLC of the slivers it made (pure)."""
+def reported(listing: list[dict[str, Any]], made: Any,
+             refused: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """What the agent tells PLC of the slivers it made, and of the slices the node's
+    policy refuses (state ``refused``, the refusal as the detail) (pure)."""
     out = []
+    refused = dict(refused or {})
     for s in listing:
         if s["name"] not in made:
             continue
         state = str(s.get("state", ""))
+        stop = s.get("stopped") or {}
+        if s.get("desired") == "stopped" and REFUSED in str(stop.get("reason", "")):
+            refused[str(s["name"])] = str(stop["reason"])[:300]
+            continue
         if state not in REPORTED:
             state = "stopped" if s.get("desired") == "stopped" else "failed"
         out.append({"name": str(s["name"]), "state": state})
+    out += [{"name": n, "state": "refused", "detail": why} for n, why in sorted(refused.items())]
     return out
 
 
@@ -118,7 +126,7 @@ def step(plc: Source, nm: NM, record_path: Path, status: Status,
         return True
     status.slivers = len(record.made)
     try:
-        plc.report(reported(nm("list"), record.made))
+        plc.report(reported(nm("list"), record.made, out.refused))
     except SlicectlError as e:  # an older PLC, or it went away: the next step reports
         log.info("report to PLC: %s", e)
     if out.done:

@@ -27,6 +27,10 @@ log = logging.getLogger("slicectl.agent")
 
 #: ``nm(method, *args)``: a call on the node manager (ipc.rpc.Client.call).
 NM = Callable[..., Any]
+#: What a node manager's refusal by the node's local policy says
+#: (:data:`slicectl.core.policy.REFUSED`; not imported, to keep the agent's bundle within
+#: an initscript's size; a unit test holds the two equal).
+REFUSED = "refused by this node's policy"
 #: Why the agent stops a sliver: PLC disabled the slice (its ``enabled`` tag <= 0).
 STOP_REASON = "stopped by PLC: the slice's enabled tag is 0 or less"
 
@@ -62,6 +66,8 @@ class Record:
 class Outcome:
     done: list[str]
     failed: list[str]
+    #: slices PLC lists for the node that the node's policy refuses -> the refusal
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def haves(nm: NM, record: Record, now: float) -> tuple[dict[str, Have], set[str]]:
@@ -165,13 +171,17 @@ def converge(nm: NM, view: dict[str, Any], record: Record, path: Path,
     record.view = view
     done: list[str] = []
     failed: list[str] = []
+    refused: dict[str, str] = {}
     for action in plan(want.slivers, have, others):
         try:
             apply(nm, action, record)
             done.append(f"{action.kind} {action.name}")
         except SlicectlError as e:
+            if REFUSED in str(e):  # the node's owner says no: PLC is told, not the log
+                refused[action.name] = str(e)[:300]
+                continue
             failed.append(f"{action.kind} {action.name}: {e}")
             log.warning("%s %s failed: %s", action.kind, action.name, e)
         record.save(path)
     record.save(path)
-    return Outcome(done, failed)
+    return Outcome(done, failed, refused)

@@ -184,7 +184,8 @@ def _slice_show(plc: PLC, args: argparse.Namespace) -> None:
     print(f"{'NODE':32} {'STATE':12} {'LISTED':7} REPORTED")
     for n in nodes:
         age = "never" if n["updated"] is None else f"{int(time.time()) - n['updated']}s ago"
-        print(f"{n['hostname']:32} {n['state']:12} {'yes' if n['listed'] else 'no':7} {age}")
+        why = f"  {n['detail']}" if n.get("detail") else ""
+        print(f"{n['hostname']:32} {n['state']:12} {'yes' if n['listed'] else 'no':7} {age}{why}")
 
 
 def _slice_action(plc: PLC, args: argparse.Namespace) -> None:

@@ -17,6 +17,8 @@ from slicectl.core.rspec import validate_slice_name
 SITE_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 #: The most entries a list setting may hold.
 MAX_LIST = 1024
+#: What every refusal by a node's policy says (PLC's agent tells PLC on seeing it).
+REFUSED = "refused by this node's policy"
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,13 @@ class NodePolicy:
     refused_prefixes: tuple[str, ...] = ()
 
     def refusal(self, slice_name: str) -> str | None:
-        """Why this policy refuses a sliver of ``slice_name`` here, or None."""
+        """Why this policy refuses a sliver of ``slice_name`` here (a text holding
+        :data:`REFUSED`), or None."""
         if slice_name in self.refused_slices:
-            return f"slice {slice_name}: refused by this node's policy (refused_slices)"
+            return f"slice {slice_name}: {REFUSED} (refused_slices)"
         site = slice_name.split("_", 1)[0]
         if site in self.refused_sites:
-            return (f"slice {slice_name}: refused by this node's policy (refused_sites: "
-                    f"{site})")
+            return f"slice {slice_name}: {REFUSED} (refused_sites: {site})"
         return None
 
 

@@ -337,6 +337,8 @@ sliver_reports = Table(
     Column("slice_name", String(64), primary_key=True),
     Column("state", String(20), nullable=False),
     Column("updated", Integer, nullable=False),
+    # revision 0004: why (a node's policy refused the slice, say)
+    Column("detail", String(300), nullable=False, server_default=""),
 )
 
 #: Tables of revision 0001 (the first); the rest came with 0002.

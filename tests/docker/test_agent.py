@@ -26,6 +26,16 @@ OTHER_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAedTThpXyowOnVlyTamP51PoT4OP2
              "second@example.org")
 
 
+def plc_and_node(plc: Server, nm: NMHandle, site: str, title: str
+                 ) -> tuple[PLC, NodeCredentials]:
+    """PLC as root, this node registered in it, and a site ``site``."""
+    root = PLC(Login(plc.url, plc.root, plc.cafile))
+    creds: NodeCredentials = register_node(root, nm.cfg.with_(hostname=f"n{nm.tag}.test"))
+    root.AddSite({"login_base": site, "name": title, "abbreviated_name": site,
+                  "enabled": True, "max_slices": 10})
+    return root, creds
+
+
 @pytest.fixture
 def plc(tmp_path: Path) -> Iterator[Server]:
     state = tmp_path / "plc"
@@ -37,11 +47,8 @@ def plc(tmp_path: Path) -> Iterator[Server]:
 
 def test_the_agent_turns_plc_slices_into_slivers(plc: Server, nm: NMHandle, ssh_key: Path,
                                                  tmp_path: Path) -> None:
-    root = PLC(Login(plc.url, plc.root, plc.cafile))
-    creds: NodeCredentials = register_node(root, nm.cfg.with_(hostname=f"n{nm.tag}.test"))
     site = f"s{nm.tag}"
-    root.AddSite({"login_base": site, "name": "Agent test", "abbreviated_name": site,
-                  "enabled": True, "max_slices": 10})
+    root, creds = plc_and_node(plc, nm, site, "Agent test")
     pid = root.AddPerson({"email": f"u@{site}.org", "first_name": "U", "last_name": "Ser",
                           "password": "pw"})
     root.AddPersonToSite(pid, site)
@@ -88,3 +95,21 @@ def test_the_agent_turns_plc_slices_into_slivers(plc: Server, nm: NMHandle, ssh_
     assert status.plc == "ok" and status.last_changes == [f"destroy {name}"]
     assert {s["name"] for s in nm.call("list")} == {other}
     assert Record.load(record).made == {}
+
+
+def test_plc_shows_why_a_nodes_policy_refuses_a_slice(plc: Server, nm: NMHandle,
+                                                      tmp_path: Path) -> None:
+    site = f"r{nm.tag}"
+    root, creds = plc_and_node(plc, nm, site, "Refused")
+    name = f"{site}_exp"
+    root.AddSlice({"name": name, "url": "https://example.org", "description": "refused"})
+    root.AddSliceToNodes(name, [creds.node_id])
+    out = nm.cli("node", "policy", "set", "refused_sites", site)
+    assert out.returncode == 0, out.stderr
+    view, record, status = PLCView(creds), tmp_path / "agent" / "record.json", Status()
+    assert step(view, nm.call, record, status)
+    assert status.failed == [] and name not in {s["name"] for s in nm.call("list")}
+    states = root.GetSliverStates(name)
+    assert [(s["state"], s["detail"]) for s in states] == [
+        ("refused", f"slice {name}: refused by this node's policy (refused_sites: {site})")]
+    assert nm.call("list_rcaps") == [], "the refused bind's rcap went back"

@@ -415,3 +415,45 @@ def test_bad_node_key_files(tmp_path: Path, text: str, given: int | None, messag
     (tmp_path / "k").write_text(text)
     with pytest.raises(UsageError, match=message):
         read_node_key(tmp_path / "k", given)
+
+
+def test_a_bind_the_nodes_policy_refuses_is_reported_to_plc_not_failed(tmp_path: Path) -> None:
+    from slicectl.agent.daemon import reported
+
+    why = "slice pu_a: refused by this node's policy (refused_sites: pu)"
+    nm, path = FakeNM(), tmp_path / "agent.json"
+    real = nm.__call__
+
+    def refusing(method: str, *args: Any) -> Any:
+        if method == "bind" and args[0] == "pu_a":
+            raise PermissionDenied(why)
+        return real(method, *args)
+
+    out = converge(refusing, {"slivers": [sliver("pu_a"), sliver("pu_b")]}, Record(), path, NOW)
+    assert out.failed == [] and out.done == ["create pu_b"] and out.refused == {"pu_a": why}
+    assert list(nm.rcaps) == [nm.slivers["pu_b"]["rcaps"][0]], "the refused rcap went back"
+    assert reported(nm("list"), Record.load(path).made, out.refused) == [
+        {"name": "pu_b", "state": "running"},
+        {"name": "pu_a", "state": "refused", "detail": why}]
+
+
+def test_a_sliver_the_node_stopped_for_its_policy_is_reported_refused() -> None:
+    from slicectl.agent.daemon import reported
+
+    why = "slice pu_x: refused by this node's policy (refused_slices)"
+    listing = [{"name": "pu_x", "state": "exited", "desired": "stopped",
+                "stopped": {"by": "node", "at": "2027-01-15T08:00:00Z", "reason": why}},
+               {"name": "pu_y", "state": "exited", "desired": "stopped",
+                "stopped": {"by": "slice:slicectl_agent", "at": "2027-01-15T08:00:00Z",
+                            "reason": "stopped by PLC: the slice's enabled tag is 0 or less"}}]
+    assert reported(listing, {"pu_x": {}, "pu_y": {}}) == [
+        {"name": "pu_y", "state": "stopped"},
+        {"name": "pu_x", "state": "refused", "detail": why}]
+
+
+def test_the_agent_knows_the_words_of_a_policy_refusal() -> None:
+    from slicectl.agent.sync import REFUSED
+    from slicectl.core import policy
+
+    assert REFUSED == policy.REFUSED
+    assert REFUSED in (policy.NodePolicy(refused_slices=("pu_a",)).refusal("pu_a") or "")

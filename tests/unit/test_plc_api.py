@@ -535,7 +535,7 @@ def test_nodes_report_their_slivers_and_people_see_where_a_slice_is_live(
     events = len(r.GetEvents())
     assert r.GetSliverStates("pu_live") == [
         {"node_id": world.node_id, "hostname": "node1.pu.edu", "listed": True,
-         "state": "unreported", "updated": None, "last_contact": None}]
+         "state": "unreported", "detail": "", "updated": None, "last_contact": None}]
     assert world.node.ReportSlivers([{"name": "pu_live", "state": "running"},
                                      {"name": "pu_gone", "state": "stopped"}]) == 2
     got = pi.GetSliverStates(sid)
@@ -548,6 +548,15 @@ def test_nodes_report_their_slivers_and_people_see_where_a_slice_is_live(
     assert code(world.node.ReportSlivers, [{"name": "pu_live", "state": "on fire"}]) == 102
     assert code(world.node.ReportSlivers, [{"name": "x", "state": "running"}] * 2) == 102
     assert code(world.node.ReportSlivers, "everything") == 102
+    # a node says why it runs none (its local policy refused the slice)
+    why = "slice pu_live: refused by this node's policy (refused_sites: pu)"
+    assert world.node.ReportSlivers([{"name": "pu_live", "state": "refused", "detail": why}]) == 1
+    assert [(g["state"], g["detail"]) for g in pi.GetSliverStates(sid)] == [("refused", why)]
+    for bad in ("x" * 301, "two\nlines", 7):
+        assert code(world.node.ReportSlivers,
+                    [{"name": "pu_live", "state": "refused", "detail": bad}]) == 102
+    assert code(world.node.ReportSlivers,
+                [{"name": "pu_live", "state": "running", "why": "x"}]) == 102
     assert code(pi.ReportSlivers, []) == 108  # only nodes report
     assert code(world.outsider.GetSliverStates, sid) == 108  # not of the slice's site
 

@@ -17,38 +17,46 @@ from ..objects import SLICE
 from ..policy import ADMIN, NODE, PERSONS, deny
 from .slices import live_slice
 
-#: What a node may report of a sliver.
-STATES = ("running", "stopped", "starting", "missing", "failed", "dormant")
+#: What a node may report of a sliver ("refused": the node's local policy refuses the
+#: slice; the report's detail says which).
+STATES = ("running", "stopped", "starting", "missing", "failed", "dormant", "refused")
+#: The longest detail a report may carry.
+MAX_DETAIL = 300
 #: Most slivers one report may carry.
 MAX_REPORTED = 20_000
 
 
 class Reports:
-    """The ReportSlivers argument: [{name, state}], names unique."""
+    """The ReportSlivers argument: [{name, state[, detail]}], names unique."""
 
     xmlrpc = "array"
 
     def describe(self) -> str:
-        return f"array of {{name, state}} (state one of {', '.join(STATES)})"
+        return f"array of {{name, state[, detail]}} (state one of {', '.join(STATES)})"
 
     def check(self, name: str, value: object) -> object:
         if not isinstance(value, list) or len(value) > MAX_REPORTED:
             raise bad_value(name, f"array of at most {MAX_REPORTED} structs", value)
-        out: dict[str, str] = {}
+        out: dict[str, tuple[str, str]] = {}
         for item in value:
-            if not isinstance(item, dict) or set(item) != {"name", "state"}:
-                raise bad_value(name, "struct with name and state", item)
-            sl, st = item["name"], item["state"]
+            if not isinstance(item, dict) or not {"name", "state"} <= set(item) \
+                    or not set(item) <= {"name", "state", "detail"}:
+                raise bad_value(name, "struct with name, state and maybe detail", item)
+            sl, st, detail = item["name"], item["state"], item.get("detail", "")
             if not isinstance(sl, str) or not 1 <= len(sl) <= 64 or sl in out:
                 raise bad_value(f"{name} name", "a distinct slice name of 1 to 64 chars", sl)
             if st not in STATES:
                 raise bad_value(f"{name} state", f"one of {', '.join(STATES)}", st)
-            out[sl] = st
+            if not isinstance(detail, str) or len(detail) > MAX_DETAIL \
+                    or not detail.isprintable():
+                raise bad_value(f"{name} detail", f"printable text of at most {MAX_DETAIL} "
+                                "characters", detail)
+            out[sl] = (st, detail)
         return out
 
 
 @TABLE.method("ReportSlivers", NODE, arg("slivers", Reports()), returns="int", writes=True)
-def report_slivers(call: Call, slivers: dict[str, str]) -> int:
+def report_slivers(call: Call, slivers: dict[str, tuple[str, str]]) -> int:
     """slicectl's extension for node agents: what the node runs now (every sliver the
     agent made, with its state); replaces the node's previous report. Returns how many."""
     if call.caller.node_id is None:
@@ -57,8 +65,8 @@ def report_slivers(call: Call, slivers: dict[str, str]) -> int:
     call.conn.execute(delete(s.sliver_reports).where(s.sliver_reports.c.node_id == nid))
     if slivers:
         call.conn.execute(insert(s.sliver_reports), [
-            {"node_id": nid, "slice_name": n, "state": st, "updated": call.now}
-            for n, st in sorted(slivers.items())])
+            {"node_id": nid, "slice_name": n, "state": st, "detail": detail,
+             "updated": call.now} for n, (st, detail) in sorted(slivers.items())])
     return len(slivers)
 
 
@@ -66,8 +74,9 @@ def report_slivers(call: Call, slivers: dict[str, str]) -> int:
               returns="array", writes=False)
 def get_sliver_states(call: Call, ref: object) -> list[dict[str, Any]]:
     """slicectl's extension: where a slice is live. One struct per node PLC lists the
-    slice on or that reports a sliver of it: {node_id, hostname, listed, state, updated,
-    last_contact}; state 'unreported' where the node has not reported it. Admins, the
+    slice on or that reports a sliver of it: {node_id, hostname, listed, state, detail,
+    updated, last_contact}; state 'unreported' where the node has not reported it, detail
+    why where the node said (a refusal by its policy, say). Admins, the
     slice's members and the persons of its site may ask."""
     row = live_slice(call, ref)
     c = call.caller
@@ -75,8 +84,9 @@ def get_sliver_states(call: Call, ref: object) -> list[dict[str, Any]]:
         raise deny("Not a member of this slice or a person of its site")
     listed = set(call.conn.execute(select(s.slice_node.c.node_id).where(
         s.slice_node.c.slice_id == row["slice_id"])).scalars())
-    reports = {nid: (st, up) for nid, st, up in call.conn.execute(
-        select(s.sliver_reports.c.node_id, s.sliver_reports.c.state, s.sliver_reports.c.updated)
+    reports = {nid: (st, up, detail) for nid, st, up, detail in call.conn.execute(
+        select(s.sliver_reports.c.node_id, s.sliver_reports.c.state,
+               s.sliver_reports.c.updated, s.sliver_reports.c.detail)
         .where(s.sliver_reports.c.slice_name == row["name"]))}
     ids = sorted(listed | set(reports))
     nodes = {nid: (h, lc) for nid, h, lc in call.conn.execute(
@@ -86,8 +96,9 @@ def get_sliver_states(call: Call, ref: object) -> list[dict[str, Any]]:
     for nid in ids:
         if nid not in nodes:
             continue
-        st, up = reports.get(nid, ("unreported", None))
+        st, up, detail = reports.get(nid, ("unreported", None, ""))
         out.append({"node_id": nid, "hostname": nodes[nid][0], "listed": nid in listed,
-                    "state": st, "updated": up, "last_contact": nodes[nid][1]})
+                    "state": st, "detail": detail, "updated": up,
+                    "last_contact": nodes[nid][1]})
     return out
 
