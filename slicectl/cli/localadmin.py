@@ -64,9 +64,10 @@ def cmd_policy(args: argparse.Namespace, cfg: NodeConfig, say: Say) -> int:
         if args.output == "json":
             print_json({"path": str(cfg.policy_path), "policy": data})
         else:
-            print(f"{'path:':28}{cfg.policy_path}")
+            width = max(len(k) for k in data) + 2
+            print(f"{'path:':{width}}{cfg.policy_path}")
             for key, value in data.items():
-                print(f"{key + ':':28}{shown(value)}")
+                print(f"{key + ':':{width}}{shown(value)}")
         return 0
     new = with_setting(policy, args.key, args.value)
     defaults = policy_data(NodePolicy())
