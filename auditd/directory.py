@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slicectl.core.errors import ConnectionFailed, SlicectlError
+from slicectl.core.wire import stop_line
 from slicectl.ipc.rpc import Client
 
 
@@ -94,16 +95,9 @@ class Directory:
         if not isinstance(got, dict):
             return SliceInfo(name)
         contacts = got.get("contacts") or []
+        line = stop_line(got.get("stopped"))
         return SliceInfo(name, str(got.get("description") or ""),
-                         tuple(str(c) for c in contacts), stopped_text(got.get("stopped")))
-
-
-def stopped_text(stopped: object) -> str:
-    """``stopped`` of a sliver as the NM gives it, in a line: when, by whom, why."""
-    if not isinstance(stopped, dict):
-        return ""
-    why = f": {stopped.get('reason')}" if stopped.get("reason") else ""
-    return f"stopped {stopped.get('at', '')} by {stopped.get('by', '')}{why}"
+                         tuple(str(c) for c in contacts), f"stopped {line}" if line else "")
 
 
 def nm_directory(sock: Path, ttl_s: float = 30.0) -> Directory:

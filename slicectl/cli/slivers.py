@@ -14,7 +14,7 @@ from slicectl.cli.common import AddCommand, keys_from_files, output_flag, print_
 from slicectl.core.errors import SlicectlError, UsageError
 from slicectl.core.rspec import load_rspec_mapping
 from slicectl.core.units import human_duration
-from slicectl.core.wire import SliverView, from_struct
+from slicectl.core.wire import SliverView, from_struct, stop_line
 from slicectl.node.config import NodeConfig
 from slicectl.node.daemons import nm_client
 
@@ -68,10 +68,9 @@ def cmd_show(args: argparse.Namespace, cfg: NodeConfig) -> int:
         if isinstance(value, list):
             value = ", ".join(value) or "-"
         print(f"{key + ':':13}{value if value not in (None, '') else '-'}")
-    stopped = info.get("stopped")
+    stopped = stop_line(info.get("stopped"))
     if stopped:
-        why = f": {stopped['reason']}" if stopped.get("reason") else ""
-        print(f"{'stopped:':13}{stopped['at']} by {stopped['by']}{why}")
+        print(f"{'stopped:':13}{stopped}")
     print("rspec:")
     for key, value in sorted(info["rspec"].items()):
         print(f"  {key + ':':20}{value}")

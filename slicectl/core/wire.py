@@ -75,6 +75,15 @@ class SliverView:
     stopped: dict[str, str] | None = None
 
 
+def stop_line(stopped: object) -> str:
+    """A sliver's ``stopped`` (as :class:`SliverView` carries it over the wire) in one
+    line, ``<at> by <by>[: <reason>]``; "" for none."""
+    if not isinstance(stopped, dict):
+        return ""
+    why = f": {stopped.get('reason')}" if stopped.get("reason") else ""
+    return f"{stopped.get('at', '')} by {stopped.get('by', '')}{why}"
+
+
 def to_struct(value: Any) -> Any:
     """A record (or a list of them) as plain XML-RPC data."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
