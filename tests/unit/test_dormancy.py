@@ -66,7 +66,7 @@ def idle_node(node: FakeNode, after: int = 60) -> Clock:
 
 def look(node: FakeNode, clock: Clock, at: float) -> list[str]:
     clock.now = T0 + at
-    return node.nm.dormancy.check()
+    return node.nm.dormancy.check()[1]
 
 
 def test_an_idle_sliver_becomes_dormant_and_keeps_everything_but_its_run(node: FakeNode) -> None:

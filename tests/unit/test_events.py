@@ -77,3 +77,12 @@ def test_old_events_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert [e.detail for e in kept][-1] == "3999"
     with store.tx() as db:
         assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 3000
+
+
+def test_expiry_is_recorded_by_the_node(tmp_path: Path) -> None:
+    node = fake_node(tmp_path)
+    node.nm.bind(ROOT, "pl_a", node.nm.acquire(ROOT, {"end": "2027-01-15T09:00:00Z"}))
+    node.nm.rcaps.clock = node.nm.reconciler.clock = lambda: 1_900_000_000.0
+    assert node.nm.expire() == ["expired slice pl_a"]
+    assert [(e["who"], e["action"], e["slice"]) for e in node.nm.events(ROOT)][-1] == (
+        "node", "expire", "pl_a")

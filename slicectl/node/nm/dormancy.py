@@ -71,14 +71,14 @@ class Dormancy:
             self._used[name] = self._uses
             self._marks.pop(name, None)
 
-    def check(self) -> list[str]:
+    def check(self) -> tuple[int, list[str]]:
         """One look at every running sliver; make those idle long enough dormant. Returns
-        the slices made dormant."""
+        the node's period and the slices made dormant."""
         after = self.after_s
         with self._guard:
             if after <= 0:
                 self._marks.clear()
-                return []
+                return after, []
             began = self._uses
         rows = [(s.slice, s.container_id) for s in self.store.slivers()
                 if s.state == RUNNING and s.desired == RUNNING and s.container_id]
@@ -98,9 +98,9 @@ class Dormancy:
                     due.append(name)
             self._marks = marks
             self._used = {k: v for k, v in self._used.items() if v > began}
-        return [name for name in due if self._sleep(name, began)]
+        return after, [name for name in due if self._sleep(name, began, after)]
 
-    def _sleep(self, name: str, began: int) -> bool:
+    def _sleep(self, name: str, began: int, after: int) -> bool:
         with self.slivers.locked(name):
             with self._guard:
                 if self._used.get(name, 0) > began:
@@ -120,7 +120,7 @@ class Dormancy:
                 return False
             with self._guard:
                 self._marks.pop(name, None)
-        log.info("slice %s: idle for %d s, now dormant", name, self.after_s)
+        log.info("slice %s: idle for %d s, now dormant", name, after)
         return True
 
     def wake(self, name: str) -> bool:

@@ -40,6 +40,7 @@ from slicectl.node.nm.callers import (
     Callers,
     require_name,
     require_privileged,
+    require_read,
     require_root,
 )
 from slicectl.node.nm.dormancy import Dormancy
@@ -92,7 +93,8 @@ class NodeManager:
                                 cfg.nm_sock)
         self.slivers = Slivers(store, engine, net, self.state, self.rcaps, self.ports, facts,
                                sliver_xid_range(cfg.subnet)[1], clock)
-        self.reconciler = Reconciler(store, self.slivers, clock)
+        self.reconciler = Reconciler(store, self.slivers, clock,
+                                     lambda name: self.event("node", "expire", name))
         self.dormancy = Dormancy(store, self.slivers, facts.cgroup_parent, clock)
         self.reports = ServiceReports(clock)
         self.views = Views(store, engine, net, self.rcaps, facts, capacity, cfg.node_id,
@@ -167,7 +169,7 @@ class NodeManager:
         else:
             name = validate_slice_name(slice_name)
             if not caller.reads_all:
-                self.views.get_sliver(caller, name)  # may it see the sliver?
+                require_read(caller, self.store.get_sliver(name))
             rows = self.store.events(name, limit)
         return [{"at": iso(r.at), "who": r.who, "action": r.action, "slice": r.slice or "",
                  "detail": r.detail} for r in rows]
@@ -367,8 +369,9 @@ class NodeManager:
         slivers idle long enough dormant."""
         self.net.poll(self.ports.identities(frozenset({RUNNING})))
         self.store.prune_usage(utc_day(self.clock() - USAGE_KEEP_DAYS * 86400))
-        for name in self.dormancy.check():
-            self.event("node", "dormant", name, f"idle for {self.dormancy.after_s} s")
+        after, dormant = self.dormancy.check()
+        for name in dormant:
+            self.event("node", "dormant", name, f"idle for {after} s")
 
     def reconcile(self) -> list[str]:
         """Finish binds a killed node manager left in ``creating``, recreate lost
@@ -393,11 +396,7 @@ class NodeManager:
         return done
 
     def expire(self) -> list[str]:
-        done = self.reconciler.expire()
-        for action in done:
-            if action.startswith("expired slice "):
-                self.event("node", "expire", action.removeprefix("expired slice "))
-        return done
+        return self.reconciler.expire()
 
     def caller_for(self, peer: PinnedPeer) -> Caller:
         """Identify a peer pinned at connect time: host root, a sliver of this node, or

@@ -35,12 +35,15 @@ def reconcile_step(sliver: SliverRow, summary: dict[str, Any] | None) -> str:
 
 
 class Reconciler:
-    """Args: the node's database, its sliver lifecycle, and the clock."""
+    """Args: the node's database, its sliver lifecycle, the clock, and what to call with
+    the name of each slice expiry destroys."""
 
-    def __init__(self, store: Store, slivers: Slivers, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, slivers: Slivers, clock: Callable[[], float],
+                 expired: Callable[[str], None] = lambda name: None) -> None:
         self.store = store
         self.slivers = slivers
         self.clock = clock
+        self.expired = expired
 
     def reconcile(self) -> list[str]:
         """Make the engine and the host match the database; return what was done."""
@@ -111,4 +114,5 @@ class Reconciler:
                 elif self.store.find_sliver(r.slice) is not None:
                     s.destroy(r.slice)
                     actions.append(f"expired slice {r.slice}")
+                    self.expired(r.slice)
         return actions
