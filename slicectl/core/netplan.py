@@ -239,10 +239,9 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
       them, so they would leave with the sliver's private source address), as is traffic
       to link-local addresses unless node policy allows it, and to the prefixes node
       policy refuses (``refused_prefixes``, the site's own network, say); forwarded
-      connections are let
-      through only to reserved ports; with ``wake_group``, the first packets of those to
-      the ``parked`` (dormant) slices are logged to that NFLOG group first (see
-      :func:`wake_rule`).
+      connections are let through only to reserved ports; with ``wake_group``, the first
+      packets of those to the ``parked`` (dormant) slices are logged to that NFLOG group
+      first (see :func:`wake_rule`).
     """
     nat = ["*nat", f":{chains['dnat']} - [0:0]", f":{chains['snat']} - [0:0]"]
     fwd = chains["fwd"]
@@ -285,13 +284,12 @@ def wake_delta(old: Iterable[PortGrant], new: Iterable[PortGrant], bridge: str,
                chains: dict[str, str], group: int) -> str | None:
     """iptables-restore text (for ``--noflush``) that takes the wake rules of ``old``
     grants out and puts those of ``new`` in (first in the chain), or None if no change."""
-    before, after = set(old), set(new)
-    if before == after:
+    changes = grant_changes(old, new)
+    if changes is None:
         return None
-    lines = [f"-D {wake_rule(g, bridge, chains, group)}"
-             for g in sorted(before - after, key=lambda g: (g.proto, g.port))]
-    lines += [f"-I {wake_rule(g, bridge, chains, group)}"
-              for g in sorted(after - before, key=lambda g: (g.proto, g.port))]
+    gone, came = changes
+    lines = [f"-D {wake_rule(g, bridge, chains, group)}" for g in gone]
+    lines += [f"-I {wake_rule(g, bridge, chains, group)}" for g in came]
     return "\n".join(["*filter", *lines, "COMMIT", ""])
 
 
@@ -324,19 +322,31 @@ def grant_rules(g: PortGrant, bridge: str, subnet: str,
     ]
 
 
+def grant_changes(old: Iterable[PortGrant], new: Iterable[PortGrant]
+                  ) -> tuple[list[PortGrant], list[PortGrant]] | None:
+    """The grants ``old`` has and ``new`` lacks, and those ``new`` adds, each in port
+    order; None when the two are the same."""
+    before, after = set(old), set(new)
+    if before == after:
+        return None
+    return (sorted(before - after, key=lambda g: (g.proto, g.port)),
+            sorted(after - before, key=lambda g: (g.proto, g.port)))
+
+
 def grants_delta(old: Iterable[PortGrant], new: Iterable[PortGrant], bridge: str, subnet: str,
                  chains: dict[str, str]) -> str | None:
     """iptables-restore text (for ``--noflush``) that changes one slice's reserved ports
     from ``old`` to ``new`` by deleting and appending only its own rules (other slices'
     rules and the chains' fixed rules stay as they are), or None when nothing changes."""
-    before, after = set(old), set(new)
-    if before == after:
+    changes = grant_changes(old, new)
+    if changes is None:
         return None
+    gone, came = changes
     tables: dict[str, list[str]] = {"nat": [], "filter": []}
-    for g in sorted(before - after, key=lambda g: (g.proto, g.port)):
+    for g in gone:
         for table, rule in grant_rules(g, bridge, subnet, chains):
             tables[table].append(f"-D {rule}")
-    for g in sorted(after - before, key=lambda g: (g.proto, g.port)):
+    for g in came:
         for table, rule in grant_rules(g, bridge, subnet, chains):
             tables[table].append(f"-A {rule}")
     out: list[str] = []
