@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import node_bench as nb  # bench/ is the script's directory, first on sys.path
 import yaml
 
 from slicectl.ipc.rpc import Client
+from slicectl.node.config import NodeConfig
 
 TARGET_WAKE_S = 1.0
 BRIDGE_PORTS = 1024
@@ -95,6 +95,77 @@ class Peak:
                 self.running = max(self.running, n)
 
 
+def measure(node: nb.Node, cfg: NodeConfig, args: argparse.Namespace, key_dir: Path) -> None:
+    """The bench's three parts on the running private node (ssh keys in ``key_dir``)."""
+    key = key_dir / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True)
+    pub = Path(f"{key}.pub").read_text().strip()
+    node.nm.call("set_node", "dormant_after_s", args.after)
+    names = [node.slice(f"d{i:05d}") for i in range(args.slivers)]
+    avail0 = nb.mem_available_kib()
+    peak = Peak(node)
+    peak.thread.start()
+    nb.say(f"[1/3] binding {len(names)} slivers ({args.jobs} clients); each goes dormant "
+           f"{args.after} s after its bind")
+    t_fill, each = nb.for_each(node, names, args.jobs, "bound",
+                               lambda nm, name: bind(nm, name))
+    nb.say(f"  bound {len(names)} in {t_fill:.0f} s; waiting for all to go dormant")
+    deadline = time.monotonic() + args.after * 4 + 120
+    while states(node).get("running", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    peak.stop.set()
+    time.sleep(3)
+    avail1 = nb.mem_available_kib()
+    seen = states(node)
+    mem_kib = (avail0 - avail1) / len(names)
+    sample = random.Random(7).sample(names, min(20, len(names)))
+    listed = {s["name"]: s for s in node.nm.call("list")}
+    disk = [d for d in (nb.container_disk_kib(node, listed[n]["container_id"])
+                        for n in sample) if d is not None]
+    few = each[:100]
+    probe = [bind(node.nm, node.slice("probe"))]
+    node.nm.call("destroy", node.slice("probe"))
+
+    nb.say(f"[2/3] waking {args.wakes} random dormant slivers by ssh")
+    chosen = random.Random(11).sample(names, args.wakes)
+    for name in chosen:
+        node.nm.call("set_keys", name, [pub])
+    wakes = []
+    for name in chosen:
+        if node.nm.call("get_sliver", name)["state"] != "dormant":
+            raise RuntimeError(f"{name}: expected dormant before its wake")
+        wakes.append(ssh_true(cfg.ssh_port, key, name))
+    nb.say("[3/3] the same ssh into the same slivers, running (the baseline)")
+    node.nm.call("set_node", "dormant_after_s", 0)
+    warm = [ssh_true(cfg.ssh_port, key, name) for name in chosen]
+
+    nb.table("dormant slivers", ["measure", "value", "target"], [
+        ["slivers bound", len(names), args.slivers],
+        ["dormant at the end", seen.get("dormant", 0), len(names)],
+        ["most running at once", peak.running, f"< {BRIDGE_PORTS} (bridge ports)"],
+        ["host memory a sliver (KiB)", f"{mem_kib:.0f}", "-"],
+        ["exclusive disk a sliver (KiB, 20 sampled)",
+         f"{nb.pct(disk, 50):.0f}" if disk else "n/a", "<= 100"],
+    ])
+    nb.table("bind latency (ms)", ["slivers on the node", "n", "p50", "p90"], [
+        [f"first {len(few)}", len(few), nb.ms(nb.pct(few, 50)), nb.ms(nb.pct(few, 90))],
+        [f"last {len(few)}", len(few), nb.ms(nb.pct(each[-100:], 50)),
+         nb.ms(nb.pct(each[-100:], 90))],
+        [f"all {len(names)} (probe)", 1, nb.ms(probe[0]), "-"],
+    ])
+    nb.table("ssh slice@node true (ms)", ["sliver", "n", "p50", "p99", "max"], [
+        ["dormant (woken by the login)", len(wakes), nb.ms(nb.pct(wakes, 50)),
+         nb.ms(nb.pct(wakes, 99)), nb.ms(max(wakes))],
+        ["running (baseline)", len(warm), nb.ms(nb.pct(warm, 50)),
+         nb.ms(nb.pct(warm, 99)), nb.ms(max(warm))],
+    ])
+    extra = nb.pct(wakes, 50) - nb.pct(warm, 50)
+    nb.say(f"wake-up: {extra * 1000:.0f} ms at p50 over a login into a running sliver "
+           f"(target {TARGET_WAKE_S * 1000:.0f} ms): "
+           f"{'met' if extra <= TARGET_WAKE_S else 'MISSED'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--slivers", type=int, default=10_000, metavar="N",
@@ -124,98 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.policy_path.write_text(yaml.safe_dump(policy))
     nb.say(f"dormant_bench: private node manager {cfg.node_id}; its policy for {BENCH_RSPEC} "
            "slivers: " + ", ".join(f"{k} {v:g}" for k, v in policy.items()))
-    status = 0
-    clean = False
-    key_dir = Path(tempfile.mkdtemp(prefix="slicectl-bench-"))
-    try:
-        node.handle.start()
-        key = key_dir / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
-        pub = Path(f"{key}.pub").read_text().strip()
-        node.nm.call("set_node", "dormant_after_s", args.after)
-        names = [node.slice(f"d{i:05d}") for i in range(args.slivers)]
-        avail0 = nb.mem_available_kib()
-        peak = Peak(node)
-        peak.thread.start()
-        nb.say(f"[1/3] binding {len(names)} slivers ({args.jobs} clients); each goes dormant "
-               f"{args.after} s after its bind")
-        t_fill, each = nb.for_each(node, names, args.jobs, "bound",
-                                   lambda nm, name: bind(nm, name))
-        nb.say(f"  bound {len(names)} in {t_fill:.0f} s; waiting for all to go dormant")
-        deadline = time.monotonic() + args.after * 4 + 120
-        while states(node).get("running", 0) > 0 and time.monotonic() < deadline:
-            time.sleep(2)
-        peak.stop.set()
-        time.sleep(3)
-        avail1 = nb.mem_available_kib()
-        seen = states(node)
-        mem_kib = (avail0 - avail1) / len(names)
-        sample = random.Random(7).sample(names, min(20, len(names)))
-        listed = {s["name"]: s for s in node.nm.call("list")}
-        disk = [d for d in (nb.container_disk_kib(node, listed[n]["container_id"])
-                            for n in sample) if d is not None]
-        few = each[:100]
-        probe = [bind(node.nm, node.slice("probe"))]
-        node.nm.call("destroy", node.slice("probe"))
-
-        nb.say(f"[2/3] waking {args.wakes} random dormant slivers by ssh")
-        chosen = random.Random(11).sample(names, args.wakes)
-        for name in chosen:
-            node.nm.call("set_keys", name, [pub])
-        wakes = []
-        for name in chosen:
-            if node.nm.call("get_sliver", name)["state"] != "dormant":
-                raise RuntimeError(f"{name}: expected dormant before its wake")
-            wakes.append(ssh_true(cfg.ssh_port, key, name))
-        nb.say("[3/3] the same ssh into the same slivers, running (the baseline)")
-        node.nm.call("set_node", "dormant_after_s", 0)
-        warm = [ssh_true(cfg.ssh_port, key, name) for name in chosen]
-
-        nb.table("dormant slivers", ["measure", "value", "target"], [
-            ["slivers bound", len(names), args.slivers],
-            ["dormant at the end", seen.get("dormant", 0), len(names)],
-            ["most running at once", peak.running, f"< {BRIDGE_PORTS} (bridge ports)"],
-            ["host memory a sliver (KiB)", f"{mem_kib:.0f}", "-"],
-            ["exclusive disk a sliver (KiB, 20 sampled)",
-             f"{nb.pct(disk, 50):.0f}" if disk else "n/a", "<= 100"],
-        ])
-        nb.table("bind latency (ms)", ["slivers on the node", "n", "p50", "p90"], [
-            [f"first {len(few)}", len(few), nb.ms(nb.pct(few, 50)), nb.ms(nb.pct(few, 90))],
-            [f"last {len(few)}", len(few), nb.ms(nb.pct(each[-100:], 50)),
-             nb.ms(nb.pct(each[-100:], 90))],
-            [f"all {len(names)} (probe)", 1, nb.ms(probe[0]), "-"],
-        ])
-        nb.table("ssh slice@node true (ms)", ["sliver", "n", "p50", "p99", "max"], [
-            ["dormant (woken by the login)", len(wakes), nb.ms(nb.pct(wakes, 50)),
-             nb.ms(nb.pct(wakes, 99)), nb.ms(max(wakes))],
-            ["running (baseline)", len(warm), nb.ms(nb.pct(warm, 50)),
-             nb.ms(nb.pct(warm, 99)), nb.ms(max(warm))],
-        ])
-        extra = nb.pct(wakes, 50) - nb.pct(warm, 50)
-        nb.say(f"wake-up: {extra * 1000:.0f} ms at p50 over a login into a running sliver "
-               f"(target {TARGET_WAKE_S * 1000:.0f} ms): "
-               f"{'met' if extra <= TARGET_WAKE_S else 'MISSED'}")
-    except BaseException as e:  # report, clean up, exit non-zero
-        status = 130 if isinstance(e, KeyboardInterrupt) else 1
-        traceback.print_exc()
-        with contextlib.suppress(OSError):
-            tail = node.handle.log_path.read_text(errors="replace").strip().splitlines()[-10:]
-            print("node manager log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for p in key_dir.iterdir():
-            p.unlink()
-        key_dir.rmdir()
-        nb.say("removing the bench's slivers (8 at a time)")
-        try:
-            t0 = time.perf_counter()
-            clean = nb.cleanup(node)
-            nb.say(f"  teardown took {time.perf_counter() - t0:.0f} s")
-        except Exception:
-            traceback.print_exc()
-    if not clean:
-        status = status or 1
+    with tempfile.TemporaryDirectory(prefix="slicectl-bench-") as keys:
+        status = nb.run_on(node, lambda: measure(node, cfg, args, Path(keys)))
     nb.say(f"dormant_bench: done in {time.perf_counter() - t_start:.0f}s")
     return status
 

@@ -805,6 +805,7 @@ def start_node(n: int) -> tuple[Node, NodeConfig]:
 def cleanup(node: Node) -> bool:
     """Stop the node manager and remove what this node id created; True if nothing is left."""
     cfg = node.cfg
+    t0 = time.perf_counter()
     try:
         node.handle.stop()
     finally:
@@ -819,12 +820,37 @@ def cleanup(node: Node) -> bool:
         say(f"cleanup of {cfg.node_id}: INCOMPLETE: {len(left)} containers, {len(accounts)} "
             f"accounts, state dir {'present' if cfg.state_dir.exists() else 'gone'}")
         return False
-    say(f"cleanup of {cfg.node_id}: no container, account or directory left")
+    say(f"cleanup of {cfg.node_id}: no container, account or directory left (took "
+        f"{time.perf_counter() - t0:.0f} s)")
     return True
 
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_on(node: Node, body: Callable[[], None]) -> int:
+    """Run ``body`` against the bench's private node, then remove all the node made, also
+    after a failure or an interrupt (a failure is shown with the node manager's last log
+    lines). The exit status: 130 interrupted, 1 failed or something left, else 0."""
+    status = 0
+    clean = False
+    try:
+        node.handle.start()
+        body()
+    except BaseException as e:  # report, clean up, exit non-zero
+        status = 130 if isinstance(e, KeyboardInterrupt) else 1
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            tail = node.handle.log_path.read_text(errors="replace").strip().splitlines()[-10:]
+            print("node manager log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            clean = cleanup(node)
+        except Exception:
+            traceback.print_exc()
+    return status or (0 if clean else 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -867,28 +893,14 @@ def main(argv: list[str] | None = None) -> int:
     say(f"node_bench: private node manager {cfg.node_id} (state {cfg.state_dir}, "
         f"socket {cfg.nm_sock}); {os.cpu_count()} CPUs, image {node.image[:19]}")
     res = Results()
-    status = 0
-    clean = False
-    try:
-        node.handle.start()
+
+    def body() -> None:
         bench_acquire(node, args.rounds, res)
         bench_bind(node, args.bind_rounds, res)
         bench_scale(node, args.slivers, args.jobs, args.drain, res, args.flat_rounds)
         summary(res)
-    except BaseException as e:  # report, clean up, exit non-zero
-        status = 130 if isinstance(e, KeyboardInterrupt) else 1
-        traceback.print_exc()
-        with contextlib.suppress(OSError):
-            tail = node.handle.log_path.read_text(errors="replace").strip().splitlines()[-10:]
-            print("node manager log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            clean = cleanup(node)
-        except Exception:
-            traceback.print_exc()
-    if not clean:
-        status = status or 1
+
+    status = run_on(node, body)
     say(f"node_bench: done in {time.perf_counter() - t_start:.0f}s")
     return status
 
