@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import docker
 import docker.errors
 import yaml
 from docker.models.containers import Container
+from docker.models.networks import Network
 
 from slicectl.core.errors import EngineError
 from slicectl.core.labels import LABEL_NODE
@@ -108,16 +110,42 @@ def cleanup(cfg: NodeConfig, engine: docker.DockerClient) -> None:
     if cfg.db_path.exists():
         NodeNetwork(Store(cfg.db_path), node_id=cfg.node_id, subnet=cfg.subnet,
                     bridge=cfg.bridge, ifb=cfg.ifb).teardown()
-    for n in engine.networks.list(names=[cfg.network]):
-        n.remove()
-    accounts = HostAccounts()
-    for name in accounts.ours(cfg.slivers_dir):
-        accounts.remove(name, cfg.slivers_dir / name)
-    shutil.rmtree(cfg.state_dir, ignore_errors=True)
-    shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    for d, _ in HOST_DAEMONS:  # with the supervisor's rotated copies (.1, .2, ...)
-        for p in log_path(cfg, d.name).parent.glob(log_path(cfg, d.name).name + "*"):
-            p.unlink(missing_ok=True)
+    try:
+        for n in engine.networks.list(names=[cfg.network]):
+            remove_network(n)
+    finally:  # a network the engine will not let go must not keep accounts and files
+        accounts = HostAccounts()
+        for name in accounts.ours(cfg.slivers_dir):
+            accounts.remove(name, cfg.slivers_dir / name)
+        shutil.rmtree(cfg.state_dir, ignore_errors=True)
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        for d, _ in HOST_DAEMONS:  # with the supervisor's rotated copies (.1, .2, ...)
+            for p in log_path(cfg, d.name).parent.glob(log_path(cfg, d.name).name + "*"):
+                p.unlink(missing_ok=True)
+
+
+def remove_network(network: Network, wait_s: float = 10) -> None:
+    """Remove an engine network; while the engine still frees the endpoint of a container
+    just removed (a bind under way when a run was interrupted), wait for it.
+
+    Raises:
+        EngineError: endpoints stay for ``wait_s``; the message names the network.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            network.remove()
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if "active endpoints" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise EngineError(f"network {network.name}: still has endpoints {wait_s:.0f} s "
+                                  "after its containers were removed (the engine lost track "
+                                  "of them); remove it after restarting the engine") from e
+            time.sleep(0.2)
 
 
 def create_network(cfg: NodeConfig, engine: docker.DockerClient, tries: int = 8) -> NodeConfig:
