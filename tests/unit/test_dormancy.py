@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,20 @@ def test_reconcile_parks_the_dormant_slivers_of_a_restarted_node_manager(
     node.net.parked.clear()
     assert node.nm.reconcile() == []
     assert node.net.parked == ["pl_a"]
+
+
+def test_a_use_between_the_look_and_the_stop_keeps_the_sliver_awake(node: FakeNode) -> None:
+    clock = idle_node(node)
+    bound(node, "pl_a")
+    look(node, clock, 0)
+    real = node.nm.slivers.locked
+
+    @contextmanager
+    def used_first(name: str) -> Iterator[None]:
+        node.nm.dormancy.used(name)  # a login's wake got in just before the stop's lock
+        with real(name):
+            yield
+
+    node.nm.slivers.locked = used_first  # type: ignore[method-assign]
+    assert look(node, clock, 60) == []
+    assert node.engine.containers["sliver-pl_a"].status == "running"
