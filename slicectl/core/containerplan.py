@@ -36,6 +36,14 @@ SLIVER_IDS = 65536
 SLIVER_NM_DIR = "/run/slicectl/nm"
 SLIVER_SHIM_DIR = "/run/slicectl/raw"
 SLIVER_SNIFFER_DIR = "/run/slicectl/sniffer"
+#: The slice's account inside its sliver comes from files the node manager writes under
+#: ``<etc>/accounts`` (the image's NSS reads them through libnss-extrausers), so a sliver's
+#: first start writes no account into its own root: no per-sliver copy of /etc/passwd and
+#: its neighbours, no home skeleton.
+SLIVER_ACCOUNTS_DIR = "accounts"
+#: Every slice account's primary group in the reference image (images/reference/Dockerfile
+#: gives ``%slices`` sudo); in the range Debian leaves to be created on demand.
+SLICES_GID = 64000
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,16 @@ class SliverIdentity:
     xid: int
     uid: int
     etc_dir: Path
+
+
+def sliver_accounts(slice_name: str, uid: int) -> dict[str, str]:
+    """The files, by name, that give a sliver its slice account: ``passwd`` (no password:
+    logins come through the node, never with a password) and the slice's own group."""
+    return {
+        "passwd": f"{slice_name}:*:{uid}:{SLICES_GID}:slice {slice_name}:/home/{slice_name}:"
+                  "/bin/bash\n",
+        "group": f"{slice_name}:x:{uid}:\n",
+    }
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,20 @@ def test_lands_inside_as_slice_user(nm: NMHandle, ssh_key: Path, sliver: str) ->
     assert out.stdout.strip() == "sliver"
 
 
+def test_the_slice_account_is_the_nodes_and_has_sudo(nm: NMHandle, ssh_key: Path,
+                                                     sliver: str) -> None:
+    """The account comes from the node's files, not from writes into the sliver's root:
+    sudo works through the image's group, the home is the slice's, /etc/passwd is the
+    image's."""
+    info = nm.call("get_sliver", sliver)
+    out = ssh(nm.cfg, ssh_key, sliver, "sudo -n id -u; stat -c %u ~; touch ~/mine && echo ok; "
+              f"grep -c '^{sliver}:' /etc/passwd; getent passwd {sliver}")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:4] == ["0", str(info["uid"]), "ok", "0"], out.stdout + out.stderr
+    assert lines[4].startswith(f"{sliver}:*:{info['uid']}:"), lines
+
+
 @pytest.mark.parametrize(("command", "status"), [("true", 0), ("false", 1), ("exit 42", 42),
                                                  ("no-such-command-here", 127)])
 def test_exit_status_propagates(nm: NMHandle, ssh_key: Path, sliver: str, command: str,

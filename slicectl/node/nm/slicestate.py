@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from slicectl.core.containerplan import SLIVER_ACCOUNTS_DIR, sliver_accounts
 from slicectl.core.errors import ValidationError
-from slicectl.node.accounts import validate_contacts, validate_keys
+from slicectl.node.accounts import validate_contacts, validate_keys, write_atomic
 from slicectl.node.nm.boundary import Accounts
 from slicectl.node.store import SliverRow, Store
 
@@ -102,6 +103,10 @@ class SliceState:
             self.store.update_sliver(name, uid=uid)
         self.accounts.write_keys(home, sliver.keys)
         self.accounts.write_initscript(etc, sliver.initscript)
+        accounts = etc / SLIVER_ACCOUNTS_DIR
+        accounts.mkdir(mode=0o755, exist_ok=True)
+        for file, text in sliver_accounts(name, uid).items():
+            write_atomic(accounts / file, text, 0o644)
         (etc / "slice.json").write_text(json.dumps(
             {"slice": name, "xid": sliver.xid, "uid": uid, "node": self.node_id}) + "\n")
         return uid
