@@ -36,6 +36,7 @@ SLIVER_IDS = 65536
 SLIVER_NM_DIR = "/run/slicectl/nm"
 SLIVER_SHIM_DIR = "/run/slicectl/raw"
 SLIVER_SNIFFER_DIR = "/run/slicectl/sniffer"
+SLIVER_VSYS_DIR = "/run/slicectl/vsys"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class NodeFacts:
     #: service on this node, nothing is mounted).
     shim_dir: Path | None = None
     sniffer_dir: Path | None = None
+    #: The vsys daemon's socket directory (None: no vsys on this node).
+    vsys_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
     if rspec.admin_sniffer and node.sniffer_dir is not None:
         mounts.append({"Type": "bind", "Source": str(node.sniffer_dir),
                        "Target": SLIVER_SNIFFER_DIR, "ReadOnly": True})
+    if rspec.vsys and node.vsys_dir is not None:
+        mounts.append({"Type": "bind", "Source": str(node.vsys_dir), "Target": SLIVER_VSYS_DIR,
+                       "ReadOnly": True})
     kwargs: dict[str, Any] = {
         "name": container_name(ident.slice),
         "hostname": node.hostname,
