@@ -62,6 +62,7 @@ from slicectl.core.vsys import (
     vsys_request,
 )
 from slicectl.core.wire import NetEntry, from_struct
+from slicectl.ipc.lingering import linger_close
 from slicectl.node.config import NodeConfig, default_config
 from slicectl.node.daemons import (
     VSYS,
@@ -410,7 +411,7 @@ class Vsys:
         finally:
             mine.close()
             theirs.close()
-            client.close()
+            linger_close(client)  # the answer arrives though the caller's bytes are unread
             peer.close()
         if slice_name:
             detail = f"status {outcome.status}" + (f": {outcome.error}" if outcome.error else "")
@@ -536,7 +537,7 @@ def refuse(client: socket.socket, message: str) -> None:
     body = {"status": STATUS_REFUSED, "error": message, "stderr": ""}
     with contextlib.suppress(OSError):
         client.send(b"X" + json.dumps(body).encode(), socket.MSG_DONTWAIT)
-    client.close()
+    linger_close(client)
 
 
 def script_env(cfg: NodeConfig, caller: Caller, fd_sock: int, netns: int) -> dict[str, str]:
