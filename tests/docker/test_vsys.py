@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from slicectl.node.config import NodeConfig
 from slicectl.node.vsys import SHIPPED_SCRIPTS
 from slicectl.testbed.privnode import log_path, private_node
 
-from .conftest import NMHandle, make_sliver, sliver_exec, wait_for
+from .conftest import NMHandle, gateway, make_sliver, sliver_exec, wait_for
 
 TIMEOUT_S = 2
 SOCK = f"{SLIVER_VSYS_DIR}/vsys.sock"
@@ -64,7 +65,7 @@ def test_stdin_stdout_and_exit_status_pass_through(vnm: NMHandle,
     assert out.splitlines() == ["HELLO THERE", "args: one two", f"slice: {a['name']}",
                                 "status=3"], out
     status, out = as_slice(engine, a, "echo x | vsys upper 2>&1 >/dev/null")
-    assert "to stderr" in out and "vsys: upper: exited with status 3" in out, out
+    assert status == 3 and "to stderr" in out and "vsys: upper: exited with status 3" in out, out
     events = vnm.call("events", a["name"])
     assert any(e["action"] == "vsys upper" and e["who"] == "vsys"
                and e["detail"].startswith("status 3") for e in events), events
@@ -130,7 +131,7 @@ def test_an_unidentified_peer_gets_nothing(vnm: NMHandle, engine: docker.DockerC
         end = json.loads(frames[0][1:])
         assert end["status"] == 126 and "ran" not in end.get("stderr", ""), end
     # host root is no slice either
-    run = subprocess.run([os.fspath(Path(os.sys.executable)), "-c", textwrap.dedent(ORPHAN)
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(ORPHAN)
                           .replace("pid = os.fork()", "pid = 1").replace(
                               "os.waitpid(pid, 0)", "s.connect(sys.argv[1])"),
                           str(vnm.cfg.vsys_dir / "vsys.sock")],
@@ -237,6 +238,69 @@ def test_fd_tuntap_gives_a_working_tunnel(vnm: NMHandle, engine: docker.DockerCl
     as_slice(engine, a, f"kill {log.split()[1]}")
     wait_for(lambda: "tun0" not in as_slice(engine, a, "cat /proc/net/dev")[1], 15,
              "tun0 to go with its fd")
+
+
+#: Writes two ICMP echo requests for the node into a TUN device from fd_tuntap, as from
+#: overlay peers this sliver is the gateway of: one from another address of the slice's
+#: range, one from an address outside it (spoofed); prints what comes back out of the
+#: device. (A source that is the device's own address would be a martian.)
+PROBE = r"""
+import os, select, socket, struct, sys, vsys
+mine, peer, spoofed, dst = sys.argv[1:5]
+r = vsys.call("fd_tuntap", [mine])
+tun = r.fds[0]
+
+def csum(b):
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+
+def echo(src, ident):
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"probe"
+    icmp = icmp[:2] + struct.pack("!H", csum(icmp + b"\0")) + icmp[4:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ident, 0, 64, 1, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    return hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:] + icmp
+
+os.write(tun, echo(spoofed, 0x5151))
+os.write(tun, echo(peer, 0x4242))
+while select.select([tun], [], [], 5)[0]:
+    pkt = os.read(tun, 65535)
+    if pkt[9] == 1 and pkt[20] == 0:
+        print("reply", socket.inet_ntoa(pkt[12:16]), "->", socket.inet_ntoa(pkt[16:20]),
+              hex(struct.unpack("!H", pkt[24:26])[0]), flush=True)
+print("done", open("/proc/sys/net/ipv4/ip_forward").read().strip(), flush=True)
+"""
+
+
+def test_what_leaves_a_tunnel_is_the_slivers_own_traffic(vnm: NMHandle,
+                                                          engine: docker.DockerClient) -> None:
+    """Forwarded out of the TUN device, a packet from the overlay leaves masqueraded to
+    the sliver's address; one from outside the slice's range does not leave."""
+    vnet = "10.202.7.0/24"
+    a = make_sliver(vnm, "a", vsys=["fd_tuntap"], vsys_vnet=vnet)
+    node = gateway(vnm)
+    tcpdump = subprocess.Popen(["tcpdump", "-i", vnm.cfg.bridge, "-n", "-l",
+                                "--immediate-mode", "icmp"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tcpdump.stderr is not None
+        while "listening" not in (line := tcpdump.stderr.readline()):
+            assert line, "tcpdump did not start"
+        status, out = sliver_exec(engine, a["container"],
+                                  ["python3", "-c", PROBE, "10.202.7.9", "10.202.7.20", "10.99.0.1",
+                                   node],
+                                  user=str(a["uid"]))
+    finally:
+        time.sleep(0.3)
+        tcpdump.terminate()
+        wire, _ = tcpdump.communicate(timeout=10)
+    assert status == 0, out
+    # the reply came back into the tunnel, de-masqueraded, for the overlay's probe only
+    assert out.splitlines() == [f"reply {node} -> 10.202.7.20 0x4242", "done 1"], out + wire
+    requests = [ln for ln in wire.splitlines() if "echo request" in ln]
+    assert requests and all(f"IP {a['address']} > {node}:" in ln for ln in requests), wire
+    assert "10.202.7." not in wire and "10.99.0.1" not in wire, wire
 
 
 def test_slice_reboot_restarts_only_the_caller(vnm: NMHandle,
