@@ -393,22 +393,15 @@ class Vsys:
                 why = refusal(slice_name, op, caller.entry.vsys, scripts)
                 if why is not None:
                     raise PermissionDenied(why)
-                if not self.admit(slice_name):
-                    raise PermissionDenied(
-                        f"slice {slice_name}: expected at most "
-                        f"{self.policy.vsys_calls_per_slice} vsys calls running (node "
-                        "policy), found that many")
-                try:
-                    outcome = self.run_script(client, peer, caller, req, scripts[op],
-                                              (mine, theirs))
-                finally:
-                    self.release(slice_name)
+                outcome = self.run_script(client, peer, caller, req, scripts[op],
+                                          (mine, theirs))
             except SlicectlError as e:
                 outcome = Outcome(STATUS_REFUSED, str(e))
             self.answer(client, outcome)
         except Exception:  # one call fails, never the daemon
             log.exception("vsys call %s of %s failed", op or "?", slice_name or f"pid {peer.pid}")
         finally:
+            self.release(peer.owner)
             mine.close()
             theirs.close()
             linger_close(client)  # the answer arrives though the caller's bytes are unread
@@ -438,18 +431,20 @@ class Vsys:
             send_frame(client, b"X", json.dumps(body).encode()[:FRAME - 1],
                        deadline=time.monotonic() + 5)
 
-    def admit(self, slice_name: str) -> bool:
+    def admit(self, owner: str) -> bool:
+        """Count one more open call of ``owner`` (a sliver's container: its slice), or
+        refuse past the node policy's ``vsys_calls_per_slice``."""
         with self.lock:
-            if self.running[slice_name] >= self.policy.vsys_calls_per_slice:
+            if self.running[owner] >= self.policy.vsys_calls_per_slice:
                 return False
-            self.running[slice_name] += 1
+            self.running[owner] += 1
             return True
 
-    def release(self, slice_name: str) -> None:
+    def release(self, owner: str) -> None:
         with self.lock:
-            self.running[slice_name] -= 1
-            if self.running[slice_name] <= 0:
-                del self.running[slice_name]
+            self.running[owner] -= 1
+            if self.running[owner] <= 0:
+                del self.running[owner]
 
     def run_script(self, client: socket.socket, peer: PinnedPeer, caller: Caller,
                    req: VsysRequest, script: Path,
@@ -514,9 +509,18 @@ class Vsys:
         except SlicectlError as e:
             refuse(client, str(e))
             return
+        # Bounded before a thread is made: a slice's calls (open connections, so one
+        # that sends nothing holds a place too), and all of the node's.
+        refusal_line = None
         if threading.active_count() > MAX_CONNECTIONS:
-            refuse(client, f"expected at most {MAX_CONNECTIONS} vsys calls at once on this "
-                           "node, found that many")
+            refusal_line = (f"expected at most {MAX_CONNECTIONS} vsys calls at once on this "
+                            "node, found that many")
+        elif not self.admit(peer.owner):
+            refusal_line = (f"container {peer.owner[:12]}: expected at most "
+                            f"{self.policy.vsys_calls_per_slice} vsys calls open (node policy), "
+                            "found that many")
+        if refusal_line is not None:
+            refuse(client, refusal_line)
             peer.close()
             return
         threading.Thread(target=self.serve_connection, args=(client, peer), daemon=True,

@@ -325,3 +325,39 @@ def test_slice_reboot_restarts_only_the_caller(vnm: NMHandle,
     assert vnm.call("get_sliver", b["name"])["pid"] == before_b
     assert not any(e["action"] in ("stop", "start") for e in vnm.call("events", b["name"]))
     assert SHIPPED_SCRIPTS.joinpath("slice_reboot").exists()
+
+
+#: Holds N connections open without a word, then makes one more call and prints its
+#: answer; then closes them and calls again.
+CROWD = r"""
+import json, socket, sys, time, vsys
+path, n = sys.argv[1], int(sys.argv[2])
+held = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    held.append(s)
+r = vsys.call("marker")
+print(json.dumps([r.status, r.error]))
+for s in held:
+    s.close()
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    r = vsys.call("marker")
+    if r.status == 0:
+        break
+    time.sleep(0.2)
+print(json.dumps([r.status, r.error]))
+"""
+
+
+def test_a_slice_has_a_bounded_number_of_calls_open(vnm: NMHandle,
+                                                    engine: docker.DockerClient) -> None:
+    a = make_sliver(vnm, "a", vsys=["marker"])
+    status, out = sliver_exec(engine, a["container"],
+                              ["python3", "-c", textwrap.dedent(CROWD), SOCK, "4"],
+                              user=str(a["uid"]))
+    assert status == 0, out
+    crowded, after = (json.loads(line) for line in out.strip().splitlines()[-2:])
+    assert crowded[0] == 126 and "expected at most 4 vsys calls open (node policy)" in crowded[1]
+    assert after == [0, ""]  # the places come back as the connections close
