@@ -19,6 +19,7 @@ import pytest
 
 from slicectl.core.containerplan import SLIVER_VSYS_DIR
 from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import VSYS, daemon_pid
 from slicectl.node.vsys import SHIPPED_SCRIPTS
 from slicectl.testbed.privnode import log_path, private_node
 
@@ -361,3 +362,56 @@ def test_a_slice_has_a_bounded_number_of_calls_open(vnm: NMHandle,
     crowded, after = (json.loads(line) for line in out.strip().splitlines()[-2:])
     assert crowded[0] == 126 and "expected at most 4 vsys calls open (node policy)" in crowded[1]
     assert after == [0, ""]  # the places come back as the connections close
+
+
+#: Sends hostile first messages, one connection each, and counts the answers.
+FUZZ = r"""
+import json, os, random, socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+random.seed(7)
+shapes = [
+    lambda: os.urandom(random.randint(0, 300)),
+    lambda: b"[" * 5000 + b"]" * 5000,
+    lambda: b'{"op": "' + b"m" * 70000,
+    lambda: json.dumps({"op": "marker", "args": [1, 2]}).encode(),
+    lambda: json.dumps({"op": "marker", "env": {"LD_PRELOAD": "/x"}}).encode(),
+    lambda: json.dumps({"op": "../marker"}).encode(),
+    lambda: json.dumps(["op", "marker"]).encode(),
+    lambda: b"\xff\xfe" + b"marker",
+]
+answers = {}
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    try:
+        s.send(shapes[i % len(shapes)]())
+    except OSError:
+        pass
+    s.settimeout(15)
+    try:
+        data = s.recv(65536)
+        key = json.loads(data[1:])["status"] if data[:1] == b"X" else data[:20].decode("latin1")
+    except (OSError, ValueError) as e:
+        key = type(e).__name__
+    answers[str(key)] = answers.get(str(key), 0) + 1
+    s.close()
+print(json.dumps(answers))
+"""
+
+
+def test_hostile_requests_are_refused_and_the_daemon_lives(vnm: NMHandle,
+                                                           engine: docker.DockerClient) -> None:
+    marker = vnm.cfg.vsys_scripts_dir / "marker.ran"
+    a = make_sliver(vnm, "a", vsys=["marker"])
+    pid = daemon_pid(vnm.cfg, VSYS)
+    status, out = sliver_exec(engine, a["container"],
+                              ["python3", "-c", textwrap.dedent(FUZZ), SOCK, "400"],
+                              user=str(a["uid"]))
+    assert status == 0, out
+    assert json.loads(out.strip().splitlines()[-1]) == {"126": 400}
+    assert not marker.exists()
+    assert daemon_pid(vnm.cfg, VSYS) == pid
+    status, out = as_slice(engine, a, "vsys marker")
+    assert (status, out.strip()) == (0, "ran")
+    vsys_log = log_path(vnm.cfg, "vsys")  # its log lines stay bounded
+    assert max((len(ln) for ln in vsys_log.read_text().splitlines()), default=0) < 4096
