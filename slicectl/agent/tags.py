@@ -16,6 +16,9 @@ memory / mem_max   mem_mb (MiB)                                  the rspec's (51
 nofile_hard        nofile                                        the rspec's (1,024)
 nproc_hard         nproc                                         the rspec's (512)
 enabled            <= 0: the sliver is stopped                   1
+vsys               vsys (an operation name; several tags, or     none
+                   names separated by commas or spaces)
+vsys_vnet          vsys_vnet (the overlay range, a CIDR)         a /24 from the name
 =================  ===========================================  =======================
 
 Pure: no I/O.
@@ -27,7 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slicectl.core.rspec import INT_FIELDS, TOTAL_CPU_SHARES
+from slicectl.core.errors import ValidationError
+from slicectl.core.rspec import INT_FIELDS, TOTAL_CPU_SHARES, parse_vnet, parse_vsys
 
 #: tag -> (rspec field, the tag's unit in the field's: the tag's integer is divided by
 #: it, rounded up)
@@ -46,7 +50,7 @@ _SCALE: dict[str, tuple[str, int]] = {
 #: slicectl's tags: the node ports reserved for the sliver ("8080,9000").
 PORT_TAGS = frozenset({"tcp_ports", "udp_ports"})
 OTHER_TAGS = frozenset({"cpu_pct", "enabled", "initscript", "initscript_code", "vref",
-                        "vsys", "hmac", "ssh_key"})
+                        "vsys", "vsys_vnet", "hmac", "ssh_key"})
 
 
 @dataclass(frozen=True)
@@ -66,18 +70,40 @@ def _int(text: str) -> int | None:
         return None
 
 
+def vsys_tags(attributes: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Every ``vsys`` tag adds its names (one, or a list split by commas or spaces);
+    the first ``vsys_vnet`` sets the overlay range; a problem line per bad value."""
+    names: list[str] = []
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for a in attributes:
+        tag, text = str(a.get("tagname", "")), str(a.get("value") or "")
+        try:
+            if tag == "vsys":
+                names += parse_vsys(text.replace(",", " ").split() or [""])
+            elif tag == "vsys_vnet" and tag not in out:
+                out[tag] = parse_vnet(text.strip())
+        except ValidationError as e:
+            out.setdefault(tag, "")
+            problems.append(f"{tag}: expected {e.expected}, found {text[:40]!r}; ignored")
+    out = {k: v for k, v in out.items() if v and k == "vsys_vnet"}
+    if names:
+        out["vsys"] = sorted(set(names))
+    return out, problems
+
+
 def resources(attributes: Sequence[Mapping[str, Any]]) -> Resources:
     """The rspec fields (without start and end) and the enabled flag of one sliver.
 
-    Node-scoped tags come first in GetSlivers' attributes and the first of a name wins.
+    Node-scoped tags come first in GetSlivers' attributes and the first of a name wins
+    (but every ``vsys`` tag counts).
     """
     seen: dict[str, str] = {}
     for a in attributes:
         name, value = str(a.get("tagname", "")), a.get("value")
         if name and name not in seen:
             seen[name] = "" if value is None else str(value)
-    rspec: dict[str, Any] = {}
-    problems: list[str] = []
+    rspec, problems = vsys_tags(attributes)
     for tag, text in sorted(seen.items()):
         if tag in _SCALE:
             field, per = _SCALE[tag]

@@ -36,6 +36,7 @@ SLIVER_IDS = 65536
 SLIVER_NM_DIR = "/run/slicectl/nm"
 SLIVER_SHIM_DIR = "/run/slicectl/raw"
 SLIVER_SNIFFER_DIR = "/run/slicectl/sniffer"
+SLIVER_VSYS_DIR = "/run/slicectl/vsys"
 #: The slice's account inside its sliver comes from files the node manager writes under
 #: ``<etc>/accounts`` (the image's NSS reads them through libnss-extrausers), so a sliver's
 #: first start writes no account into its own root: no per-sliver copy of /etc/passwd and
@@ -65,6 +66,8 @@ class NodeFacts:
     #: service on this node, nothing is mounted).
     shim_dir: Path | None = None
     sniffer_dir: Path | None = None
+    #: The vsys daemon's socket directory (None: no vsys on this node).
+    vsys_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,9 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
     if rspec.admin_sniffer and node.sniffer_dir is not None:
         mounts.append({"Type": "bind", "Source": str(node.sniffer_dir),
                        "Target": SLIVER_SNIFFER_DIR, "ReadOnly": True})
+    if rspec.vsys and node.vsys_dir is not None:
+        mounts.append({"Type": "bind", "Source": str(node.vsys_dir), "Target": SLIVER_VSYS_DIR,
+                       "ReadOnly": True})
     kwargs: dict[str, Any] = {
         "name": container_name(ident.slice),
         "hostname": node.hostname,

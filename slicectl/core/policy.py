@@ -54,6 +54,10 @@ class NodePolicy:
     refused_sites: tuple[str, ...] = ()
     #: Destination prefixes slivers may never send to (for example the site's own network).
     refused_prefixes: tuple[str, ...] = ()
+    #: Seconds a vsys operation may run before its whole process group is killed.
+    vsys_timeout_s: int = 30
+    #: vsys calls one slice may have running at once.
+    vsys_calls_per_slice: int = 4
 
     def refusal(self, slice_name: str) -> str | None:
         """Why this policy refuses a sliver of ``slice_name`` here (a text holding

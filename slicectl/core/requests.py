@@ -66,7 +66,7 @@ def loads_bounded(data: bytes, max_bytes: int = MAX_REQUEST_BYTES,
         raise ValidationError("request", "a JSON object", f"invalid JSON ({str(e)[:60]})",
                               as_text=True) from None
     if not isinstance(obj, dict):
-        raise _refuse("request", "a JSON object", obj)
+        raise field_refusal("request", "a JSON object", obj)
     return obj
 
 
@@ -80,7 +80,7 @@ class ShimRequest:
     icmp_id: int = 0
 
 
-def _refuse(name: str, expected: str, value: object) -> ValidationError:
+def field_refusal(name: str, expected: str, value: object) -> ValidationError:
     """The error for a bad field: a scalar is shown (cut to 40 characters), a container
     by its kind."""
     if isinstance(value, (bool, int, float, type(None))):
@@ -98,7 +98,7 @@ def _int_field(req: dict[str, object], name: str, lo: int, hi: int) -> int:
         if name not in req:
             raise ValidationError(name, f"an integer from {lo} to {hi}", "none given",
                                   as_text=True)
-        raise _refuse(name, f"an integer from {lo} to {hi}", value)
+        raise field_refusal(name, f"an integer from {lo} to {hi}", value)
     return value
 
 
@@ -110,7 +110,7 @@ def shim_request(req: dict[str, object]) -> ShimRequest:
     """
     op = req.get("op")
     if not isinstance(op, str) or op not in OPS:
-        raise _refuse("op", f"one of {', '.join(OPS)}", op)
+        raise field_refusal("op", f"one of {', '.join(OPS)}", op)
     allowed = {"op"} if op == "stats" else {"op", "proto", "port", "icmp_id"}
     for key in req:
         if key not in allowed:
@@ -120,12 +120,12 @@ def shim_request(req: dict[str, object]) -> ShimRequest:
         return ShimRequest(op)
     proto = req.get("proto")
     if not isinstance(proto, str) or proto not in PROTOS:
-        raise _refuse("proto", f"one of {', '.join(PROTOS)}", proto)
+        raise field_refusal("proto", f"one of {', '.join(PROTOS)}", proto)
     if proto == "icmp":
         if op == "sniff":
             raise ValidationError("proto", "tcp or udp for a sniffer socket", proto)
         if "port" in req:
-            raise _refuse("port", "no port for ICMP (give icmp_id)", req["port"])
+            raise field_refusal("port", "no port for ICMP (give icmp_id)", req["port"])
         return ShimRequest(op, proto, icmp_id=_int_field(req, "icmp_id", 0, 0xFFFF))
     if "icmp_id" in req:
         raise ValidationError("icmp_id", f"no icmp_id for {proto} (give port)", "a value",

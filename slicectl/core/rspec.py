@@ -7,6 +7,7 @@ one-line :class:`~slicectl.core.errors.ValidationError` naming the field.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -23,6 +24,9 @@ DEFAULT_LIFETIME_S = 14 * 86400
 
 SLICE_NAME = re.compile(r"^[a-z0-9]+_[a-z0-9_]+$")
 SLICE_NAME_MAX = 32
+#: A privileged operation's name (a script in the node's vsys directory).
+VSYS_NAME = re.compile(r"^[a-z0-9_]+$")
+VSYS_NAME_MAX = 64
 
 
 def validate_slice_name(name: object) -> str:
@@ -84,6 +88,11 @@ class RSpec:
     raw_sockets: bool = True
     #: May read the node's administrative sniffer (every sliver's packets, by slice).
     admin_sniffer: bool = False
+    #: Privileged operations (vsys scripts) the slice may call, by name.
+    vsys: tuple[str, ...] = field(default=())
+    #: The slice's overlay range for ``fd_tuntap`` (a CIDR; "": slicectl.core.vsys's
+    #: default_vnet, a /24 derived from the slice name).
+    vsys_vnet: str = ""
 
     def ports(self) -> set[tuple[str, int]]:
         return {("tcp", p) for p in self.tcp_ports} | {("udp", p) for p in self.udp_ports}
@@ -95,6 +104,7 @@ class RSpec:
         d["end"] = iso(self.end)
         d["tcp_ports"] = list(self.tcp_ports)
         d["udp_ports"] = list(self.udp_ports)
+        d["vsys"] = list(self.vsys)
         return d
 
 
@@ -129,6 +139,26 @@ def _ports(name: str, value: object) -> tuple[int, ...]:
     return tuple(sorted(seen))
 
 
+def parse_vsys(value: object) -> tuple[str, ...]:
+    """Operation names, each matching :data:`VSYS_NAME`; sorted, each once."""
+    if not isinstance(value, (list, tuple)) or len(value) > 256 or not all(
+            isinstance(v, str) and VSYS_NAME.match(v) and len(v) <= VSYS_NAME_MAX for v in value):
+        raise ValidationError("vsys", f"a list of names matching {VSYS_NAME.pattern}", value)
+    return tuple(sorted(set(value)))
+
+
+def parse_vnet(value: object) -> str:
+    """An IPv4 prefix from /16 to /30, host bits cleared ("": the default)."""
+    try:
+        net = ipaddress.IPv4Network(value, strict=False) if value else None
+    except (ValueError, TypeError):
+        net = None
+    if value and (net is None or not 16 <= net.prefixlen <= 30):
+        raise ValidationError("vsys_vnet", "an IPv4 prefix from /16 to /30, or empty",
+                              str(value)[:40])
+    return str(net or "")
+
+
 def parse_rspec(data: object, now: float) -> RSpec:
     """Validate a mapping of rspec fields, filling defaults.
 
@@ -157,6 +187,10 @@ def parse_rspec(data: object, now: float) -> RSpec:
             values[key] = _bool(key, value)
         elif key in PORT_FIELDS:
             values[key] = _ports(key, value)
+        elif key == "vsys":
+            values[key] = parse_vsys(value)
+        elif key == "vsys_vnet":
+            values[key] = parse_vnet(value)
     start = parse_instant("start", data.get("start", "now"), now)
     end = parse_instant("end", data["end"], now) if "end" in data else max(start, now) + DEFAULT_LIFETIME_S
     if end <= start:
@@ -238,6 +272,8 @@ def combine(specs: list[RSpec]) -> RSpec:
         nm_privileged=any(s.nm_privileged for s in specs),
         raw_sockets=any(s.raw_sockets for s in specs),
         admin_sniffer=any(s.admin_sniffer for s in specs),
+        vsys=tuple(sorted({v for s in specs for v in s.vsys})),
+        vsys_vnet=next((s.vsys_vnet for s in specs if s.vsys_vnet), ""),
         **sums,
     )
 
@@ -251,6 +287,7 @@ def part_defaults(parent: RSpec) -> dict[str, Any]:
             "net_max_kbit": parent.net_max_kbit, "cpu_capped": parent.cpu_capped}
     out |= {flag: getattr(parent, flag)
             for flag in ("create_vm", "nm_privileged", "raw_sockets", "admin_sniffer")}
+    out |= {"vsys": list(parent.vsys), "vsys_vnet": parent.vsys_vnet}
     return out
 
 
@@ -288,6 +325,14 @@ def split(parent: RSpec, part: RSpec) -> RSpec:
             raise ValidationError(flag, "false (the rcap does not grant it)", True)
     if parent.cpu_capped and not part.cpu_capped:
         raise ValidationError("cpu_capped", "true (the rcap is capped)", False)
+    extra_ops = set(part.vsys) - set(parent.vsys)
+    if extra_ops:
+        raise ValidationError("vsys", f"operations the rcap grants {list(parent.vsys)}",
+                              sorted(extra_ops))
+    if part.vsys_vnet and parent.vsys_vnet and not ipaddress.IPv4Network(
+            part.vsys_vnet).subnet_of(ipaddress.IPv4Network(parent.vsys_vnet)):
+        raise ValidationError("vsys_vnet", f"a range inside the rcap's {parent.vsys_vnet}",
+                              part.vsys_vnet)
     for name in PORT_FIELDS:
         extra = set(getattr(part, name)) - set(getattr(parent, name))
         if extra:

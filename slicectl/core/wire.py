@@ -32,6 +32,9 @@ class NetEntry:
     admin_sniffer: bool
     tcp_ports: list[int]
     udp_ports: list[int]
+    #: The privileged operations the slice may call, and its overlay range (a CIDR).
+    vsys: list[str]
+    vsys_vnet: str
 
 
 @dataclass(frozen=True)

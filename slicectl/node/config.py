@@ -74,6 +74,18 @@ class NodeConfig:
         return self.run_dir / "shim"
 
     @property
+    def vsys_dir(self) -> Path:
+        """Holds the vsys daemon's socket; mounted into slivers whose rspec names a
+        privileged operation (``vsys``)."""
+        return self.run_dir / "vsys"
+
+    @property
+    def vsys_scripts_dir(self) -> Path:
+        """The local administrator's own vsys operations (root-owned executables), besides
+        those slicectl ships."""
+        return self.state_dir / "vsys"
+
+    @property
     def sniffer_dir(self) -> Path:
         """Holds the admin sniffer's record socket; mounted into node services and into
         slivers with ``admin_sniffer``."""

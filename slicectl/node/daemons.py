@@ -82,6 +82,7 @@ class HostDaemon:
 NM = HostDaemon("nm", "slicectl.node.nm.daemon")
 SNIFFER = HostDaemon("sniffer", "slicectl.node.sniffer")
 SHIM = HostDaemon("shim", "slicectl.node.shim")
+VSYS = HostDaemon("vsys", "slicectl.node.vsys")
 
 
 def bound_record(text: str, limit: int = MAX_LOG_RECORD) -> str:
@@ -193,6 +194,25 @@ def socket_answers(path: Path, kind: int = socket.SOCK_STREAM) -> Callable[[Node
             except OSError:
                 return False
     return check
+
+
+def listen_for_slivers(path: Path, backlog: int) -> socket.socket:
+    """A SOCK_SEQPACKET socket listening at ``path`` (its directory made), open to any
+    process of a sliver (who it is comes from its credentials, never from the mode);
+    swapped in atomically, so a client never finds a half-made socket."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".new")
+    tmp.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind(str(tmp))
+        os.chmod(tmp, 0o666)
+        listener.listen(backlog)
+        os.replace(tmp, path)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def source_root() -> Path:
@@ -329,9 +349,13 @@ def shim_ready(cfg: NodeConfig) -> bool:
     return socket_answers(cfg.shim_dir / "raw.sock", socket.SOCK_SEQPACKET)(cfg)
 
 
+def vsys_ready(cfg: NodeConfig) -> bool:
+    return socket_answers(cfg.vsys_dir / "vsys.sock", socket.SOCK_SEQPACKET)(cfg)
+
+
 #: The node's host daemons in start order, with their readiness checks.
 HOST_DAEMONS: tuple[tuple[HostDaemon, Callable[[NodeConfig], bool]], ...] = (
-    (NM, nm_answers), (SNIFFER, sniffer_ready), (SHIM, shim_ready),
+    (NM, nm_answers), (SNIFFER, sniffer_ready), (SHIM, shim_ready), (VSYS, vsys_ready),
 )
 
 

@@ -59,7 +59,8 @@ class SliverEngine:
 
     def facts(self, *, image: str, network: str, cgroup_parent: str, hostname: str,
               nm_sock_dir: Path, subnet: str, quota_counts_image: bool,
-              shim_dir: Path | None = None, sniffer_dir: Path | None = None) -> NodeFacts:
+              shim_dir: Path | None = None, sniffer_dir: Path | None = None,
+              vsys_dir: Path | None = None) -> NodeFacts:
         try:
             img = self.client.images.get(image)
         except docker.errors.ImageNotFound as e:
@@ -75,7 +76,7 @@ class SliverEngine:
             image_bytes=int(img.attrs.get("Size", 0)), network=network,
             cgroup_parent=cgroup_parent, hostname=hostname, nm_sock_dir=nm_sock_dir,
             subnet=subnet, quota_counts_image=quota_counts_image, shim_dir=shim_dir,
-            sniffer_dir=sniffer_dir,
+            sniffer_dir=sniffer_dir, vsys_dir=vsys_dir,
         )
 
     def _filters(self, slice_name: str | None = None) -> dict[str, Any]:

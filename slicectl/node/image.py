@@ -26,7 +26,8 @@ from slicectl.node.dockerd import Say
 SUITE = "bookworm"
 IMAGES_DIR = Path(__file__).resolve().parents[2] / "images" / "reference"
 #: Python packages of the project that go into the image as top-level packages.
-IMAGE_PACKAGES = {"saferaw": Path(__file__).resolve().parents[1] / "saferaw"}
+IMAGE_PACKAGES = {"saferaw": Path(__file__).resolve().parents[1] / "saferaw",
+                  "vsys": Path(__file__).resolve().parents[1] / "vsysclient"}
 CACHE_DIR = Path("/var/cache/slicectl")
 
 

@@ -161,13 +161,26 @@ def synthetic_block(frames: Sequence[bytes], slot: int = 128, first: int = 48) -
     return bytes(buf)
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(fd: int, what: str) -> None:
+    """Move the calling thread into the network namespace open at ``fd``.
+
+    Raises:
+        EngineError: the kernel refused (the message names ``what``).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        raise EngineError(f"setns into {what}: {os.strerror(ctypes.get_errno())}")
+
+
 @contextmanager
 def in_netns(pid: int) -> Iterator[None]:
     """Run the body in the network namespace of ``pid``, then switch back.
 
     Sockets made inside keep working in their namespace after the switch back.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
     own = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
         try:
@@ -175,15 +188,12 @@ def in_netns(pid: int) -> Iterator[None]:
         except OSError as e:
             raise EngineError(f"network namespace of pid {pid}: cannot open it ({e.strerror})") from e
         try:
-            if libc.setns(target, 0x40000000) != 0:  # CLONE_NEWNET
-                err = ctypes.get_errno()
-                raise EngineError(f"setns into pid {pid}'s network: {os.strerror(err)}")
+            enter_netns(target, f"pid {pid}'s network")
         finally:
             os.close(target)
         try:
             yield
         finally:
-            if libc.setns(own, 0x40000000) != 0:
-                raise EngineError("setns back to the host network failed")
+            enter_netns(own, "the host network (back)")
     finally:
         os.close(own)

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import select
 import selectors
 import socket
@@ -53,7 +52,7 @@ from slicectl.ipc.lingering import linger_close
 from slicectl.ipc.refusals import Refusals
 from slicectl.ipc.rpc import Client
 from slicectl.node.config import NodeConfig, default_config
-from slicectl.node.daemons import SHIM, daemon_logging, serve_daemon
+from slicectl.node.daemons import SHIM, daemon_logging, listen_for_slivers, serve_daemon
 from slicectl.node.procfs import PinnedPeer, pin
 from slicectl.node.ring import (
     ETH_P_ALL,
@@ -602,14 +601,7 @@ class Shim:
         s.buffers += more
 
     def listen(self) -> None:
-        self.cfg.shim_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.sock_path.with_suffix(".new")
-        tmp.unlink(missing_ok=True)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        listener.bind(str(tmp))
-        os.chmod(tmp, 0o666)  # any process of a sliver; who it is comes from its credentials
-        listener.listen(256)
-        os.replace(tmp, self.sock_path)
+        listener = listen_for_slivers(self.sock_path, 256)
         listener.setblocking(False)
         self.accepts = Accepts(self.sel, listener, ("listen", listener), log)
         self.listener = listener

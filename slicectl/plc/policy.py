@@ -23,7 +23,8 @@ EVERYONE = PERSONS | NODE | {"anonymous"}
 #: carry resources and are admin-only.
 MEMBER_TAGS = ("initscript", "initscript_code", "vref")
 RESOURCE_TAGS = ("cpu_share", "cpu_pct", "net_min_rate", "net_max_rate", "net_max_kbyte",
-                 "disk_max", "enabled", "nofile_hard", "nproc_hard", "vsys", "capabilities",
+                 "disk_max", "enabled", "nofile_hard", "nproc_hard", "vsys", "vsys_vnet",
+                 "capabilities",
                  # slicectl's: the node ports reserved for the slice's slivers
                  "tcp_ports", "udp_ports")
 

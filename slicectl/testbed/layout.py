@@ -32,6 +32,7 @@ SITE = "tb"
 FIRST_NODE = 11
 #: Where a node finds the block device of its engine's btrfs.
 ENGINE_DEVICE = "/dev/slicectl-engine"
+TUN_DEVICE = "/dev/net/tun"
 _PROJECT = re.compile(r"^slicectl-[a-z0-9][a-z0-9-]{0,38}$")
 
 
@@ -214,7 +215,8 @@ def nodes_compose(lay: Layout, template_file: Path, caps: list[str],
             },
             "volumes": [f"{lay.node_dir(node.name)}:/etc/slicectl/testbed:ro"],
             "cap_add": caps,
-            "devices": [f"{devices[node.name]}:{ENGINE_DEVICE}"],
+            # and the TUN device vsys's fd_tuntap opens for its slivers
+            "devices": [f"{devices[node.name]}:{ENGINE_DEVICE}", f"{TUN_DEVICE}:{TUN_DEVICE}"],
             "networks": {"testbed": {"ipv4_address": node.address}},
             "depends_on": ["plc"],
             "labels": {"slicectl.testbed.node": node.name},

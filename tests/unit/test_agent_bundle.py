@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from slicectl.agent.bundle import SLIVER_CA, bundle, initscript
+from slicectl.agent.main import SLIVER_NM_SOCK
+from slicectl.core.containerplan import SLIVER_NM_DIR
 from slicectl.node.nm.slicestate import MAX_INITSCRIPT
 from slicectl.plc.credentials import NodeCredentials
 
@@ -30,6 +32,7 @@ def test_the_bundle_runs_without_site_packages(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith("slicectl-agent: credentials ") and run.stderr.count("\n") == 1
     assert bundle() == bundle()  # the same code, the same bytes (the initscript's digest)
+    assert f"{SLIVER_NM_DIR}/nm.sock" == SLIVER_NM_SOCK  # named in the agent, without the plans
 
 
 def test_the_initscript_carries_everything_and_fits(tmp_path: Path) -> None:

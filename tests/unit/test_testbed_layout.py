@@ -57,7 +57,7 @@ def test_each_node_extends_the_template_with_its_own_identity() -> None:
     assert n2["networks"] == {"testbed": {"ipv4_address": "10.198.0.12"}}
     assert n2["volumes"] == ["/s/slicectl-tb-y/nodes/node2:/etc/slicectl/testbed:ro"]
     assert n2["cap_add"] == ["CHOWN", "SYS_ADMIN"]
-    assert n2["devices"] == ["/dev/loop4:/dev/slicectl-engine"]
+    assert n2["devices"] == ["/dev/loop4:/dev/slicectl-engine", "/dev/net/tun:/dev/net/tun"]
 
 
 def test_caps_are_those_of_the_bounding_set() -> None:

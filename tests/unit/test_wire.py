@@ -10,7 +10,8 @@ import pytest
 from slicectl.core.errors import ValidationError
 from slicectl.core.wire import NetEntry, RcapInfo, from_struct, to_struct
 
-ENTRY = NetEntry("pl_a", 3, "172.30.128.3", "c" * 64, True, False, [8080], [])
+ENTRY = NetEntry("pl_a", 3, "172.30.128.3", "c" * 64, True, False, [8080], [], ["fd_tuntap"],
+                 "100.64.3.0/24")
 
 
 def test_round_trip_through_xmlrpc() -> None:

@@ -44,6 +44,7 @@ METHODS: dict[str, str] = {
     "release_port": "release_port",
     "release_claims": "release_claims",
     "list_claims": "list_claims",
+    "vsys_event": "vsys_event",
 }
 
 #: What a node-service sidecar (the sensor server, the auditor) may call: reads only.

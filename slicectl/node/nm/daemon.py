@@ -104,7 +104,7 @@ def build_node_manager(cfg: NodeConfig) -> NodeParts:
         image=cfg.image or f"{REFERENCE_REPO}:latest", network=cfg.network,
         cgroup_parent=cfg.cgroup_parent, hostname=cfg.hostname, nm_sock_dir=cfg.nm_sock_dir,
         subnet=cfg.subnet, quota_counts_image=quota_mode(Path(root)) == "qgroup",
-        shim_dir=cfg.shim_dir, sniffer_dir=cfg.sniffer_dir,
+        shim_dir=cfg.shim_dir, sniffer_dir=cfg.sniffer_dir, vsys_dir=cfg.vsys_dir,
     )
     policy = cfg.policy()
     capacity = node_capacity(root, policy)
@@ -129,7 +129,7 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     os.chmod(cfg.slivers_dir, 0o711)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     # Mount sources of slivers' service sockets: they must exist before any container.
-    for d in (cfg.shim_dir, cfg.sniffer_dir):
+    for d in (cfg.shim_dir, cfg.sniffer_dir, cfg.vsys_dir):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
     raise_host_limits()  # before the node's capacity is read: it counts kernel.pid_max

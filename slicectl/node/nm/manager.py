@@ -28,7 +28,7 @@ from slicectl.core.containerplan import NodeFacts
 from slicectl.core.errors import NotFoundError, PermissionDenied, StateError, ValidationError
 from slicectl.core.netplan import sliver_xid_range
 from slicectl.core.policy import NodePolicy
-from slicectl.core.rspec import validate_slice_name
+from slicectl.core.rspec import VSYS_NAME, validate_slice_name
 from slicectl.core.units import iso
 from slicectl.core.wire import NetEntry, RcapInfo, SliverView
 from slicectl.node.accounts import validate_keys
@@ -335,6 +335,18 @@ class NodeManager:
     def list_claims(self, caller: Caller) -> list[dict[str, Any]]:
         require_privileged(caller)
         return self.ports.claims()
+
+    def vsys_event(self, caller: Caller, slice_name: object, op: object,
+                   detail: object) -> bool:
+        """Record a privileged operation a slice called (the vsys daemon, as root)."""
+        require_root(caller, "vsys_event")
+        name = validate_slice_name(slice_name)
+        if not isinstance(op, str) or not VSYS_NAME.match(op) or len(op) > 64:
+            raise ValidationError("op", f"an operation name matching {VSYS_NAME.pattern}", op)
+        if not isinstance(detail, str) or len(detail) > 200:
+            raise ValidationError("detail", "text of at most 200 characters", detail)
+        self.event("vsys", f"vsys {op}", name, detail)
+        return True
 
     # the node ---------------------------------------------------------------------------
 

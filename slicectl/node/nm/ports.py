@@ -10,6 +10,7 @@ from typing import Any
 from slicectl.core.admission import NODE_SERVICE_PORTS
 from slicectl.core.errors import AdmissionError, PermissionDenied, SlicectlError, ValidationError
 from slicectl.core.rspec import RSpec, combine, parse_rspec, validate_slice_name
+from slicectl.core.vsys import slice_vnet
 from slicectl.core.wire import NetEntry
 from slicectl.node.nm.boundary import NetIdentity, Network
 from slicectl.node.nm.rcaps import RcapBook
@@ -84,7 +85,8 @@ class PortBook:
             NetEntry(slice=i.slice, xid=i.xid, address=self.net.address(i.xid),
                      container_id=by_container.get(i.slice) or "",
                      raw_sockets=i.rspec.raw_sockets, admin_sniffer=i.rspec.admin_sniffer,
-                     tcp_ports=list(i.rspec.tcp_ports), udp_ports=list(i.rspec.udp_ports))
+                     tcp_ports=list(i.rspec.tcp_ports), udp_ports=list(i.rspec.udp_ports),
+                     vsys=list(i.rspec.vsys), vsys_vnet=slice_vnet(i.slice, i.rspec))
             for i in self.identities()
         ]
 
