@@ -121,7 +121,7 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
     mounts = [
         {"Type": "bind", "Source": str(ident.etc_dir), "Target": SLIVER_ETC, "ReadOnly": True},
     ]
-    if rspec.nm_privileged:
+    if rspec.nm_privileged or rspec.admin:  # admin: the admin_* methods and reads only
         mounts.append(
             {"Type": "bind", "Source": str(node.nm_sock_dir), "Target": SLIVER_NM_DIR,
              "ReadOnly": True}

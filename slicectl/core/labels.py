@@ -9,3 +9,8 @@ LABEL_SERVICE = f"{LABEL_PREFIX}.service"
 SLIVER_PREFIX = "sliver-"
 SLICE_GROUP = "slicectl-slices"
 REFERENCE_REPO = "slicectl/reference"
+#: The node agent's (PLC's node manager's) slice on every node: the one slice besides host
+#: root that may grant the ``admin`` right (to the site's admin sliver).
+AGENT_SLICE = "slicectl_agent"
+#: The site's admin sliver on every node (``ssh site_admin@node``).
+ADMIN_SLICE = "site_admin"

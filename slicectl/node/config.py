@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from slicectl.core.errors import ValidationError
+from slicectl.core.labels import AGENT_SLICE
 from slicectl.core.policy import NodePolicy, parse_policy
 
 
@@ -48,6 +49,9 @@ class NodeConfig:
     #: The host port where this machine serves PLC (then slivers may reach it, as they
     #: would reach a PLC elsewhere: the node agent's sliver does); 0: PLC is elsewhere.
     plc_port: int = 0
+    #: The node agent's slice: besides host root, the one caller that may grant the
+    #: ``admin`` right (private test nodes name their agent apart: they share accounts).
+    agent_slice: str = AGENT_SLICE
 
     def sliver_services(self) -> tuple[tuple[str, int], ...]:
         """(proto, port) of the host services meant for slivers."""
@@ -156,6 +160,7 @@ class NodeConfig:
             sensors_port=int(sensors_text),
             offers_dns=dns_text == "1",
             plc_port=int(plc_text),
+            agent_slice=env.get("SLICECTL_AGENT_SLICE", AGENT_SLICE),
         )
 
 

@@ -67,7 +67,8 @@ def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "t
     return base.with_(node_id=f"{kind}-{tag}", state_dir=PRIVATE_STATE / tag,
                       run_dir=PRIVATE_RUN / tag, network=f"slicectl-t{tag}",
                       subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}",
-                      plc_port=0)  # a private node hosts no PLC (the host's may)
+                      plc_port=0,  # a private node hosts no PLC (the host's may)
+                      agent_slice=f"t{tag}_agent")
 
 
 def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:

@@ -268,6 +268,24 @@ def test_node_writes(world: World) -> None:
     assert world.pi.DeleteNode(nid) == 1
 
 
+def test_getslivers_accounts(world: World) -> None:
+    """site_admin: the keys of the node's site's enabled PIs and techs (not its users,
+    not another site's PIs); root: the admins'. A node with no slice gets them too."""
+    def key(c: Client, k: str) -> None:
+        c.AddPersonKey(c.person_id, {"key_type": "ssh", "key": k})  # type: ignore[attr-defined]
+
+    key(world.pi, ECDSA)
+    key(world.tech, ED25519)
+    key(world.user, RSA)
+    key(world.outsider, RSA)
+    world.root.AddPersonKey(ROOT, {"key_type": "ssh", "key": RSA})
+    site = [{"key_type": "ssh", "key": ECDSA}, {"key_type": "ssh", "key": ED25519}]
+    assert world.node.GetSlivers()["accounts"] == [
+        {"name": "site_admin", "keys": site}, {"name": "root", "keys": [{"key_type": "ssh", "key": RSA}]}]
+    world.root.UpdatePerson(world.tech.person_id, {"enabled": False})  # type: ignore[attr-defined]
+    assert world.node.GetSlivers()["accounts"][0] == {"name": "site_admin", "keys": site[:1]}
+
+
 def test_getslivers_shape(world: World, plc_clock: Clock) -> None:
     pi, r, user = world.pi, world.root, world.user
     uid = user.person_id  # type: ignore[attr-defined]
