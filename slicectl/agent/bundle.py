@@ -21,8 +21,7 @@ ROOT = app.ROOT
 #: fails there.
 MODULES = (
     "slicectl/agent/*.py", "slicectl/core/units.py",
-    "slicectl/core/rspec.py", "slicectl/core/containerplan.py", "slicectl/core/labels.py",
-    "slicectl/core/netplan.py",
+    "slicectl/core/rspec.py", "slicectl/core/labels.py",
     "slicectl/plc/__init__.py", "slicectl/plc/auth.py", "slicectl/plc/credentials.py",
 )
 #: Where the sliver keeps the bundle, PLC's certificate and the agent's log.

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from slicectl.core.containerplan import SLIVER_NM_DIR
 from slicectl.core.errors import SlicectlError, UsageError
+from slicectl.core.labels import SLIVER_NM_DIR
 from slicectl.ipc.rpc import Client
 from slicectl.plc.credentials import NodeCredentials
 

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SLICE, LABEL_XID, SLIVER_PREFIX
+from slicectl.core.labels import (
+    LABEL_KIND,
+    LABEL_NODE,
+    LABEL_SLICE,
+    LABEL_XID,
+    SLIVER_NM_DIR,
+    SLIVER_PREFIX,
+    SLIVER_SHIM_DIR,
+    SLIVER_SNIFFER_DIR,
+)
 from slicectl.core.netplan import node_gateway, sliver_address
 from slicectl.core.rspec import RSpec
 
@@ -33,9 +42,6 @@ SLIVER_CAPS: tuple[str, ...] = (
 SLIVER_ETC = "/etc/slicectl"
 #: User and group ids a sliver's namespace maps (the engine's remap range).
 SLIVER_IDS = 65536
-SLIVER_NM_DIR = "/run/slicectl/nm"
-SLIVER_SHIM_DIR = "/run/slicectl/raw"
-SLIVER_SNIFFER_DIR = "/run/slicectl/sniffer"
 
 
 @dataclass(frozen=True)

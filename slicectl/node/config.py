@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from slicectl.core.errors import ValidationError
-from slicectl.core.labels import AGENT_SLICE
+from slicectl.core.labels import ADMIN_SLICE, AGENT_SLICE
 from slicectl.core.policy import NodePolicy, parse_policy
 
 
@@ -52,6 +52,8 @@ class NodeConfig:
     #: The node agent's slice: besides host root, the one caller that may grant the
     #: ``admin`` right (private test nodes name their agent apart: they share accounts).
     agent_slice: str = AGENT_SLICE
+    #: The site's admin sliver (``ssh site_admin@node``), which the agent keeps.
+    admin_slice: str = ADMIN_SLICE
 
     def sliver_services(self) -> tuple[tuple[str, int], ...]:
         """(proto, port) of the host services meant for slivers."""
@@ -161,6 +163,7 @@ class NodeConfig:
             offers_dns=dns_text == "1",
             plc_port=int(plc_text),
             agent_slice=env.get("SLICECTL_AGENT_SLICE", AGENT_SLICE),
+            admin_slice=env.get("SLICECTL_ADMIN_SLICE", ADMIN_SLICE),
         )
 
 

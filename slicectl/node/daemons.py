@@ -57,6 +57,7 @@ def config_env(cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_OFFERS_DNS": "1" if cfg.offers_dns else "0",
         "SLICECTL_PLC_PORT": str(cfg.plc_port),
         "SLICECTL_AGENT_SLICE": cfg.agent_slice,
+        "SLICECTL_ADMIN_SLICE": cfg.admin_slice,
     }
 
 

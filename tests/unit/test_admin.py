@@ -144,8 +144,8 @@ def test_the_admin_reads_everything_and_its_actions_are_events(node: FakeNode) -
     assert api("admin_stop", ("pl_a", "runaway"), me)["desired"] == STOPPED
     assert api("get_sliver", ("pl_a",), me)["stopped"]["by"] == "slice:site_admin"
     # the sliver's creator cannot undo the site's stop; root and the admin can
-    with pytest.raises(PermissionDenied, match="^slice pl_a: stopped by slice:site_admin "
-                       r"\(the site's admin\) at .*: runaway; only root or the site's admin"):
+    with pytest.raises(PermissionDenied, match=r"^slice pl_a: the site's admin stopped it "
+                       r"\(slice:site_admin at .*: runaway\); only root or the site's admin"):
         node.nm.start(privileged("pl_svc"), "pl_a")
     assert api("admin_start", ("pl_a",), me)["desired"] == RUNNING
     node.nm.stop(ROOT, "pl_a")
@@ -233,3 +233,48 @@ def test_kill_targets(pids: list[int], expect: list[int] | str) -> None:
 def test_validate_pids(bad: object) -> None:
     with pytest.raises(ValidationError, match="^pids: expected a list of process ids"):
         validate_pids(bad)
+
+
+# the agent keeps the admin sliver ---------------------------------------------------------
+
+ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAedTThpXyowOnVlyTamP51PoT4OP2uPOGgEKsAZjr81 pi@e"
+ED2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBedTThpXyowOnVlyTamP51PoT4OP2uPOGgEKsAZjr81 t@e"
+
+
+def view_with(keys: list[str], slivers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"slivers": slivers or [], "initscripts": [],
+            "accounts": [{"name": "site_admin", "keys": [{"key_type": "ssh", "key": k}
+                                                         for k in keys]},
+                         {"name": "root", "keys": []}]}
+
+
+def test_the_agent_keeps_the_admin_sliver_with_the_sites_keys(tmp_path: Path) -> None:
+    from slicectl.agent.sync import Record, converge
+    from tests.unit.test_agent import FakeNM
+    nm, path = FakeNM(), tmp_path / "agent.json"
+    admin = {"slice": "site_admin", "initscript": "#!/bin/sh\n# tools\n"}
+    out = converge(nm, view_with([]), Record(), path, NOW, admin)
+    assert out.done == ["create site_admin"]
+    s = nm.slivers["site_admin"]
+    assert s["keys"] == [] and s["initscript"] == admin["initscript"]  # kept with no keys
+    assert {k: v for k, v in nm.rcaps[s["rcaps"][0]].items() if k != "end"} == {
+        "admin": True, "admin_sniffer": True}
+    out = converge(nm, view_with([ED, ED2]), Record.load(path), path, NOW, admin)
+    assert out.done == ["set_keys site_admin"] and s["keys"] == [ED, ED2]
+    assert converge(nm, view_with([ED, ED2]), Record.load(path), path, NOW, admin).done == []
+    # new tools: a new initscript; a PLC slice of the admin's name is never made
+    plc = {"name": "site_admin", "slice_id": 9, "instantiation": "plc-instantiated",
+           "expires": int(NOW) + 3600, "keys": [], "attributes": []}
+    out = converge(nm, view_with([ED], [plc]), Record.load(path), path, NOW,
+                   {**admin, "initscript": "#!/bin/sh\n# new\n"})
+    assert out.done == ["set_keys site_admin", "set_initscript site_admin"]
+    rec = Record.load(path)
+    assert "site_admin: the name of the site's admin sliver on this node; not made" in rec.reported
+    # a node manager without admin_tools has no admin right: the sliver cannot be kept
+    assert converge(nm, view_with([ED]), rec, path, NOW, None).done == ["destroy site_admin"]
+
+
+def test_the_agent_knows_the_words_of_an_admin_stop() -> None:
+    from slicectl.agent.sync import ADMIN_STOPPED
+    from slicectl.node.nm import manager
+    assert ADMIN_STOPPED == manager.ADMIN_STOPPED

@@ -49,6 +49,7 @@ METHODS: dict[str, str] = {
     "admin_stop": "admin_stop",
     "admin_start": "admin_start",
     "admin_cap": "admin_cap",
+    "admin_tools": "admin_tools",
 }
 
 #: What a node-service sidecar (the sensor server, the auditor) may call: reads only.

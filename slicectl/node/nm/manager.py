@@ -62,6 +62,11 @@ log = logging.getLogger("slicectl.node.nm")
 USAGE_KEEP_DAYS = 7
 
 
+#: Why a sliver the site's admin stopped does not start for its creator (the agent
+#: recognises it: :data:`slicectl.agent.sync.ADMIN_STOPPED`).
+ADMIN_STOPPED = "the site's admin stopped it"
+
+
 def validate_reason(reason: object) -> str:
     if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
         raise ValidationError("reason", "printable text of at most 200 characters", reason)
@@ -110,7 +115,8 @@ class NodeManager:
                            code_hash(), clock)
         self.callers = Callers(store.sliver_in, self._rights, engine.service_of,
                                cfg.agent_slice)
-        self.agent_slice = cfg.agent_slice
+        self.agent_slice, self.admin_slice = cfg.agent_slice, cfg.admin_slice
+        self._admin_tools: str | None = None
         self.procs = ProcTable(self.callers.slice_in, engine.service_of)
 
     def _rights(self, name: str) -> tuple[bool, bool]:
@@ -251,10 +257,10 @@ class NodeManager:
     def _not_admin_stopped(self, name: str) -> None:
         last = self.store.events(name, 1, STOP_ACTIONS)
         if last and last[0].action == "admin_stop":
+            why = f": {last[0].detail}" if last[0].detail else ""
             raise PermissionDenied(
-                f"slice {name}: stopped by {last[0].who} (the site's admin) at {iso(last[0].at)}"
-                f"{': ' + last[0].detail if last[0].detail else ''}; only root or the site's "
-                "admin may start it")
+                f"slice {name}: {ADMIN_STOPPED} ({last[0].who} at {iso(last[0].at)}{why}); "
+                "only root or the site's admin may start it")
 
     def wake(self, caller: Caller, slice_name: object) -> bool:
         """Make a sliver that is meant to run ready to be entered: start it if it is
@@ -415,6 +421,18 @@ class NodeManager:
             what = "the node agent's" if name == self.agent_slice else "an admin"
             raise PermissionDenied(f"slice {sliver.slice}: {what} sliver; the site's admin acts "
                                    "only on slices' slivers")
+
+    def admin_tools(self, caller: Caller) -> dict[str, str]:
+        """The site's admin sliver as the node agent makes it: its slice name and its
+        initscript, which installs the admin tools of this node manager's code (root or
+        the agent)."""
+        if not (caller.is_root or caller.agent):
+            raise PermissionDenied(f"admin_tools: expected root or the node agent, found "
+                                   f"{caller.name}")
+        if self._admin_tools is None:
+            from slicectl.admintools.bundle import initscript
+            self._admin_tools = initscript()
+        return {"slice": self.admin_slice, "initscript": self._admin_tools}
 
     def admin_ps(self, caller: Caller) -> list[Proc]:
         """Every process of the node: host pid, slice (``host``, ``service:NAME``,
