@@ -56,7 +56,8 @@ METHODS: dict[str, str] = {
 SERVICE_METHODS = frozenset({"status", "list", "get_sliver", "services"})
 #: What the site's admin sliver may call: reads, the node's events and the admin methods;
 #: nothing that makes, keys or binds a sliver.
-ADMIN_METHODS = SERVICE_METHODS | {"events"} | {m for m in METHODS if m.startswith("admin_")}
+ADMIN_METHODS = SERVICE_METHODS | {"events"} | {m for m in METHODS if m.startswith("admin_")
+                                               and m != "admin_tools"}
 
 
 class NodeManagerAPI:
