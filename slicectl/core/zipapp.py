@@ -52,8 +52,11 @@ def commands_initscript(title: str, state: str, app: str, code: bytes, bindir: s
                         commands: Sequence[tuple[str, str]]) -> str:
     """An initscript that installs a zip application of commands, runs nothing: write
     ``code`` to ``app`` and, for each (name, subcommand), an executable ``bindir/name``
-    that runs ``python3 -I app subcommand ARGS...``."""
+    that runs ``python3 -I app subcommand ARGS...`` as root in the sliver (the slice's
+    user, as whom ssh logs in, through sudo, which the reference image grants it)."""
     wrappers = "".join(
-        f"printf '#!/bin/sh\\nexec python3 -I {app} {sub} \"$@\"\\n' > {bindir}/{name}\n"
+        f"cat > {bindir}/{name} <<'SLICECTL_WRAPPER'\n#!/bin/sh\n"
+        '[ "$(id -u)" = 0 ] || exec sudo -n "$0" "$@"\n'
+        f'exec python3 -I {app} {sub} "$@"\nSLICECTL_WRAPPER\n'
         f"chmod 755 {bindir}/{name}\n" for name, sub in commands)
     return prologue(title, code, "022", state, app) + f"mkdir -p {bindir}\n" + wrappers
