@@ -588,3 +588,14 @@ def test_change_notices_can_be_turned_off(world: World) -> None:
         world.node.WaitForChange(-1)
     assert e.value.fault_code == 109 and "--no-change-notices" in str(e.value)
     assert world.node.GetSlivers()["node_id"] == world.node_id
+
+
+def test_the_demo_sites_pi_is_the_nodes_site_admin(world: World) -> None:
+    """make up's demo: the demo PI, with the demo key, is a PI of the node's site too, so
+    GetSlivers gives the node's site_admin account that key (idempotently)."""
+    from slicectl.plc.demo import ensure_demo_slice
+
+    for _ in range(2):
+        ensure_demo_slice(world.root, world.node_id, ED25519)  # type: ignore[arg-type]
+    accounts = world.node.GetSlivers()["accounts"]
+    assert accounts[0] == {"name": "site_admin", "keys": [{"key_type": "ssh", "key": ED25519}]}
