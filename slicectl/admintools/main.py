@@ -228,9 +228,12 @@ def audit_text(doc: dict[str, Any]) -> str:
     for key, value in doc.items():
         if isinstance(value, list):
             lines.append(f"{key}: {len(value)}")
-            for row in value[:50]:
-                lines.append("  " + ("  ".join(f"{k}={v}" for k, v in row.items())
-                                     if isinstance(row, dict) else str(row)))
+            lines += ["  " + ("  ".join(f"{k}={v}" for k, v in row.items())
+                              if isinstance(row, dict) else str(row)) for row in value[:50]]
+        elif isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {json.dumps(v) if isinstance(v, dict | list) else v}"
+                      for k, v in value.items()]
         else:
             lines.append(f"{key}: {value}")
     return "\n".join(lines) + "\n"
@@ -241,9 +244,11 @@ def audit(argv: list[str], call: Call, out: TextIO) -> int:
                                 "say about an address: which slices sent to it, when and how "
                                 "much, and whom to write.")
     p.add_argument("ip")
-    p.add_argument("--url", help="the audit pages (default http://<the node>:80)")
+    p.add_argument("--port", type=int, default=80, help="the node's audit port (default 80)")
+    p.add_argument("--url", help="the audit pages elsewhere (default http://<the node, this "
+                   "sliver's gateway>:PORT)")
     a = p.parse_args(argv)
-    base = a.url or f"http://{default_gateway()}"
+    base = a.url or f"http://{default_gateway()}:{a.port}"
     url = f"{base.rstrip('/')}/dst/{a.ip}.json"
     try:
         with urllib.request.urlopen(url, timeout=30) as r:

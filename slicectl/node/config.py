@@ -41,8 +41,11 @@ class NodeConfig:
     hostname: str = ""
     #: Who runs the node, as the traffic auditor's pages show it (e.g. "Site <ops@site>").
     operator: str = ""
-    #: The sensor server's port: the one host TCP port slivers may reach.
+    #: The sensor server's port: a host TCP port slivers may reach.
     sensors_port: int = 33080
+    #: The traffic auditor's pages (public: outsiders read them; slivers may too, the
+    #: admin sliver's pl-audit does).
+    audit_port: int = 80
     #: Whether the node runs a DNS server for its slivers (then they may reach port 53 on
     #: the host; by default they resolve through the engine's resolver in their own netns).
     offers_dns: bool = False
@@ -59,7 +62,7 @@ class NodeConfig:
         """(proto, port) of the host services meant for slivers."""
         dns = (("tcp", 53), ("udp", 53)) if self.offers_dns else ()
         plc = (("tcp", self.plc_port),) if self.plc_port else ()
-        return (("tcp", self.sensors_port), *dns, *plc)
+        return (("tcp", self.sensors_port), ("tcp", self.audit_port), *dns, *plc)
 
     @property
     def db_path(self) -> Path:
@@ -137,6 +140,9 @@ class NodeConfig:
         sensors_text = env.get("SLICECTL_SENSORS_PORT", "33080")
         if not sensors_text.isdigit() or not 1 <= int(sensors_text) <= 65535:
             raise ValidationError("SLICECTL_SENSORS_PORT", "a port number", sensors_text)
+        audit_text = env.get("SLICECTL_AUDIT_PORT", "80")
+        if not audit_text.isdigit() or not 1 <= int(audit_text) <= 65535:
+            raise ValidationError("SLICECTL_AUDIT_PORT", "a port number", audit_text)
         # PLC hosted here (make up): its state directory exists
         plc_text = env.get("SLICECTL_PLC_PORT",
                            "443" if (state / "plc" / "plc.crt").exists() else "0")
@@ -160,6 +166,7 @@ class NodeConfig:
             hostname=env.get("SLICECTL_HOSTNAME", socket.gethostname()),
             operator=env.get("SLICECTL_OPERATOR", f"root@{socket.gethostname()}"),
             sensors_port=int(sensors_text),
+            audit_port=int(audit_text),
             offers_dns=dns_text == "1",
             plc_port=int(plc_text),
             agent_slice=env.get("SLICECTL_AGENT_SLICE", AGENT_SLICE),

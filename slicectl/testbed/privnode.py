@@ -196,6 +196,8 @@ def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "tes
     cfg = private_config(base, engine, kind).with_(plc_port=plc_port)
     if services is not None and "sensors" in services:
         cfg = cfg.with_(sensors_port=services["sensors"])
+    if services is not None and "auditd" in services:
+        cfg = cfg.with_(audit_port=services["auditd"])
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
     say = say or Say(quiet=True)

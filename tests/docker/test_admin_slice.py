@@ -18,6 +18,8 @@ import pytest
 
 from slicectl.core.netplan import handle
 from slicectl.node import tc
+from slicectl.node.config import NodeConfig
+from slicectl.testbed.privnode import log_path, private_node, service_ports
 
 from .conftest import NMHandle, make_sliver, sliver_exec
 from .test_local_policy import set_policy
@@ -219,3 +221,25 @@ def test_the_admin_captures_a_slices_packets(dnm: NMHandle, engine: docker.Docke
     assert shown.returncode == 0, shown.stderr
     got = shown.stdout.splitlines()
     assert len(got) == 3 and all("> 198.18.77.7.9999: UDP, length 100" in g for g in got), got
+
+
+def test_the_admin_reads_the_audit_pages_in_a_terminal(node_cfg: NodeConfig,
+                                                       engine: docker.DockerClient) -> None:
+    with private_node(node_cfg, engine, daemons=True, services=service_ports()) as cfg:
+        nm = NMHandle(cfg=cfg, tag=cfg.state_dir.name, log_path=log_path(cfg))
+        victim = make_sliver(nm, "victim")
+        admin = admin_sliver(nm, engine)
+        engine.containers.get(victim["container"]).exec_run(
+            ["python3", "-c", "import socket, time\ns = socket.socket(socket.AF_INET, "
+             "socket.SOCK_DGRAM)\nwhile 1:\n    s.sendto(b'x', ('198.18.77.8', 7777))\n"
+             "    time.sleep(0.2)"], detach=True)
+        def audited() -> str | None:  # found at the sliver's gateway: the node
+            status, out = run(engine, admin, f"pl-audit 198.18.77.8 --port {cfg.audit_port}")
+            assert status == 0, out
+            return out if victim["name"] in out else None
+
+        out = until(audited, "the victim's packets on the audit pages", timeout=90)
+        assert "dst: 198.18.77.8" in out and "rows: " in out, out
+        status, out = run(engine, admin, f"pl-audit not-an-ip --port {cfg.audit_port} 2>&1")
+        assert status == 1 and out.startswith("pl-audit: audit pages at ") and \
+            out.count("\n") == 1, out
