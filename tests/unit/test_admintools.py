@@ -103,3 +103,26 @@ def test_the_bundle_runs_bare_and_the_initscript_fits(tmp_path: Path) -> None:
     run = subprocess.run([str(tmp_path / "bin" / "pl-cap"), "--help"], capture_output=True,
                          text=True, timeout=30, check=False)
     assert run.returncode == 0 and "net_cap_max_kbit" in run.stdout, run.stderr
+
+
+def test_the_node_is_the_slivers_default_gateway(tmp_path: Path) -> None:
+    from slicectl.admintools.main import default_gateway
+    from slicectl.core.errors import SlicectlError
+
+    route = tmp_path / "route"
+    route.write_text("Iface\tDestination\tGateway \tFlags\n"
+                     "eth0\t00001EAC\t00000000\t0001\n"
+                     "eth0\t00000000\t01001EAC\t0003\n")
+    assert default_gateway(str(route)) == "172.30.0.1"
+    route.write_text("Iface\tDestination\tGateway \tFlags\neth0\t00001EAC\t00000000\t0001\n")
+    with pytest.raises(SlicectlError, match="^route: expected a default route, found none$"):
+        default_gateway(str(route))
+
+
+def test_the_audit_json_as_text() -> None:
+    from slicectl.admintools.main import audit_text
+
+    text = audit_text({"dst": "198.18.0.2", "rows": [{"slice": "pl_a", "packets": 3}],
+                       "slices": {"pl_a": {"contacts": ["pi@x.org"]}}})
+    assert text.splitlines() == ["dst: 198.18.0.2", "rows: 1", "  slice=pl_a  packets=3",
+                                 "slices:", '  pl_a: {"contacts": ["pi@x.org"]}']
