@@ -20,7 +20,8 @@ ROOT = app.ROOT
 #: checkout); a test runs it with ``python3 -I`` and no site packages, so a missing import
 #: fails there.
 MODULES = (
-    "slicectl/agent/*.py", "slicectl/core/units.py", "slicectl/core/rspec.py",
+    "slicectl/agent/*.py", "slicectl/core/units.py",
+    "slicectl/core/rspec.py", "slicectl/core/labels.py",
     "slicectl/plc/__init__.py", "slicectl/plc/auth.py", "slicectl/plc/credentials.py",
 )
 #: Where the sliver keeps the bundle, PLC's certificate and the agent's log.

@@ -23,7 +23,7 @@ from slicectl.core.errors import ConnectionFailed, SlicectlError
 from slicectl.sliverapp import reporting
 from slicectl.sliverapp.reporting import printable
 
-from .sync import NM, REFUSED, Record, converge
+from .sync import NM, REFUSED, Record, admin_tools, converge
 
 log = logging.getLogger("slicectl.agent")
 
@@ -119,7 +119,7 @@ def step(plc: Source, nm: NM, record_path: Path, status: Status,
         return False
     status.plc, status.last_contact, status.failures_in_a_row = "ok", clock(), 0
     try:
-        out = converge(nm, view, record, record_path, clock())
+        out = converge(nm, view, record, record_path, clock(), admin_tools(nm))
     except SlicectlError as e:  # the node manager did not answer: try again next time
         status.last_error = f"node manager: {e}"
         log.warning("converge: %s", e)

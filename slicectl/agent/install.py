@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from slicectl.core.labels import AGENT_SLICE
 from slicectl.plc.credentials import NodeCredentials
 from slicectl.sliverapp.install import NM, ensure_sliver
 
 from .bundle import bundle, initscript
 
-#: The node agent's slice on every node.
-AGENT_SLICE = "slicectl_agent"
+__all__ = ["AGENT_RSPEC", "AGENT_SLICE", "agent_initscript", "ensure_agent_sliver"]
 #: What the agent's sliver holds (it makes slivers, it runs none of a slice's work).
 AGENT_RSPEC: dict[str, Any] = {"nm_privileged": True, "cpu_share": 20, "mem_mb": 256,
                                "disk_mb": 256, "raw_sockets": False}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from slicectl.core.errors import SlicectlError, UsageError
+from slicectl.core.labels import SLIVER_NM_DIR
 from slicectl.ipc.rpc import Client
 from slicectl.plc.credentials import NodeCredentials
 
@@ -22,10 +23,8 @@ from .plcview import PLCView
 
 #: Where the node's PLC credentials are (on the host, and in the agent's sliver).
 CREDENTIALS = Path("/etc/slicectl/plc-node.json")
-#: The node manager's socket (``core.containerplan``'s SLIVER_NM_DIR, named here so the
-#: bundle need not carry the container plans; a test holds them equal) and the agent's
-#: state, inside its sliver.
-SLIVER_NM_SOCK = "/run/slicectl/nm/nm.sock"
+#: The node manager's socket and the agent's state, inside its sliver.
+SLIVER_NM_SOCK = f"{SLIVER_NM_DIR}/nm.sock"
 SLIVER_STATE = "/var/lib/slicectl-agent"
 #: The credentials inside the sliver (its /etc/slicectl is the node's, read-only).
 SLIVER_CREDENTIALS = f"{SLIVER_STATE}/plc-node.json"

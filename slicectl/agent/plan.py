@@ -18,8 +18,7 @@ from slicectl.core.rspec import BOOL_FIELDS, INT_FIELDS, RSpec
 from .tags import initscript, resources
 
 #: The rspec fields the agent sets from tags; the others keep the rspec's defaults.
-COMPARED = tuple(f for f in (*INT_FIELDS, *BOOL_FIELDS) if f not in ("nm_privileged",
-                                                                      "admin_sniffer"))
+COMPARED = tuple(f for f in (*INT_FIELDS, *BOOL_FIELDS) if f != "nm_privileged")
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RSpec) if f.name in COMPARED}
 
 
@@ -114,6 +113,26 @@ def sliver_info(sl: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
     contacts = tuple(dict.fromkeys(c for c in raw if isinstance(c, str) and _EMAIL.match(c))
                      )[:MAX_CONTACTS] if isinstance(raw, list) else ()
     return text, contacts
+
+
+#: The site's admin sliver's rights, and how its rcap's end moves (renewed once a period).
+ADMIN_RSPEC = (("admin", True), ("admin_sniffer", True))
+ADMIN_PERIOD_S = 30 * 86400
+
+
+def admin_want(view: Mapping[str, Any], name: str, script: str, now: float) -> Want:
+    """The site's admin sliver (``name``): the admin right and the admin sniffer, the
+    keys of GetSlivers' ``site_admin`` account (the site's enabled PIs and techs), the
+    admin tools' initscript. It is kept with no keys too (nobody logs in; its events
+    and its tools stay)."""
+    keys: tuple[str, ...] = ()
+    for acct in view.get("accounts", []):
+        if isinstance(acct, Mapping) and acct.get("name") == "site_admin":
+            keys = tuple(dict.fromkeys(str(k["key"]).strip() for k in acct.get("keys", [])
+                                       if isinstance(k, Mapping) and k.get("key")))
+    end = (int(now) // ADMIN_PERIOD_S + 2) * ADMIN_PERIOD_S
+    return Want(name, ADMIN_RSPEC, end, keys, script, True,
+                ("the site's admin sliver: the site's PIs and techs", ()))
 
 
 def plan(want: Mapping[str, Want], have: Mapping[str, Have],

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slicectl.core.errors import SlicectlError
+from slicectl.core.errors import NotFoundError, SlicectlError
 from slicectl.core.units import iso, parse_instant
 from slicectl.plc.credentials import write_secret
 
-from .plan import Action, Have, Want, Wants, plan, wants
+from .plan import Action, Have, Want, Wants, admin_want, plan, wants
 
 log = logging.getLogger("slicectl.agent")
 
@@ -33,6 +33,9 @@ NM = Callable[..., Any]
 REFUSED = "refused by this node's policy"
 #: Why the agent stops a sliver: PLC disabled the slice (its ``enabled`` tag <= 0).
 STOP_REASON = "stopped by PLC: the slice's enabled tag is 0 or less"
+#: What the node manager says when the agent starts a sliver the site's admin stopped
+#: (:data:`slicectl.node.nm.manager.ADMIN_STOPPED`; a unit test holds the two equal).
+ADMIN_STOPPED = "the site's admin stopped it"
 
 
 @dataclass
@@ -150,12 +153,30 @@ def apply(nm: NM, action: Action, record: Record) -> None:
         nm("start", name)
 
 
+def admin_tools(nm: NM) -> dict[str, str] | None:
+    """The admin sliver's name and initscript from the node manager (None: a node manager
+    without the admin slice)."""
+    try:
+        got = nm("admin_tools")
+    except NotFoundError:
+        return None
+    return {"slice": str(got["slice"]), "initscript": str(got["initscript"])}
+
+
 def converge(nm: NM, view: dict[str, Any], record: Record, path: Path,
-             now: float | None = None) -> Outcome:
-    """Make the node run what ``view`` lists (the agent's slivers only); the record is
-    saved after every action. One failing action does not stop the others."""
+             now: float | None = None, admin: dict[str, str] | None = None) -> Outcome:
+    """Make the node run what ``view`` lists (the agent's slivers only), and the site's
+    admin sliver ``admin`` describes (see :func:`admin_tools`); the record is saved after
+    every action. One failing action does not stop the others."""
     now = time.time() if now is None else now
     want: Wants = wants(view, now)
+    if admin is not None:
+        name = admin["slice"]
+        if name in want.slivers:
+            want.slivers.pop(name)
+            want = Wants(want.slivers, (*want.problems, (name, "the name of the site's admin "
+                                                         "sliver on this node; not made")))
+        want.slivers[name] = admin_want(view, name, admin["initscript"], now)
     for slice_name, problem in want.problems:
         line = f"{slice_name}: {problem}"
         if line not in record.reported:
@@ -177,7 +198,8 @@ def converge(nm: NM, view: dict[str, Any], record: Record, path: Path,
             apply(nm, action, record)
             done.append(f"{action.kind} {action.name}")
         except SlicectlError as e:
-            if REFUSED in str(e):  # the node's owner says no: PLC is told, not the log
+            if REFUSED in str(e) or ADMIN_STOPPED in str(e):
+                # the node's owner or site says no: PLC is told, not the log
                 refused[action.name] = str(e)[:300]
                 continue
             failed.append(f"{action.kind} {action.name}: {e}")

@@ -88,6 +88,11 @@ def _say_ready(cfg: NodeConfig, say: Say) -> None:
     port = "" if cfg.ssh_port == 22 else f" -p {cfg.ssh_port}"
     say(f"ready. Log into the demo sliver with:\n\n    ssh -i {DEMO_KEY}{port} "
         f"{DEMO_SLICE}@localhost\n")
+    with contextlib.suppress(SlicectlError):  # made by the agent, from PLC's site_admin
+        if nm_client(cfg, timeout=10).call("get_sliver", cfg.admin_slice)["keys"]:
+            say(f"and, as the demo site's PI, into the node's admin sliver (pl-ps, pl-top, "
+                f"pl-kill, pl-cap, pl-tcpdump, ...):\n\n    ssh -i {DEMO_KEY}{port} "
+                f"{cfg.admin_slice}@localhost\n")
 
 
 def _demo_key() -> str:

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SLICE, LABEL_XID, SLIVER_PREFIX
+from slicectl.core.labels import (
+    LABEL_KIND,
+    LABEL_NODE,
+    LABEL_SLICE,
+    LABEL_XID,
+    SLIVER_NM_DIR,
+    SLIVER_PREFIX,
+    SLIVER_SHIM_DIR,
+    SLIVER_SNIFFER_DIR,
+    SLIVER_VSYS_DIR,
+)
 from slicectl.core.netplan import node_gateway, sliver_address
 from slicectl.core.rspec import RSpec
 
@@ -33,10 +43,6 @@ SLIVER_CAPS: tuple[str, ...] = (
 SLIVER_ETC = "/etc/slicectl"
 #: User and group ids a sliver's namespace maps (the engine's remap range).
 SLIVER_IDS = 65536
-SLIVER_NM_DIR = "/run/slicectl/nm"
-SLIVER_SHIM_DIR = "/run/slicectl/raw"
-SLIVER_SNIFFER_DIR = "/run/slicectl/sniffer"
-SLIVER_VSYS_DIR = "/run/slicectl/vsys"
 #: The slice's account inside its sliver comes from files the node manager writes under
 #: ``<etc>/accounts`` (the image's NSS reads them through libnss-extrausers), so a sliver's
 #: first start writes no account into its own root: no per-sliver copy of /etc/passwd and
@@ -142,7 +148,7 @@ def container_plan(ident: SliverIdentity, rspec: RSpec, node: NodeFacts) -> Cont
     mounts = [
         {"Type": "bind", "Source": str(ident.etc_dir), "Target": SLIVER_ETC, "ReadOnly": True},
     ]
-    if rspec.nm_privileged:
+    if rspec.nm_privileged or rspec.admin:  # admin: the admin_* methods and reads only
         mounts.append(
             {"Type": "bind", "Source": str(node.nm_sock_dir), "Target": SLIVER_NM_DIR,
              "ReadOnly": True}

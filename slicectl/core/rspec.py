@@ -57,7 +57,10 @@ INT_FIELDS: dict[str, IntRange] = {
     "net_max_kbit": IntRange(1, 100_000_000),
     "net_max_kbyte_day": IntRange(0, 1 << 40),
 }
-BOOL_FIELDS = ("cpu_capped", "create_vm", "nm_privileged", "raw_sockets", "admin_sniffer")
+BOOL_FIELDS = ("cpu_capped", "create_vm", "nm_privileged", "raw_sockets", "admin_sniffer",
+               "admin")
+#: The rights a split part may hold only if its parent does.
+RIGHT_FLAGS = ("nm_privileged", "raw_sockets", "admin_sniffer", "create_vm", "admin")
 PORT_FIELDS = ("tcp_ports", "udp_ports")
 TIME_FIELDS = ("start", "end")
 
@@ -93,6 +96,10 @@ class RSpec:
     #: The slice's overlay range for ``fd_tuntap`` (a CIDR; "": slicectl.core.vsys's
     #: default_vnet, a /24 derived from the slice name).
     vsys_vnet: str = ""
+    #: The site's admin sliver (``site_admin``): may see every process of the node, kill
+    #: or stop a sliver and lower the node's cap, through the NM's ``admin_*`` methods
+    #: only. Never with ``nm_privileged``: it makes, keys and binds no sliver.
+    admin: bool = False
 
     def ports(self) -> set[tuple[str, int]]:
         return {("tcp", p) for p in self.tcp_ports} | {("udp", p) for p in self.udp_ports}
@@ -199,6 +206,9 @@ def parse_rspec(data: object, now: float) -> RSpec:
         raise ValidationError("end", f"a time in the future (now is {iso(now)})", iso(end),
                               as_text=True)
     spec = RSpec(start=start, end=end, **values)
+    if spec.admin and spec.nm_privileged:
+        raise ValidationError("admin", "false with nm_privileged (an admin sliver makes no "
+                              "slivers)", True)
     if spec.net_max_kbit < spec.net_min_kbit:
         raise ValidationError(
             "net_max_kbit", f"at least net_min_kbit ({spec.net_min_kbit})", spec.net_max_kbit
@@ -274,6 +284,7 @@ def combine(specs: list[RSpec]) -> RSpec:
         admin_sniffer=any(s.admin_sniffer for s in specs),
         vsys=tuple(sorted({v for s in specs for v in s.vsys})),
         vsys_vnet=next((s.vsys_vnet for s in specs if s.vsys_vnet), ""),
+        admin=any(s.admin for s in specs),
         **sums,
     )
 
@@ -285,8 +296,7 @@ def part_defaults(parent: RSpec) -> dict[str, Any]:
     out: dict[str, Any] = {name: INT_FIELDS[name].lo for name in ADDITIVE}
     out |= {"start": iso(parent.start), "end": iso(parent.end),
             "net_max_kbit": parent.net_max_kbit, "cpu_capped": parent.cpu_capped}
-    out |= {flag: getattr(parent, flag)
-            for flag in ("create_vm", "nm_privileged", "raw_sockets", "admin_sniffer")}
+    out |= {flag: getattr(parent, flag) for flag in RIGHT_FLAGS}
     out |= {"vsys": list(parent.vsys), "vsys_vnet": parent.vsys_vnet}
     return out
 
@@ -320,7 +330,7 @@ def split(parent: RSpec, part: RSpec) -> RSpec:
         remaining["net_max_kbyte_day"] = budget - part.net_max_kbyte_day
     if part.net_max_kbit > parent.net_max_kbit:
         raise ValidationError("net_max_kbit", f"at most {parent.net_max_kbit}", part.net_max_kbit)
-    for flag in ("nm_privileged", "raw_sockets", "admin_sniffer", "create_vm"):
+    for flag in RIGHT_FLAGS:
         if getattr(part, flag) and not getattr(parent, flag):
             raise ValidationError(flag, "false (the rcap does not grant it)", True)
     if parent.cpu_capped and not part.cpu_capped:

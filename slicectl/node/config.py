@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from slicectl.core.errors import ValidationError
+from slicectl.core.labels import ADMIN_SLICE, AGENT_SLICE
 from slicectl.core.policy import NodePolicy, parse_policy
 
 
@@ -40,20 +41,28 @@ class NodeConfig:
     hostname: str = ""
     #: Who runs the node, as the traffic auditor's pages show it (e.g. "Site <ops@site>").
     operator: str = ""
-    #: The sensor server's port: the one host TCP port slivers may reach.
+    #: The sensor server's port: a host TCP port slivers may reach.
     sensors_port: int = 33080
+    #: The traffic auditor's pages (public: outsiders read them; slivers may too, the
+    #: admin sliver's pl-audit does).
+    audit_port: int = 80
     #: Whether the node runs a DNS server for its slivers (then they may reach port 53 on
     #: the host; by default they resolve through the engine's resolver in their own netns).
     offers_dns: bool = False
     #: The host port where this machine serves PLC (then slivers may reach it, as they
     #: would reach a PLC elsewhere: the node agent's sliver does); 0: PLC is elsewhere.
     plc_port: int = 0
+    #: The node agent's slice: besides host root, the one caller that may grant the
+    #: ``admin`` right (private test nodes name their agent apart: they share accounts).
+    agent_slice: str = AGENT_SLICE
+    #: The site's admin sliver (``ssh site_admin@node``), which the agent keeps.
+    admin_slice: str = ADMIN_SLICE
 
     def sliver_services(self) -> tuple[tuple[str, int], ...]:
         """(proto, port) of the host services meant for slivers."""
         dns = (("tcp", 53), ("udp", 53)) if self.offers_dns else ()
         plc = (("tcp", self.plc_port),) if self.plc_port else ()
-        return (("tcp", self.sensors_port), *dns, *plc)
+        return (("tcp", self.sensors_port), ("tcp", self.audit_port), *dns, *plc)
 
     @property
     def db_path(self) -> Path:
@@ -143,6 +152,9 @@ class NodeConfig:
         sensors_text = env.get("SLICECTL_SENSORS_PORT", "33080")
         if not sensors_text.isdigit() or not 1 <= int(sensors_text) <= 65535:
             raise ValidationError("SLICECTL_SENSORS_PORT", "a port number", sensors_text)
+        audit_text = env.get("SLICECTL_AUDIT_PORT", "80")
+        if not audit_text.isdigit() or not 1 <= int(audit_text) <= 65535:
+            raise ValidationError("SLICECTL_AUDIT_PORT", "a port number", audit_text)
         # PLC hosted here (make up): its state directory exists
         plc_text = env.get("SLICECTL_PLC_PORT",
                            "443" if (state / "plc" / "plc.crt").exists() else "0")
@@ -166,8 +178,11 @@ class NodeConfig:
             hostname=env.get("SLICECTL_HOSTNAME", socket.gethostname()),
             operator=env.get("SLICECTL_OPERATOR", f"root@{socket.gethostname()}"),
             sensors_port=int(sensors_text),
+            audit_port=int(audit_text),
             offers_dns=dns_text == "1",
             plc_port=int(plc_text),
+            agent_slice=env.get("SLICECTL_AGENT_SLICE", AGENT_SLICE),
+            admin_slice=env.get("SLICECTL_ADMIN_SLICE", ADMIN_SLICE),
         )
 
 

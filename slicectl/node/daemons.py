@@ -54,8 +54,11 @@ def config_env(cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_HOSTNAME": cfg.hostname,
         "SLICECTL_OPERATOR": cfg.operator,
         "SLICECTL_SENSORS_PORT": str(cfg.sensors_port),
+        "SLICECTL_AUDIT_PORT": str(cfg.audit_port),
         "SLICECTL_OFFERS_DNS": "1" if cfg.offers_dns else "0",
         "SLICECTL_PLC_PORT": str(cfg.plc_port),
+        "SLICECTL_AGENT_SLICE": cfg.agent_slice,
+        "SLICECTL_ADMIN_SLICE": cfg.admin_slice,
     }
 
 

@@ -52,6 +52,11 @@ def _own() -> tuple[frozenset[str], str]:
     return ids, os.readlink("/proc/self/ns/pid")
 
 
+def own_containers() -> frozenset[str]:
+    """The container ids this process is in itself (none on a host)."""
+    return _own()[0]
+
+
 def container_in(cgroup_text: str, own: frozenset[str] = frozenset()) -> str | None:
     """The innermost container id of a cgroup text beyond the ones this process is in
     itself; None for a process of the host (of this node)."""

@@ -406,6 +406,7 @@ def start_services(cfg: NodeConfig, client: docker.DockerClient, env: Mapping[st
                    say: Say, ports: Mapping[str, int] | None = None) -> list[ServiceSpec]:
     """Build the service image if needed and bring every node service up and ready."""
     image = ensure_service_image(client, env, say)
-    specs = node_services({"sensors": cfg.sensors_port, **(ports or {})})
+    specs = node_services({"sensors": cfg.sensors_port, "auditd": cfg.audit_port,
+                           **(ports or {})})
     ServiceRunner(client, cfg).up(specs, image, say)
     return specs

@@ -1,6 +1,8 @@
 """``make up``'s demo slice, made in PLC as a site would make it: the site ``demo``, a PI
 and a user (with the demo key), the slice ``demo_slice`` with the user as member, on
-this node. Idempotent: what exists is kept, a changed key replaces the old one."""
+this node. The PI is also a PI of the node's own site with the demo key, so the node's
+site_admin account takes it (``ssh site_admin@node``). Idempotent: what exists is kept,
+a changed key replaces the old one."""
 
 from __future__ import annotations
 
@@ -33,13 +35,17 @@ def ensure_demo_slice(plc: PLC, node_id: int, key: str) -> int:
     if not plc.GetSites({"login_base": SITE}, ["site_id"]):
         plc.AddSite({"login_base": SITE, "name": "slicectl demo site", "abbreviated_name": "demo",
                      "enabled": True, "max_slices": 10})
-    _person(plc, PI, "Pat", "pi")
+    pi = _person(plc, PI, "Pat", "pi")
+    site_id = plc.GetNodes(node_id, ["site_id"])[0]["site_id"]
+    if site_id not in plc.GetPersons(pi, ["site_ids"])[0]["site_ids"]:
+        plc.AddPersonToSite(pi, site_id)  # the node's site: its site_admin account
     user = _person(plc, USER, "Uma", "user")
-    keys = plc.GetKeys({"person_id": user}, ["key_id", "key"])
-    if [k["key"] for k in keys] != [key]:
-        for k in keys:
-            plc.DeleteKey(k["key_id"])
-        plc.AddPersonKey(user, {"key_type": "ssh", "key": key})
+    for person in (user, pi):
+        keys = plc.GetKeys({"person_id": person}, ["key_id", "key"])
+        if [k["key"] for k in keys] != [key]:
+            for k in keys:
+                plc.DeleteKey(k["key_id"])
+            plc.AddPersonKey(person, {"key_type": "ssh", "key": key})
     found = plc.GetSlices({"name": SLICE}, ["slice_id", "person_ids", "node_ids", "expires"])
     now = int(time.time())
     if found:

@@ -67,7 +67,8 @@ def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "t
     return base.with_(node_id=f"{kind}-{tag}", state_dir=PRIVATE_STATE / tag,
                       run_dir=PRIVATE_RUN / tag, network=f"slicectl-t{tag}",
                       subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}",
-                      plc_port=0)  # a private node hosts no PLC (the host's may)
+                      plc_port=0,  # a private node hosts no PLC (the host's may)
+                      agent_slice=f"t{tag}_agent", admin_slice=f"t{tag}_admin")
 
 
 def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:
@@ -195,6 +196,8 @@ def private_node(base: NodeConfig, engine: docker.DockerClient, kind: str = "tes
     cfg = private_config(base, engine, kind).with_(plc_port=plc_port)
     if services is not None and "sensors" in services:
         cfg = cfg.with_(sensors_port=services["sensors"])
+    if services is not None and "auditd" in services:
+        cfg = cfg.with_(audit_port=services["auditd"])
     PRIVATE_STATE.mkdir(parents=True, exist_ok=True)
     os.chmod(PRIVATE_STATE, 0o755)
     say = say or Say(quiet=True)

@@ -73,7 +73,7 @@ def agent_node(node_cfg: NodeConfig, engine: docker.DockerClient,
             inside = NodeCredentials(f"https://{gw}:{port}/PLCAPI/", srv.cafile, creds.node_id,
                                      creds.hostname, creds.key)
             said: list[str] = []
-            agent = f"t{node.tag}_agent"
+            agent = cfg.agent_slice
             ensure_agent_sliver(nm, inside, Path(str(srv.cafile)), cfg.state_dir, said.append,
                                 name=agent)
             yield AgentNode(cfg, node, srv, root, creds, inside, agent, said, nm)

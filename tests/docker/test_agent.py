@@ -64,7 +64,10 @@ def test_the_agent_turns_plc_slices_into_slivers(plc: Server, nm: NMHandle, ssh_
 
     view, record, status = PLCView(creds), tmp_path / "agent" / "record.json", Status()
     assert step(view, nm.call, record, status)
-    assert status.failed == [] and status.last_changes == [f"create {name}"], status
+    admin = nm.cfg.admin_slice  # the site's admin sliver comes with the first step
+    assert status.failed == [] and status.last_changes == [f"create {name}",
+                                                           f"create {admin}"], status
+    assert nm.call("get_sliver", admin)["keys"] == 0  # the site has no PI or tech with keys
     info = nm.call("get_sliver", name)
     assert info["rspec"]["cpu_share"] == 7 and info["keys"] == 1
     out = ssh(nm.cfg, ssh_key, name, "true")
@@ -87,14 +90,46 @@ def test_the_agent_turns_plc_slices_into_slivers(plc: Server, nm: NMHandle, ssh_
                                    creds.hostname, creds.key))
     assert not step(away, nm.call, record, status)
     assert status.plc == "unreachable" and "127.0.0.1:1" in status.last_error
-    assert {s["name"] for s in nm.call("list")} == {name, other}
+    assert {s["name"] for s in nm.call("list")} == {name, other, admin}
 
     # PLC back: removing the slice from the node removes the sliver, and only it
     root.DeleteSliceFromNodes(name, [creds.node_id])
     assert step(view, nm.call, record, status)
     assert status.plc == "ok" and status.last_changes == [f"destroy {name}"]
-    assert {s["name"] for s in nm.call("list")} == {other}
-    assert Record.load(record).made == {}
+    assert {s["name"] for s in nm.call("list")} == {other, admin}
+    assert set(Record.load(record).made) == {admin}
+
+
+def test_the_sites_pis_and_techs_log_in_to_the_admin_sliver(plc: Server, nm: NMHandle,
+                                                            ssh_key: Path,
+                                                            tmp_path: Path) -> None:
+    """ssh site_admin@node with a key the site's PI has in PLC; the tools work there; the
+    key goes when the PI is disabled."""
+    site = f"a{nm.tag}"
+    root, creds = plc_and_node(plc, nm, site, "Admin")  # (the node is at the host's site)
+    admin = nm.cfg.admin_slice
+    view, record, status = PLCView(creds), tmp_path / "agent" / "record.json", Status()
+    assert step(view, nm.call, record, status)
+    assert status.last_changes == [f"create {admin}"] and nm.call("get_sliver", admin)["keys"] == 0
+    pi = root.AddPerson({"email": f"pi@{site}.org", "first_name": "P", "last_name": "I",
+                         "password": "pw"})
+    root.AddPersonToSite(pi, root.GetNodes(creds.node_id)[0]["site_id"])  # the node's site
+    root.AddRoleToPerson("pi", pi)
+    root.UpdatePerson(pi, {"enabled": True})
+    root.AddPersonKey(pi, {"key_type": "ssh", "key": Path(f"{ssh_key}.pub").read_text().strip()})
+    assert step(view, nm.call, record, status)
+    assert status.last_changes == [f"set_keys {admin}"], status
+    info = nm.call("get_sliver", admin)
+    assert info["keys"] == 1 and info["rspec"]["admin"] is True
+    assert info["rspec"]["admin_sniffer"] is True and info["rspec"]["nm_privileged"] is False
+    wait = "for i in $(seq 100); do test -x /usr/local/bin/pl-ps && break; sleep 0.1; done; "
+    out = ssh(nm.cfg, ssh_key, admin, wait + "pl-ps | head -1; pl-ps | grep -c .")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:5] == ["SLICE", "PID", "%CPU", "RSS", "COMMAND"], out.stdout
+    root.UpdatePerson(pi, {"enabled": False})
+    assert step(view, nm.call, record, status)
+    assert nm.call("get_sliver", admin)["keys"] == 0
+    assert ssh(nm.cfg, ssh_key, admin, "true").returncode != 0
 
 
 def test_plc_shows_why_a_nodes_policy_refuses_a_slice(plc: Server, nm: NMHandle,
@@ -112,4 +147,5 @@ def test_plc_shows_why_a_nodes_policy_refuses_a_slice(plc: Server, nm: NMHandle,
     states = root.GetSliverStates(name)
     assert [(s["state"], s["detail"]) for s in states] == [
         ("refused", f"slice {name}: refused by this node's policy (refused_sites: {site})")]
-    assert nm.call("list_rcaps") == [], "the refused bind's rcap went back"
+    assert [r for r in nm.call("list_rcaps") if r["slice"] != nm.cfg.admin_slice] == [], \
+        "the refused bind's rcap went back"

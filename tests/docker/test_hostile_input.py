@@ -15,7 +15,7 @@ from typing import Any
 
 import docker
 
-from slicectl.core.containerplan import SLIVER_NM_DIR, SLIVER_SHIM_DIR, SLIVER_SNIFFER_DIR
+from slicectl.core.labels import SLIVER_NM_DIR, SLIVER_SHIM_DIR, SLIVER_SNIFFER_DIR
 from slicectl.core.policy import NodePolicy
 from slicectl.node import shim
 from slicectl.node.daemons import SHIM, SNIFFER, daemon_pid

@@ -11,7 +11,7 @@ from typing import Any
 
 import docker
 
-from slicectl.core.containerplan import SLIVER_NM_DIR
+from slicectl.core.labels import SLIVER_NM_DIR
 
 from .conftest import NMHandle, sliver_exec
 

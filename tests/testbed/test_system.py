@@ -238,3 +238,33 @@ def test_plc_stops_a_slice_everywhere_and_the_audit_pages_say_who_and_when(site:
                   f"{name} running again on {node.name}")
     finally:
         site.call(site.pi, "DeleteSlice", name)
+
+
+def test_the_sites_pi_as_site_admin_sees_kills_and_caps(site: Site, exp: str) -> None:
+    """ssh site_admin@node with the key of a PI of the node's site: pl-ps shows a CPU loop
+    in a slice's sliver, pl-kill kills it, pl-cap sets the node's cap; the node's events
+    say who."""
+    tb = site.tb
+    node = tb.nodes[0]
+    root: Any = tb.proxy()
+    node_site = root.GetNodes(tb.root_auth(), node.node_id, ["site_id"])[0]["site_id"]
+    base = root.GetSites(tb.root_auth(), node_site, ["login_base"])[0]["login_base"]
+    pi = Site(tb, base, site.pi.key.parent).pi  # a PI of the node's own site
+    until(lambda: ssh_ok(pi.key, "site_admin", node), APPEAR_S, "site_admin on the node")
+    ssh(site.user.key, exp, node, "nohup python3 -c 'while 1: pass' >/dev/null 2>&1 &")
+
+    def loop() -> int | None:
+        out = ssh(pi.key, "site_admin", node, f"pl-ps {exp}").stdout
+        pids = [int(ln.split()[1]) for ln in out.splitlines()[1:] if "while 1" in ln]
+        return pids[0] if pids else None
+
+    until(lambda: loop() is not None, 30, "the loop in pl-ps")
+    pid = loop()
+    out = ssh(pi.key, "site_admin", node, f"pl-kill {exp} {pid} --reason testbed")
+    assert out.returncode == 0 and f"killed 1 process(es) of {exp}" in out.stdout, out.stderr
+    until(lambda: loop() is None, 30, "the loop gone")
+    out = ssh(pi.key, "site_admin", node, "pl-cap 7777")
+    assert out.returncode == 0 and "net_cap_kbit 7777" in out.stdout, out.stderr
+    events = tb.slicectl(node, "node", "events")
+    assert any(e["who"] == "slice:site_admin" and e["action"] == "admin_kill"
+               for e in events), events

@@ -15,7 +15,7 @@ from slicectl.agent.daemon import run
 from slicectl.agent.plan import Have, Want, plan, sliver_info, wants
 from slicectl.agent.sync import Record, converge
 from slicectl.agent.tags import initscript, resources
-from slicectl.core.errors import ConnectionFailed, PermissionDenied
+from slicectl.core.errors import ConnectionFailed, NotFoundError, PermissionDenied
 from slicectl.core.units import iso
 
 pytestmark = pytest.mark.unit
@@ -162,6 +162,8 @@ class FakeNM:
 
     def __call__(self, method: str, *args: Any) -> Any:
         self.calls.append(method)
+        if method == "admin_tools":  # a node manager without the admin slice
+            raise NotFoundError("method admin_tools: expected one of acquire, ...")
         if method == "acquire":
             self.n += 1
             self.rcaps[f"rcap-{self.n}"] = dict(args[0])

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "slicectl"
 
 #: A package may import its own rank and below, never above.
-RANK = {"core": 0, "ipc": 1, "saferaw": 1, "node": 2, "plc": 2, "sliverapp": 3, "agent": 3,
+RANK = {"core": 0, "ipc": 1, "saferaw": 1, "admintools": 2, "node": 2, "plc": 2, "sliverapp": 3, "agent": 3,
         "leases": 3, "testbed": 4, "cli": 5}
 
 

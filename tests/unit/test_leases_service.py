@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from slicectl.core.containerplan import SLIVER_NM_DIR
 from slicectl.core.errors import AdmissionError, NotFoundError, PermissionDenied
+from slicectl.core.labels import SLIVER_NM_DIR
 from slicectl.core.units import iso
 from slicectl.leases.install import bundle, leases_initscript
 from slicectl.leases.main import SLIVER_NM_SOCK

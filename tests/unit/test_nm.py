@@ -348,7 +348,7 @@ def test_service_callers_get_reads_only(node: FakeNode) -> None:
 def test_identify_callers(uid: int, container: str | None, alive: bool, same_ns: bool,
                           expect: str) -> None:
     sliver = replace(row(RUNNING, RUNNING), container_id="a" * 64)
-    callers = Callers({"a" * 64: sliver}.get, lambda s: False, {"b" * 64: "auditd"}.get)
+    callers = Callers({"a" * 64: sliver}.get, lambda s: (False, False), {"b" * 64: "auditd"}.get)
     peer = pinned(uid, container, alive, same_ns)
     if ":" in expect or expect == "root":
         assert callers.identify(peer).name == expect

@@ -268,6 +268,24 @@ def test_node_writes(world: World) -> None:
     assert world.pi.DeleteNode(nid) == 1
 
 
+def test_getslivers_accounts(world: World) -> None:
+    """site_admin: the keys of the node's site's enabled PIs and techs (not its users,
+    not another site's PIs); root: the admins'. A node with no slice gets them too."""
+    def key(c: Client, k: str) -> None:
+        c.AddPersonKey(c.person_id, {"key_type": "ssh", "key": k})  # type: ignore[attr-defined]
+
+    key(world.pi, ECDSA)
+    key(world.tech, ED25519)
+    key(world.user, RSA)
+    key(world.outsider, RSA)
+    world.root.AddPersonKey(ROOT, {"key_type": "ssh", "key": RSA})
+    site = [{"key_type": "ssh", "key": ECDSA}, {"key_type": "ssh", "key": ED25519}]
+    assert world.node.GetSlivers()["accounts"] == [
+        {"name": "site_admin", "keys": site}, {"name": "root", "keys": [{"key_type": "ssh", "key": RSA}]}]
+    world.root.UpdatePerson(world.tech.person_id, {"enabled": False})  # type: ignore[attr-defined]
+    assert world.node.GetSlivers()["accounts"][0] == {"name": "site_admin", "keys": site[:1]}
+
+
 def test_getslivers_shape(world: World, plc_clock: Clock) -> None:
     pi, r, user = world.pi, world.root, world.user
     uid = user.person_id  # type: ignore[attr-defined]
@@ -570,3 +588,14 @@ def test_change_notices_can_be_turned_off(world: World) -> None:
         world.node.WaitForChange(-1)
     assert e.value.fault_code == 109 and "--no-change-notices" in str(e.value)
     assert world.node.GetSlivers()["node_id"] == world.node_id
+
+
+def test_the_demo_sites_pi_is_the_nodes_site_admin(world: World) -> None:
+    """make up's demo: the demo PI, with the demo key, is a PI of the node's site too, so
+    GetSlivers gives the node's site_admin account that key (idempotently)."""
+    from slicectl.plc.demo import ensure_demo_slice
+
+    for _ in range(2):
+        ensure_demo_slice(world.root, world.node_id, ED25519)  # type: ignore[arg-type]
+    accounts = world.node.GetSlivers()["accounts"]
+    assert accounts[0] == {"name": "site_admin", "keys": [{"key_type": "ssh", "key": ED25519}]}

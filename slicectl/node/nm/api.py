@@ -45,10 +45,20 @@ METHODS: dict[str, str] = {
     "release_claims": "release_claims",
     "list_claims": "list_claims",
     "vsys_event": "vsys_event",
+    "admin_ps": "admin_ps",
+    "admin_kill": "admin_kill",
+    "admin_stop": "admin_stop",
+    "admin_start": "admin_start",
+    "admin_cap": "admin_cap",
+    "admin_tools": "admin_tools",
 }
 
 #: What a node-service sidecar (the sensor server, the auditor) may call: reads only.
 SERVICE_METHODS = frozenset({"status", "list", "get_sliver", "services"})
+#: What the site's admin sliver may call: reads, the node's events and the admin methods;
+#: nothing that makes, keys or binds a sliver.
+ADMIN_METHODS = SERVICE_METHODS | {"events"} | {m for m in METHODS if m.startswith("admin_")
+                                               and m != "admin_tools"}
 
 
 class NodeManagerAPI:
@@ -62,9 +72,12 @@ class NodeManagerAPI:
         if target is None:
             raise NotFoundError(f"method {method}: expected one of {', '.join(METHODS)}")
         caller = self.nm.caller_for(peer)
-        if caller.service is not None and method not in SERVICE_METHODS:
-            raise PermissionDenied(f"caller {caller.name}: may call only "
-                                   f"{', '.join(sorted(SERVICE_METHODS))}, not {method}")
+        allowed = (SERVICE_METHODS if caller.service is not None else
+                   ADMIN_METHODS if caller.admin else None)
+        if allowed is not None and method not in allowed:
+            what = "a node service" if caller.service is not None else "the site's admin"
+            raise PermissionDenied(f"caller {caller.name} ({what}): may call only "
+                                   f"{', '.join(sorted(allowed))}, not {method}")
         log.debug("%s%r by %s", method, params, caller.name)
         fn = getattr(self.nm, target)
         check_arguments(method, fn, params)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from slicectl.core.errors import PermissionDenied
+from slicectl.core.rspec import RSpec
 from slicectl.node.procfs import PinnedPeer
 from slicectl.node.store import SliverRow
 
@@ -23,6 +24,10 @@ class Caller:
     pid: int
     slice: str | None = None
     privileged: bool = False
+    #: the site's admin sliver (rspec ``admin``): the ``admin_*`` methods and reads only
+    admin: bool = False
+    #: the node agent's sliver (PLC's node manager): besides root, may grant ``admin``
+    agent: bool = False
     #: a node-service sidecar of this node (read-only methods only, see api.SERVICE_METHODS)
     service: str | None = None
 
@@ -38,8 +43,8 @@ class Caller:
 
     @property
     def reads_all(self) -> bool:
-        """Root, or a node service: may see every sliver."""
-        return self.is_root or self.service is not None
+        """Root, a node service, or the admin sliver: may see every sliver."""
+        return self.is_root or self.service is not None or self.admin
 
 
 ROOT = Caller(uid=0, pid=0)
@@ -51,6 +56,23 @@ def require_privileged(caller: Caller) -> None:
         return
     raise PermissionDenied(f"caller {caller.name}: expected root or a slice with "
                            "nm_privileged, found neither")
+
+
+def require_admin(caller: Caller, what: str) -> None:
+    """Root, or the site's admin sliver (a slice whose rspec has ``admin``)."""
+    if caller.is_root or (caller.slice is not None and caller.admin):
+        return
+    raise PermissionDenied(f"{what}: expected root or a slice with the admin right, found "
+                           f"{caller.name}")
+
+
+def may_grant(caller: Caller, right: str, spec: RSpec) -> bool:
+    """Whether ``caller`` may acquire ``spec``, which has ``right`` (``nm_privileged``,
+    ``admin_sniffer``, ``admin``): host root any; the node agent ``admin`` (for the
+    site's admin sliver), and ``admin_sniffer`` only beside it."""
+    if caller.is_root:
+        return True
+    return caller.agent and (right == "admin" or (right == "admin_sniffer" and spec.admin))
 
 
 def require_manage(caller: Caller, sliver: SliverRow) -> None:
@@ -93,20 +115,30 @@ class Callers:
 
     Args:
         sliver_in: this node's sliver whose container has a given id, or None.
-        privileged: whether a slice's effective rspec has ``nm_privileged``.
+        rights: a slice's effective (``nm_privileged``, ``admin``) rights.
         service_of: the node-service name of a container id, or None.
+        agent_slice: the node agent's slice; its sliver is the agent only if root made it
+            and it is ``nm_privileged``.
     """
 
     def __init__(self, sliver_in: Callable[[str], SliverRow | None],
-                 privileged: Callable[[str], bool],
-                 service_of: Callable[[str], str | None]) -> None:
+                 rights: Callable[[str], tuple[bool, bool]],
+                 service_of: Callable[[str], str | None], agent_slice: str = "") -> None:
         self._sliver_in = sliver_in
-        self._privileged = privileged
+        self._rights = rights
         self._service_of = service_of
+        self._agent_slice = agent_slice
 
     def _slice_in(self, container_id: str) -> str | None:
         row = self._sliver_in(container_id)
         return None if row is None else row.slice
+
+    def slice_in(self, container_id: str) -> str | None:
+        """The slice whose sliver is the container ``container_id``, or None."""
+        return self._slice_in(container_id)
+
+    def service_of(self, container_id: str) -> str | None:
+        return self._service_of(container_id)
 
     def identify(self, peer: PinnedPeer) -> Caller:
         """Host root, the slice whose container the peer runs in, or a node service;
@@ -117,8 +149,13 @@ class Callers:
         """
         who = peer.who(self._slice_in, self._service_of)
         if who.kind == "slice":
+            privileged, admin = self._rights(who.name)
+            row = self._sliver_in(peer.container_id or "")
+            agent = (privileged and who.name == self._agent_slice and row is not None
+                     and row.created_by == "root")
+            # an admin sliver is never privileged, whatever else its rcaps hold
             return Caller(uid=peer.uid, pid=peer.pid, slice=who.name,
-                          privileged=self._privileged(who.name))
+                          privileged=privileged and not admin, admin=admin, agent=agent)
         if who.kind == "service":
             return Caller(uid=peer.uid, pid=peer.pid, service=who.name)
         return Caller(uid=peer.uid, pid=peer.pid)

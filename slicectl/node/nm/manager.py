@@ -28,16 +28,19 @@ from slicectl.core.containerplan import NodeFacts
 from slicectl.core.errors import NotFoundError, PermissionDenied, StateError, ValidationError
 from slicectl.core.netplan import sliver_xid_range
 from slicectl.core.policy import NodePolicy
+from slicectl.core.procs import Proc, kill_targets, validate_pids
 from slicectl.core.rspec import VSYS_NAME, validate_slice_name
 from slicectl.core.units import iso
 from slicectl.core.wire import NetEntry, RcapInfo, SliverView
 from slicectl.node.accounts import validate_keys
 from slicectl.node.config import NodeConfig
 from slicectl.node.network import utc_day
+from slicectl.node.nm.admin import ProcTable
 from slicectl.node.nm.boundary import Accounts, Engine, Network
 from slicectl.node.nm.callers import (
     Caller,
     Callers,
+    require_admin,
     require_name,
     require_privileged,
     require_read,
@@ -50,13 +53,24 @@ from slicectl.node.nm.rcaps import RCAP, RcapBook
 from slicectl.node.nm.reconcile import Reconciler
 from slicectl.node.nm.reports import ServiceReports
 from slicectl.node.nm.slicestate import SliceState, validate_attrs, validate_initscript
-from slicectl.node.nm.views import Views
+from slicectl.node.nm.views import STOP_ACTIONS, Views
 from slicectl.node.procfs import PinnedPeer
 from slicectl.node.store import DORMANT, RUNNING, STOPPED, Store
 
 log = logging.getLogger("slicectl.node.nm")
 
 USAGE_KEEP_DAYS = 7
+
+
+#: Why a sliver the site's admin stopped does not start for its creator (the agent
+#: recognises it: :data:`slicectl.agent.sync.ADMIN_STOPPED`).
+ADMIN_STOPPED = "the site's admin stopped it"
+
+
+def validate_reason(reason: object) -> str:
+    if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
+        raise ValidationError("reason", "printable text of at most 200 characters", reason)
+    return reason
 #: What ``set_node`` changes.
 NODE_SETTINGS = ("net_cap_kbit", "dormant_after_s")
 
@@ -99,8 +113,15 @@ class NodeManager:
         self.reports = ServiceReports(clock)
         self.views = Views(store, engine, net, self.rcaps, facts, capacity, cfg.node_id,
                            code_hash(), clock)
-        self.callers = Callers(store.sliver_in, lambda s: self.rcaps.effective(s).nm_privileged,
-                               engine.service_of)
+        self.callers = Callers(store.sliver_in, self._rights, engine.service_of,
+                               cfg.agent_slice)
+        self.agent_slice, self.admin_slice = cfg.agent_slice, cfg.admin_slice
+        self._admin_tools: str | None = None
+        self.procs = ProcTable(self.callers.slice_in, engine.service_of)
+
+    def _rights(self, name: str) -> tuple[bool, bool]:
+        spec = self.rcaps.effective(name)
+        return spec.nm_privileged, spec.admin
 
     # rcaps ----------------------------------------------------------------------------
 
@@ -207,23 +228,39 @@ class NodeManager:
     def stop(self, caller: Caller, slice_name: object, reason: object = "") -> SliverView:
         """Stop a sliver; ``reason`` (at most 200 characters) is kept with who stopped it
         and when, and shown with the sliver (``stopped``) and on the audit pages."""
-        if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
-            raise ValidationError("reason", "printable text of at most 200 characters", reason)
-        return self._set_desired(caller, slice_name, STOPPED, reason)
+        return self._set_desired(caller, slice_name, STOPPED, validate_reason(reason))
 
     def _set_desired(self, caller: Caller, slice_name: object, desired: str,
-                     reason: str = "") -> SliverView:
+                     reason: str = "", admin: bool = False) -> SliverView:
+        """Start or stop a sliver: its creator or root; with ``admin``, root or the site's
+        admin sliver (``admin_start``/``admin_stop``), on any sliver but the node agent's
+        and the admin slivers. A sliver the site's admin stopped is started again only by
+        root or the admin: PLC's view does not override the site's."""
         name = validate_slice_name(slice_name)
         refusal = self.policy.refusal(name) if desired == RUNNING else None
         if refusal is not None:
             raise PermissionDenied(refusal)
         with self.slivers.locked(name):
-            self.slivers.managed(caller, name)
+            if admin:
+                self._admin_target(caller, name)
+            else:
+                self.slivers.managed(caller, name)
             if desired == RUNNING:
+                if not (admin or caller.is_root):
+                    self._not_admin_stopped(name)
                 self.dormancy.used(name)
             self.slivers.set_desired(name, desired)
-        self.event(caller.name, "start" if desired == RUNNING else "stop", name, reason)
+        action = ("admin_" if admin else "") + ("start" if desired == RUNNING else "stop")
+        self.event(caller.name, action, name, reason)
         return self.views.describe(name)
+
+    def _not_admin_stopped(self, name: str) -> None:
+        last = self.store.events(name, 1, STOP_ACTIONS)
+        if last and last[0].action == "admin_stop":
+            why = f": {last[0].detail}" if last[0].detail else ""
+            raise PermissionDenied(
+                f"slice {name}: {ADMIN_STOPPED} ({last[0].who} at {iso(last[0].at)}{why}); "
+                "only root or the site's admin may start it")
 
     def wake(self, caller: Caller, slice_name: object) -> bool:
         """Make a sliver that is meant to run ready to be entered: start it if it is
@@ -363,6 +400,12 @@ class NodeManager:
             return self.status(caller)
         if name != "net_cap_kbit":
             raise ValidationError("setting", f"one of: {', '.join(NODE_SETTINGS)}", name)
+        self._set_cap(caller, value, "set")
+        return self.status(caller)
+
+    def _set_cap(self, caller: Caller, value: object, action: str, reason: str = "") -> int:
+        """Set the node's outgoing cap (never above the local policy's bound) and record
+        who did it."""
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000_000:
             raise ValidationError("net_cap_kbit", "an integer from 1 to 100000000", value)
         bound = self.policy.net_cap_max_kbit
@@ -372,8 +415,71 @@ class NodeManager:
         peak = self.rcaps.peak_guaranteed_kbit()
         with self.rcaps.lock:
             self.net.set_cap(value, peak, self.ports.identities(LIVE | {DESTROYED}))
-        self.event(caller.name, "set", None, f"net_cap_kbit={value}")
+        self.event(caller.name, action, None,
+                   f"net_cap_kbit={value}" + (f": {reason}" if reason else ""))
         log.info("node setting net_cap_kbit = %d by %s", value, caller.name)
+        return value
+
+    # the site's admin sliver ------------------------------------------------------------
+
+    def _admin_target(self, caller: Caller, name: str) -> None:
+        """Root or the admin sliver may act on ``name``'s sliver, unless it is the node
+        agent's or an admin sliver (the site acts on slices, not on PLC's agent)."""
+        require_admin(caller, f"slice {name}")
+        sliver = self.store.get_sliver(name)
+        if caller.is_root:
+            return
+        if name == self.agent_slice or self.rcaps.effective(name).admin:
+            what = "the node agent's" if name == self.agent_slice else "an admin"
+            raise PermissionDenied(f"slice {sliver.slice}: {what} sliver; the site's admin acts "
+                                   "only on slices' slivers")
+
+    def admin_tools(self, caller: Caller) -> dict[str, str]:
+        """The site's admin sliver as the node agent makes it: its slice name and its
+        initscript, which installs the admin tools of this node manager's code (root or
+        the agent)."""
+        if not (caller.is_root or caller.agent):
+            raise PermissionDenied(f"admin_tools: expected root or the node agent, found "
+                                   f"{caller.name}")
+        if self._admin_tools is None:
+            from slicectl.admintools.bundle import initscript
+            self._admin_tools = initscript()
+        return {"slice": self.admin_slice, "initscript": self._admin_tools}
+
+    def admin_ps(self, caller: Caller) -> list[Proc]:
+        """Every process of the node: host pid, slice (``host``, ``service:NAME``,
+        ``other`` for containers that are not this node's), pid in its sliver, CPU and
+        memory, command line."""
+        require_admin(caller, "admin_ps")
+        return self.procs.scan()
+
+    def admin_kill(self, caller: Caller, slice_name: object, pids: object = (),
+                   reason: object = "") -> list[int]:
+        """Kill processes of a slice's sliver (no pids: all but its init); a pid of the
+        host, a node service or another slice is refused. Returns the pids killed."""
+        name = validate_slice_name(slice_name)
+        wanted, why = validate_pids(pids), validate_reason(reason)
+        self._admin_target(caller, name)
+        cid = self.store.get_sliver(name).container_id
+        if not cid:
+            raise StateError(f"slice {name}: expected a container, found none")
+        killed = self.procs.kill(kill_targets(self.procs.scan(), name, wanted), cid)
+        self.event(caller.name, "admin_kill", name,
+                   f"pids {' '.join(map(str, killed)) or 'none'}" + (f": {why}" if why else ""))
+        return killed
+
+    def admin_stop(self, caller: Caller, slice_name: object, reason: object = "") -> SliverView:
+        """Stop any slice's sliver; only root or the admin start it again."""
+        return self._set_desired(caller, slice_name, STOPPED, validate_reason(reason), admin=True)
+
+    def admin_start(self, caller: Caller, slice_name: object, reason: object = "") -> SliverView:
+        return self._set_desired(caller, slice_name, RUNNING, validate_reason(reason), admin=True)
+
+    def admin_cap(self, caller: Caller, kbit: object, reason: object = "") -> dict[str, Any]:
+        """Set the node's outgoing cap, never above the local policy's
+        ``net_cap_max_kbit``."""
+        require_admin(caller, "admin_cap")
+        self._set_cap(caller, kbit, "admin_cap", validate_reason(reason))
         return self.status(caller)
 
     def poll_network(self) -> None:

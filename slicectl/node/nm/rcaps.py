@@ -15,7 +15,7 @@ from slicectl.core.errors import AdmissionError, PermissionDenied, StateError, V
 from slicectl.core.rspec import RSpec, combine, parse_rspec, part_defaults, split
 from slicectl.core.units import iso
 from slicectl.core.wire import RcapInfo
-from slicectl.node.nm.callers import Caller, require_privileged
+from slicectl.node.nm.callers import Caller, may_grant, require_privileged
 from slicectl.node.store import RcapRow, Store
 
 log = logging.getLogger("slicectl.node.nm")
@@ -37,17 +37,19 @@ def rcap_state(row: RcapRow, now: float) -> str:
     return "bound" if row.slice else "pending" if row.rspec.start > now else "usable"
 
 
-#: Rights only the node's root grants: a privileged slice gets no more than it holds.
-ROOT_ONLY_RIGHTS = ("nm_privileged", "admin_sniffer")
+#: Rights only the node's root grants (and the node agent ``admin``, see
+#: :func:`~slicectl.node.nm.callers.may_grant`): a privileged slice gets no more than it holds.
+ROOT_ONLY_RIGHTS = ("nm_privileged", "admin", "admin_sniffer")
 
 
 def root_only_rights(caller: Caller, spec: RSpec) -> None:
-    """Refuse an rspec with a right only root may grant, unless root asks."""
-    if caller.is_root:
-        return
+    """Refuse an rspec with a right ``caller`` may not grant."""
     for right in ROOT_ONLY_RIGHTS:
-        if getattr(spec, right):
-            raise PermissionDenied(f"{right}: expected false, only the node's root may grant "
+        if getattr(spec, right) and not may_grant(caller, right, spec):
+            who = "root or the node agent" if right == "admin" else "the node's root"
+            extra = (" (the node agent only beside admin)"
+                     if right == "admin_sniffer" and caller.agent else "")
+            raise PermissionDenied(f"{right}: expected false, only {who}{extra} may grant "
                                    f"it, found true asked by {caller.name}")
 
 

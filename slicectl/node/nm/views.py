@@ -22,6 +22,9 @@ def shown_state(kept: str, engine_status: str) -> str:
     return DORMANT if kept == DORMANT and engine_status != "running" else engine_status
 
 
+#: The events that stop a sliver (the last one says who stopped it).
+STOP_ACTIONS = ("stop", "admin_stop")
+
 class Views:
     """Reads only: slivers as ``slicectl show`` prints them, and the node's status."""
 
@@ -71,7 +74,7 @@ class Views:
 
     def stopped(self, name: str) -> dict[str, str] | None:
         """Who stopped the sliver, when and why (its last stop event)."""
-        last = self.store.events(name, 1, ("stop",))
+        last = self.store.events(name, 1, STOP_ACTIONS)
         if not last:
             return None
         return {"by": last[0].who, "at": iso(last[0].at), "reason": last[0].detail}
