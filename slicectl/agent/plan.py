@@ -18,8 +18,14 @@ from slicectl.core.rspec import BOOL_FIELDS, INT_FIELDS, RSpec
 from .tags import initscript, resources
 
 #: The rspec fields the agent sets from tags; the others keep the rspec's defaults.
-COMPARED = tuple(f for f in (*INT_FIELDS, *BOOL_FIELDS) if f != "nm_privileged")
+COMPARED = (*(f for f in (*INT_FIELDS, *BOOL_FIELDS) if f != "nm_privileged"), "vsys",
+            "vsys_vnet")
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RSpec) if f.name in COMPARED}
+
+
+def _plain(rspec: dict[str, Any]) -> dict[str, Any]:
+    """Lists for tuples: the node manager's rspec comes over XML-RPC, the want from tags."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in rspec.items()}
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ def plan(want: Mapping[str, Want], have: Mapping[str, Have],
             continue
         h = have[name]
         current = {**_DEFAULTS, **{k: v for k, v in h.rspec if k in COMPARED}}
-        if current != w.full_rspec() or h.end != w.end:
+        if _plain(current) != _plain(w.full_rspec()) or h.end != w.end:
             out.append(Action("resize", name, w, h.rcaps))
         if h.keys != w.keys:
             out.append(Action("set_keys", name, w))

@@ -140,6 +140,14 @@ def have(name: str, **over: Any) -> Have:
     ({"a": want("a", enabled=False)}, {"a": have("a")}, ["stop"]),
     ({"a": want("a")}, {"a": have("a", running=False)}, ["start"]),
     ({"b": want("b")}, {"a": have("a")}, ["destroy", "create"]),  # destroys free room first
+    # vsys as the tags give it (a list) and as the node shows it (XML-RPC: a list too);
+    # the same ACL is no change, another one is; an empty one as the node shows it
+    ({"a": want("a", rspec=(("vsys", ["fd_tuntap"]),))},
+     {"a": have("a", rspec=(("cpu_share", 1), ("vsys", ["fd_tuntap"]), ("vsys_vnet", "")))}, []),
+    ({"a": want("a", rspec=(("vsys", ["fd_tuntap", "slice_reboot"]),))},
+     {"a": have("a", rspec=(("cpu_share", 1), ("vsys", ["fd_tuntap"])))}, ["resize"]),
+    ({"a": want("a")}, {"a": have("a", rspec=(("cpu_share", 1), ("vsys", [])))}, []),
+    ({"a": want("a", rspec=(("vsys_vnet", "100.64.9.0/24"),))}, {"a": have("a")}, ["resize"]),
 ])
 def test_plan(w: dict[str, Want], h: dict[str, Have], kinds: list[str]) -> None:
     assert [a.kind for a in plan(w, h)] == kinds
