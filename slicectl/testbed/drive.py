@@ -7,6 +7,7 @@ drives a testbed it did not start (``Testbed.of(saved_layout(PROJECT))``)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -111,6 +112,18 @@ def ssh(key: Path, user: str, node: Node, command: str, timeout: float = 30
          "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
          f"{user}@{node.address}", command],
         capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def tcpdump_read(pcap_b64: str, workdir: Path) -> list[str]:
+    """The lines ``tcpdump -nr`` prints for a capture given as base64 (how a capture made
+    in a sliver comes back through a shell); fails the caller on tcpdump's error."""
+    cap = workdir / "capture.pcap"
+    cap.write_bytes(base64.b64decode(pcap_b64))
+    shown = subprocess.run(["tcpdump", "-nr", str(cap)], capture_output=True, text=True,
+                           timeout=30, check=False)
+    if shown.returncode != 0:
+        raise StateError(f"tcpdump -nr {cap}: {shown.stderr.strip()[:300]}")
+    return shown.stdout.splitlines()
 
 
 def ssh_ok(key: Path, user: str, node: Node) -> bool:

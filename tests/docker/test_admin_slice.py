@@ -4,10 +4,8 @@ agent, used from inside it. First what it cannot do, then what it can."""
 
 from __future__ import annotations
 
-import base64
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from slicectl.core.netplan import handle
 from slicectl.node import tc
 from slicectl.node.config import NodeConfig
+from slicectl.testbed.drive import tcpdump_read
 from slicectl.testbed.privnode import log_path, private_node, service_ports
 
 from .conftest import NMHandle, make_sliver, sliver_exec
@@ -215,12 +214,7 @@ def test_the_admin_captures_a_slices_packets(dnm: NMHandle, engine: docker.Docke
     lines = out.splitlines()
     assert [ln for ln in lines if ln.startswith(("1 ", "2 ", "3 "))] == [f"1 {v}", f"2 {v}",
                                                                           f"3 {v}"], out
-    cap = tmp_path / "cap.pcap"
-    cap.write_bytes(base64.b64decode(lines[-1]))
-    shown = subprocess.run(["tcpdump", "-nr", str(cap)], capture_output=True, text=True,
-                           timeout=30, check=False)
-    assert shown.returncode == 0, shown.stderr
-    got = shown.stdout.splitlines()
+    got = tcpdump_read(lines[-1], tmp_path)
     assert len(got) == 3 and all("> 198.18.77.7.9999: UDP, length 100" in g for g in got), got
 
 

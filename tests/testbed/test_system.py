@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from slicectl.testbed.drive import Node, Site, Testbed, ssh, ssh_ok, until
+from slicectl.testbed.drive import Node, Site, Testbed, ssh, ssh_ok, tcpdump_read, until
 
 APPEAR_S = 30
 
@@ -240,10 +240,11 @@ def test_plc_stops_a_slice_everywhere_and_the_audit_pages_say_who_and_when(site:
         site.call(site.pi, "DeleteSlice", name)
 
 
-def test_the_sites_pi_as_site_admin_sees_kills_and_caps(site: Site, exp: str) -> None:
+def test_the_sites_pi_as_site_admin_sees_kills_and_caps(site: Site, exp: str,
+                                                        tmp_path: Path) -> None:
     """ssh site_admin@node with the key of a PI of the node's site: pl-ps shows a CPU loop
-    in a slice's sliver, pl-kill kills it, pl-cap sets the node's cap; the node's events
-    say who."""
+    in a slice's sliver, pl-kill kills it, pl-cap sets the node's cap, pl-tcpdump captures
+    the slice's packets for tcpdump; the node's events say who."""
     tb = site.tb
     node = tb.nodes[0]
     root: Any = tb.proxy()
@@ -263,8 +264,28 @@ def test_the_sites_pi_as_site_admin_sees_kills_and_caps(site: Site, exp: str) ->
     out = ssh(pi.key, "site_admin", node, f"pl-kill {exp} {pid} --reason testbed")
     assert out.returncode == 0 and f"killed 1 process(es) of {exp}" in out.stdout, out.stderr
     until(lambda: loop() is None, 30, "the loop gone")
-    out = ssh(pi.key, "site_admin", node, "pl-cap 7777")
-    assert out.returncode == 0 and "net_cap_kbit 7777" in out.stdout, out.stderr
-    events = tb.slicectl(node, "node", "events")
-    assert any(e["who"] == "slice:site_admin" and e["action"] == "admin_kill"
-               for e in events), events
+    # a cap above the default rspec's net_max_kbit (10,000): below it, the node would
+    # admit no default sliver, so later tests' slices would never come on this node
+    try:
+        out = ssh(pi.key, "site_admin", node, "pl-cap 77777")
+        assert out.returncode == 0 and "net_cap_kbit 77777" in out.stdout, out.stderr
+        # pl-tcpdump captures the slice's packets (to another node), each shown with its slice
+        far = tb.nodes[1].address
+        ssh(site.user.key, exp, node, "nohup python3 -c 'import socket, time\ns = socket.socket("
+            "socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(300):\n    s.sendto(b\"x\" * 100, "
+            f"(\"{far}\", 9999))\n    time.sleep(0.2)' >/dev/null 2>&1 &")
+        out = ssh(pi.key, "site_admin", node, f"timeout 50 pl-tcpdump -c 3 slice {exp} and udp "
+                  "> /tmp/cap.pcap 2> /tmp/cap.list; echo rc=$?; cat /tmp/cap.list; echo; "
+                  "base64 -w0 /tmp/cap.pcap", timeout=60)
+        lines = out.stdout.splitlines()
+        assert "rc=0" in lines, out.stdout + out.stderr
+        assert [ln for ln in lines if ln[:2] in ("1 ", "2 ", "3 ")] == [
+            f"1 {exp}", f"2 {exp}", f"3 {exp}"], out.stdout
+        got = tcpdump_read(lines[-1], tmp_path)
+        assert len(got) == 3 and all(f"> {far}.9999: UDP, length 100" in g for g in got), got
+        events = tb.slicectl(node, "node", "events")
+        assert any(e["who"] == "slice:site_admin" and e["action"] == "admin_kill"
+                   for e in events), events
+    finally:
+        out = ssh(pi.key, "site_admin", node, "pl-cap 100000")  # the node's default again
+        assert out.returncode == 0, out.stderr
