@@ -313,7 +313,8 @@ def register(add: AddCommand) -> None:
     st = nsub.add_parser("set", help="change a node setting live: net_cap_kbit (the node's "
                                      "outgoing cap), dormant_after_s (idle slivers stop "
                                      "after this many seconds and wake at their next use; "
-                                     "0: never)")
+                                     "0: never), warm_pool (pooled slivers kept ready for "
+                                     "binds; 0: none)")
     st.add_argument("name", choices=NODE_SETTINGS)
     st.add_argument("value")
     localadmin.register(nsub)

@@ -21,3 +21,6 @@ SLIVER_VSYS_DIR = "/run/slicectl/vsys"
 AGENT_SLICE = "slicectl_agent"
 #: The site's admin sliver on every node (``ssh site_admin@node``).
 ADMIN_SLICE = "site_admin"
+#: Warm-pool slivers before a bind claims them: ``slicepool-<node>-<xid>`` (a claim renames
+#: the container to ``sliver-<slice>``).
+POOL_PREFIX = "slicepool-"

@@ -58,6 +58,9 @@ class NodePolicy:
     vsys_timeout_s: int = 30
     #: vsys calls one slice may have running at once.
     vsys_calls_per_slice: int = 4
+    #: Pooled slivers (node setting ``warm_pool``) the node may make a minute, in the
+    #: background: each costs what a sliver's creation does.
+    warm_pool_fills_per_min: int = 30
 
     def refusal(self, slice_name: str) -> str | None:
         """Why this policy refuses a sliver of ``slice_name`` here (a text holding
@@ -71,7 +74,7 @@ class NodePolicy:
 
 
 #: Integer settings whose range is not 1 to 2**20.
-INT_RANGES = {"net_cap_max_kbit": (0, 100_000_000)}
+INT_RANGES = {"net_cap_max_kbit": (0, 100_000_000), "warm_pool_fills_per_min": (1, 600)}
 
 
 def _list_item(name: str, value: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,8 @@ from docker.models.containers import Container
 
 from slicectl.core.containerplan import ContainerPlan, NodeFacts
 from slicectl.core.errors import EngineError, StateError
-from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, LABEL_SLICE
+from slicectl.core.labels import LABEL_KIND, LABEL_NODE, LABEL_SERVICE, SLIVER_PREFIX
+from slicectl.core.poolplan import pool_xid
 from slicectl.core.userns import SLIVER_LIMITS
 from slicectl.node.hostcmd import run
 from slicectl.node.nm.boundary import SliverStatus
@@ -41,6 +43,15 @@ def engine_session(url: str, timeout: int = 120) -> Iterator[docker.DockerClient
         yield client
     finally:
         client.close()
+
+
+def waits_for_usr1(status: str) -> bool:
+    """Whether a process catches SIGUSR1, from its ``/proc/PID/status`` text (``SigCgt``):
+    only then may it be sent one (its default action ends the process)."""
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
+    return False
 
 
 class SliverEngine:
@@ -79,11 +90,8 @@ class SliverEngine:
             sniffer_dir=sniffer_dir, vsys_dir=vsys_dir,
         )
 
-    def _filters(self, slice_name: str | None = None) -> dict[str, Any]:
-        labels = [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"]
-        if slice_name is not None:
-            labels.append(f"{LABEL_SLICE}={slice_name}")
-        return {"label": labels}
+    def _filters(self) -> dict[str, Any]:
+        return {"label": [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"]}
 
     def create(self, plan: ContainerPlan) -> str:
         """Create the container, or adopt ours of that name left by an interrupted bind;
@@ -157,15 +165,16 @@ class SliverEngine:
         address = (nets.get(self.network) or {}).get("IPAddress") or None
         return SliverStatus(str(c.id), str(c.status), state.get("Pid") or None, address)
 
-    def remove(self, name: str) -> None:
-        """Force-remove our container ``name`` (absent is fine)."""
+    def remove(self, name: str) -> bool:
+        """Force-remove our container ``name`` (absent is fine); return whether there was
+        one."""
         c = self._get(name)
         if c is None:
-            return
+            return False
         try:
             c.remove(force=True, v=True)
         except docker.errors.NotFound:
-            return
+            return True
         except docker.errors.APIError as e:
             if e.status_code != 409:  # 409: a removal already in progress; wait for it
                 raise EngineError(f"container {name}: could not remove it: {e.explanation}") from e
@@ -175,6 +184,7 @@ class SliverEngine:
                 raise EngineError(f"container {name}: still there 60 s after removal; check the "
                                   "engine log /var/log/slicectl/dockerd.log")
             time.sleep(0.1)
+        return True
 
     def version(self) -> str:
         return str(self.client.version().get("Version", ""))
@@ -193,13 +203,13 @@ class SliverEngine:
         return out
 
     def sliver_starts(self) -> Iterator[str]:
-        """Slice names of this node's slivers as the engine starts them (blocks)."""
-        filters = {"label": [f"{LABEL_NODE}={self.node_id}", f"{LABEL_KIND}=sliver"],
-                   "event": "start", "type": "container"}
+        """Slice names of this node's slivers as the engine starts them (blocks). A
+        sliver's slice is in its container's name (a pooled sliver has no slice label)."""
+        filters = {**self._filters(), "event": "start", "type": "container"}
         for ev in self.client.events(filters=filters, decode=True):
-            name = ev.get("Actor", {}).get("Attributes", {}).get(LABEL_SLICE)
-            if name:
-                yield str(name)
+            name = str(ev.get("Actor", {}).get("Attributes", {}).get("name", ""))
+            if name.startswith(SLIVER_PREFIX) and len(name) > len(SLIVER_PREFIX):
+                yield name[len(SLIVER_PREFIX):]
 
     def service_of(self, container_id: str) -> str | None:
         """The service name of ``container_id`` if it is one of this node's service
@@ -212,10 +222,49 @@ class SliverEngine:
             return str(labels.get(LABEL_SERVICE, "")) or None
         return None
 
-    def summaries(self) -> dict[str, dict[str, Any]]:
-        """One engine call: this node's slivers by slice, as the engine lists them."""
+    def _listed(self) -> list[tuple[str, dict[str, Any]]]:
         rows = self.client.api.containers(all=True, filters=self._filters())
-        return {r["Labels"][LABEL_SLICE]: r for r in rows}
+        return [(str((r.get("Names") or ["/"])[0]).removeprefix("/"), r) for r in rows]
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """One engine call: this node's slivers by slice (from the container's name,
+        ``sliver-<slice>``), as the engine lists them; pooled ones are left out."""
+        return {name[len(SLIVER_PREFIX):]: r for name, r in self._listed()
+                if name.startswith(SLIVER_PREFIX)}
+
+    def pool_summaries(self) -> dict[int, dict[str, Any]]:
+        """One engine call: this node's pooled slivers by xid, as the engine lists them."""
+        out: dict[int, dict[str, Any]] = {}
+        for name, r in self._listed():
+            xid = pool_xid(self.node_id, name)
+            if xid is not None:
+                out[xid] = r
+        return out
+
+    def rename(self, container_id: str, name: str) -> None:
+        """Give our container ``container_id`` the name ``name`` (a claimed pooled sliver)."""
+        c = self._require(container_id)
+        if c.name == name:
+            return
+        try:
+            c.rename(name)
+        except docker.errors.APIError as e:
+            raise EngineError(f"container {c.name}: could not rename it {name}: "
+                              f"{e.explanation}") from e
+
+    def nudge(self, pid: int) -> None:
+        """Tell the sliver init's child (slicectl-vinit under docker-init ``pid``) that its
+        identity is written: SIGUSR1, so a pooled sliver's init goes on at once."""
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return
+        for child in children:
+            try:
+                if waits_for_usr1(Path(f"/proc/{child}/status").read_text()):
+                    os.kill(int(child), signal.SIGUSR1)
+            except (OSError, ValueError):
+                continue
 
     def update(self, name: str, resources: dict[str, Any]) -> None:
         """Change a container's CPU, memory and pid limits live (the engine's update

@@ -86,6 +86,13 @@ CREATE TABLE IF NOT EXISTS events (
     detail  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_by_slice ON events (slice, id);
+CREATE TABLE IF NOT EXISTS pool (
+    xid          INTEGER PRIMARY KEY,
+    profile      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    container_id TEXT,
+    created      REAL NOT NULL
+);
 """
 
 #: Events kept: the oldest go as new ones come past this many.
@@ -95,6 +102,8 @@ EVENTS_KEPT = 100_000
 #: ``dormant``: desired running, but stopped by the node for idleness until its next use
 #: (see :mod:`slicectl.node.nm.dormancy`).
 CREATING, RUNNING, STOPPED, DORMANT = "creating", "running", "stopped", "dormant"
+#: A pooled sliver made, started and confined, that a bind may take.
+POOL_READY = "ready"
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,17 @@ class SliverRow:
     contacts: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     initscript: str = ""
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    """A warm-pool sliver: ``creating`` (being made) or ``ready``."""
+
+    xid: int
+    profile: str
+    state: str
+    container_id: str | None
+    created: float
 
 
 @dataclass(frozen=True)
@@ -299,11 +319,19 @@ class Store:
             rows = db.execute("SELECT * FROM slivers ORDER BY slice").fetchall()
         return [self._sliver(r) for r in rows]
 
+    @staticmethod
+    def _free_xid(db: sqlite3.Connection, max_xid: int) -> int:
+        used = {r[0] for r in db.execute("SELECT xid FROM slivers UNION SELECT xid FROM pool")}
+        freed = {int(r[0]): float(r[1]) for r in db.execute("SELECT xid, freed FROM xid_freed")}
+        return pick_xid(max_xid, used, freed, time.time())
+
     def begin_bind(
-        self, slice_name: str, rcap: str, created_by: str, attrs: dict[str, Any], max_xid: int
+        self, slice_name: str, rcap: str, created_by: str, attrs: dict[str, Any], max_xid: int,
+        pool_profile: str | None = None,
     ) -> tuple[SliverRow, bool]:
-        """Bind ``rcap`` to ``slice_name``, creating the sliver row (with the lowest free
-        xid up to ``max_xid``) if needed.
+        """Bind ``rcap`` to ``slice_name``, creating the sliver row if needed: it takes a
+        ready pooled sliver of ``pool_profile`` if there is one (its xid, and its container
+        id recorded before anything is renamed), else the lowest free xid up to ``max_xid``.
 
         Returns the row and whether it is new.
 
@@ -322,19 +350,53 @@ class Store:
             existing = self.find_sliver(slice_name)
             if existing is not None:
                 return existing, False
-            used = {r[0] for r in db.execute("SELECT xid FROM slivers")}
-            freed = {int(r[0]): float(r[1]) for r in db.execute("SELECT xid, freed FROM xid_freed")}
-            xid = pick_xid(max_xid, used, freed, time.time())
+            taken = db.execute(
+                "SELECT xid, container_id FROM pool WHERE profile = ? AND state = ? "
+                "ORDER BY xid LIMIT 1", (pool_profile, POOL_READY)).fetchone() \
+                if pool_profile is not None else None
+            if taken is not None:
+                xid, cid = int(taken["xid"]), taken["container_id"]
+                db.execute("DELETE FROM pool WHERE xid = ?", (xid,))
+            else:
+                xid, cid = self._free_xid(db, max_xid), None
             db.execute(
-                "INSERT INTO slivers(slice, xid, state, desired, created_by, created, description,"
-                " contacts, keys, initscript) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (slice_name, xid, CREATING, RUNNING, created_by, time.time(),
+                "INSERT INTO slivers(slice, xid, state, desired, container_id, created_by, created,"
+                " description, contacts, keys, initscript) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (slice_name, xid, CREATING, RUNNING, cid, created_by, time.time(),
                  attrs.get("description", ""), json.dumps(attrs.get("contacts", [])),
                  json.dumps(attrs.get("keys", [])), attrs.get("initscript", "")),
             )
             new = self.find_sliver(slice_name)
             assert new is not None
             return new, True
+
+    # the warm pool ----------------------------------------------------------------------
+
+    def reserve_pool(self, profile: str, max_xid: int) -> int:
+        """Record a pooled sliver about to be made (state ``creating``); return its xid."""
+        with self.tx() as db:
+            xid = self._free_xid(db, max_xid)
+            db.execute("INSERT INTO pool(xid, profile, state, created) VALUES (?, ?, ?, ?)",
+                       (xid, profile, CREATING, time.time()))
+            return xid
+
+    def update_pool(self, xid: int, *, state: str | None = None,
+                    container_id: str | None = None) -> None:
+        with self.tx() as db:
+            if container_id is not None:
+                db.execute("UPDATE pool SET container_id = ? WHERE xid = ?", (container_id, xid))
+            if state is not None:
+                db.execute("UPDATE pool SET state = ? WHERE xid = ?", (state, xid))
+
+    def pool(self) -> list[PoolRow]:
+        with self.tx() as db:
+            rows = db.execute("SELECT * FROM pool ORDER BY xid").fetchall()
+        return [PoolRow(int(r["xid"]), r["profile"], r["state"], r["container_id"],
+                        float(r["created"])) for r in rows]
+
+    def delete_pool(self, xid: int) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM pool WHERE xid = ?", (xid,))
 
     def update_sliver(self, slice_name: str, **values: Any) -> None:
         allowed = {"uid", "state", "desired", "container_id", "description", "contacts", "keys",

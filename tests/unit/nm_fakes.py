@@ -61,11 +61,32 @@ class FakeEngine:
         self.calls.append(("stop", name))
         self.containers[name].status = "exited"
 
-    def state(self, name: str) -> SliverStatus | None:
+    def _find(self, name: str) -> FakeContainer | None:
+        """By name or id, as the engine finds containers."""
         c = self.containers.get(name)
+        return c if c is not None else next(
+            (x for x in self.containers.values() if x.id == name), None)
+
+    def state(self, name: str) -> SliverStatus | None:
+        c = self._find(name)
         if c is None:
             return None
         return SliverStatus(c.id, c.status, 4242 if c.status == "running" else None, None)
+
+    def rename(self, container_id: str, name: str) -> None:
+        self.calls.append(("rename", name))
+        c = self._find(container_id)
+        assert c is not None
+        old = next(k for k, v in self.containers.items() if v is c)
+        if old != name:
+            self.containers[name] = self.containers.pop(old)
+
+    def nudge(self, pid: int) -> None:
+        self.calls.append(("nudge", str(pid)))
+
+    def pool_summaries(self) -> dict[int, dict[str, Any]]:
+        return {int(n.rsplit("-", 1)[1]): {"State": c.status, "Id": c.id}
+                for n, c in self.containers.items() if n.startswith("slicepool-")}
 
     def update(self, name: str, resources: dict[str, Any]) -> None:
         self.calls.append(("update", name))
@@ -75,19 +96,21 @@ class FakeEngine:
         self.calls.append(("read_back", name))
         return {}
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> bool:
         self.calls.append(("remove", name))
         for hook in self.on_remove:
             hook(name)
-        self.containers.pop(name, None)
+        c = self._find(name)
+        self.containers = {k: v for k, v in self.containers.items() if v is not c}
+        return c is not None
 
     def pid_counts(self, cgroup_parent: str, container_ids: list[str]) -> dict[str, int]:
         running = {c.id for c in self.containers.values() if c.status == "running"}
         return {cid: self.pids.get(cid, 2) for cid in container_ids if cid in running}
 
     def summaries(self) -> dict[str, dict[str, Any]]:
-        return {c.plan.kwargs["labels"]["org.slicectl.slice"]:
-                {"State": c.status, "Id": c.id} for c in self.containers.values()}
+        return {n.removeprefix("sliver-"): {"State": c.status, "Id": c.id}
+                for n, c in self.containers.items() if n.startswith("sliver-")}
 
     def service_of(self, container_id: str) -> str | None:
         return self.services.get(container_id)

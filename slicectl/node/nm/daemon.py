@@ -194,6 +194,7 @@ def serve(cfg: NodeConfig, expire_every_s: float = 1.0) -> None:
     signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=expiry, name="expiry", daemon=True).start()
     threading.Thread(target=engine_events, name="events", daemon=True).start()
+    threading.Thread(target=nm.pool.run, args=(stop,), name="pool", daemon=True).start()
     if wakes is not None:
         threading.Thread(target=port_wakes, args=(wakes,), name="wakes", daemon=True).start()
     log.info("node manager %s serving on %s (pid %d)", cfg.node_id, cfg.nm_sock, os.getpid())

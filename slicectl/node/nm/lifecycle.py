@@ -22,6 +22,7 @@ from slicectl.core.rspec import RSpec, validate_slice_name
 from slicectl.core.units import iso
 from slicectl.node.nm.boundary import Engine, Network
 from slicectl.node.nm.callers import Caller, require_manage, require_name, require_privileged
+from slicectl.node.nm.pool import WarmPool
 from slicectl.node.nm.ports import DESTROYED, PortBook
 from slicectl.node.nm.rcaps import RcapBook
 from slicectl.node.nm.slicestate import SliceState, validate_attrs
@@ -58,11 +59,12 @@ class Slivers:
         facts: what container plans need to know of the node.
         max_xid: the highest xid the node's network can address.
         clock: the current time.
+        pool: the warm pool new slivers are taken from when one fits.
     """
 
     def __init__(self, store: Store, engine: Engine, net: Network, state: SliceState,
                  rcaps: RcapBook, ports: PortBook, facts: NodeFacts, max_xid: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], pool: WarmPool) -> None:
         self.store = store
         self.engine = engine
         self.net = net
@@ -72,6 +74,7 @@ class Slivers:
         self.facts = facts
         self.max_xid = max_xid
         self.clock = clock
+        self.pool = pool
         self._locks_guard = threading.Lock()
         self._slice_locks: dict[str, threading.Lock] = {}
         #: slice -> pid of the sliver init its network was last attached to
@@ -86,16 +89,18 @@ class Slivers:
             yield
 
     def attach(self, sliver: SliverRow, spec: RSpec | None = None, *,
-               unless_attached: bool = False) -> None:
+               unless_attached: bool = False, confined: bool = False) -> None:
         """Give a running sliver its user-namespace limits and bandwidth classes
         (``unless_attached``: not again to the same init, as when the engine reports the
-        start of a sliver the node manager itself started and attached)."""
+        start of a sliver the node manager itself started and attached; ``confined``: its
+        namespace has its limits already, as a pooled sliver's since it started)."""
         name = container_name(sliver.slice)
         st = self.engine.state(name)
         if st is not None and st.status == "running" and st.pid:
             if unless_attached and self._attached.get(sliver.slice) == int(st.pid):
                 return
-            self.engine.confine(name, int(st.pid))
+            if not confined:
+                self.engine.confine(name, int(st.pid))
             self.net.attach(self.ports.ident(sliver, spec), int(st.pid))
             self._attached[sliver.slice] = int(st.pid)
 
@@ -117,9 +122,11 @@ class Slivers:
                 raise StateError(refusal)
             require_name(caller, name, self.store.name_owner(name))
             claimed = self.store.claim_name(name, caller.name)
+            # a new sliver has this rcap alone: a pooled one fits if made for its profile
+            fits = self.pool.profile_of(row.rspec) if existing is None else None
             try:
                 sliver, new = self.store.begin_bind(name, row.rcap, caller.name, extra,
-                                                    self.max_xid)
+                                                    self.max_xid, pool_profile=fits)
             except BaseException:
                 if claimed:
                     self.store.release_name(name)
@@ -154,21 +161,30 @@ class Slivers:
             log.exception("undo of bind %s -> %s failed", rcap, name)
 
     def materialize(self, sliver: SliverRow) -> None:
-        """Make every piece of a sliver exist and run. Idempotent, so reconcile can finish
-        a bind that a killed node manager left half-way. Reads the slice's rcaps once."""
+        """Make every piece of a sliver exist and run, from a pooled sliver the bind took
+        or anew. Idempotent, so reconcile can finish a bind that a killed node manager left
+        half-way. Reads the slice's rcaps once."""
         name = sliver.slice
+        pooled = self.pool.claim(sliver)
         uid = self.state.prepare(sliver)
         spec = self.rcaps.effective(name)
         plan = container_plan(SliverIdentity(name, sliver.xid, uid, self.state.etc(name)), spec,
                               self.facts)
-        cid = self.engine.create(plan)
-        self.store.update_sliver(name, container_id=cid)
+        cid = pooled or self.engine.create(plan)
+        if cid != sliver.container_id:
+            self.store.update_sliver(name, container_id=cid)
         if sliver.desired == RUNNING:
             st = self.engine.state(plan.name)
+            warm = pooled is not None and st is not None and st.status == "running"
             if st is None or st.status != "running":
                 self.engine.start(plan.name)
-            self.engine.read_back(plan.name, resource_update(spec, self.facts.ncpus))
-            self.attach(sliver, spec)
+            resources = resource_update(spec, self.facts.ncpus)
+            if pooled is not None:  # made for the default rspec
+                self.engine.update(plan.name, resources)
+            self.engine.read_back(plan.name, resources)
+            self.attach(sliver, spec, confined=warm)
+            if warm and st is not None and st.pid:
+                self.engine.nudge(int(st.pid))  # its init goes on as the slice's
         self.ports.sync_slice(name, spec)
         self.state.write_login(name, cid, uid)
         self.store.update_sliver(name, state=sliver.desired)
@@ -190,10 +206,12 @@ class Slivers:
     def teardown(self, name: str) -> None:
         """Remove the container, the bandwidth classes, the host account and the state
         directory of a sliver (its ports go with the next ``ports.sync_slice``)."""
-        self.engine.remove(container_name(name))
+        removed = self.engine.remove(container_name(name))
         self._attached.pop(name, None)
         sliver = self.store.find_sliver(name)
         if sliver is not None:
+            if not removed and sliver.container_id:  # a pooled one taken, not yet renamed
+                self.engine.remove(sliver.container_id)
             self.net.detach(self.ports.ident(sliver))
         self.state.remove(name)
 

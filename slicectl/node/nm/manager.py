@@ -48,6 +48,7 @@ from slicectl.node.nm.callers import (
 )
 from slicectl.node.nm.dormancy import Dormancy
 from slicectl.node.nm.lifecycle import Slivers
+from slicectl.node.nm.pool import WarmPool
 from slicectl.node.nm.ports import DESTROYED, LIVE, PortBook
 from slicectl.node.nm.rcaps import RCAP, RcapBook
 from slicectl.node.nm.reconcile import Reconciler
@@ -72,7 +73,7 @@ def validate_reason(reason: object) -> str:
         raise ValidationError("reason", "printable text of at most 200 characters", reason)
     return reason
 #: What ``set_node`` changes.
-NODE_SETTINGS = ("net_cap_kbit", "dormant_after_s")
+NODE_SETTINGS = ("net_cap_kbit", "dormant_after_s", "warm_pool")
 
 
 class NodeManager:
@@ -104,9 +105,12 @@ class NodeManager:
         self.rcaps = RcapBook(store, capacity, lambda: net.cap_kbit, clock, host_ports)
         self.ports = PortBook(store, net, self.rcaps, clock)
         self.state = SliceState(cfg.slivers_dir, accounts, store, cfg.node_id, cfg.engine_sock,
-                                cfg.nm_sock)
+                                cfg.nm_sock, cfg.state_dir / "pool")
+        max_xid = sliver_xid_range(cfg.subnet)[1]
+        self.pool = WarmPool(store, engine, self.state, facts, max_xid, clock,
+                             self.policy.warm_pool_fills_per_min)
         self.slivers = Slivers(store, engine, net, self.state, self.rcaps, self.ports, facts,
-                               sliver_xid_range(cfg.subnet)[1], clock)
+                               max_xid, clock, self.pool)
         self.reconciler = Reconciler(store, self.slivers, clock,
                                      lambda name: self.event("node", "expire", name))
         self.dormancy = Dormancy(store, self.slivers, facts.cgroup_parent, clock)
@@ -325,7 +329,7 @@ class NodeManager:
 
     def status(self, caller: Caller) -> dict[str, Any]:
         return {**self.views.status(caller), "dormant_after_s": self.dormancy.after_s,
-                "dormant": self.dormancy.count()}
+                "dormant": self.dormancy.count(), **self.pool.counts()}
 
     # slice creation services ------------------------------------------------------------
 
@@ -390,13 +394,18 @@ class NodeManager:
     def set_node(self, caller: Caller, name: object, value: object) -> dict[str, Any]:
         """Change a node setting live (root on the node only): ``net_cap_kbit``, the node's
         outgoing cap; ``dormant_after_s``, the idleness after which a sliver goes dormant
-        (0: never)."""
+        (0: never); ``warm_pool``, how many pooled slivers the node keeps ready (0: none)."""
         if not caller.is_root:
             raise PermissionDenied(f"caller {caller.name}: node settings are for root on the node")
         if name == "dormant_after_s":
             after = self.dormancy.set_after(value)
             self.event(caller.name, "set", None, f"dormant_after_s={after}")
             log.info("node setting dormant_after_s = %d by %s", after, caller.name)
+            return self.status(caller)
+        if name == "warm_pool":
+            target = self.pool.set_target(value)
+            self.event(caller.name, "set", None, f"warm_pool={target}")
+            log.info("node setting warm_pool = %d by %s", target, caller.name)
             return self.status(caller)
         if name != "net_cap_kbit":
             raise ValidationError("setting", f"one of: {', '.join(NODE_SETTINGS)}", name)
@@ -496,7 +505,9 @@ class NodeManager:
         containers, start slivers that should run, finish destroys, and remove our
         containers and accounts that no sliver row claims; then stop the slivers of
         slices the node's policy now refuses."""
-        return self.reconciler.reconcile() + self.apply_refusals()
+        actions = self.reconciler.reconcile()
+        actions += self.pool.reconcile({s.xid for s in self.store.slivers()})
+        return actions + self.apply_refusals()
 
     def apply_refusals(self) -> list[str]:
         """Stop the slivers meant to run of slices the node's policy refuses (refused

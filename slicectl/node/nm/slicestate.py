@@ -14,6 +14,7 @@ from typing import Any
 
 from slicectl.core.containerplan import SLIVER_ACCOUNTS_DIR, sliver_accounts
 from slicectl.core.errors import ValidationError
+from slicectl.core.poolplan import IDENTITY_FILE, identity_text
 from slicectl.node.accounts import validate_contacts, validate_keys, write_atomic
 from slicectl.node.nm.boundary import Accounts
 from slicectl.node.store import SliverRow, Store
@@ -66,11 +67,13 @@ class SliceState:
         engine_sock: the engine socket the login shell enters slivers through.
         nm_sock: the node manager's socket, through which the login shell wakes a dormant
             sliver before it enters it.
+        pool_dir: where pooled slivers' ``etc`` directories live (``<xid>/etc``).
     """
 
     def __init__(self, slivers_dir: Path, accounts: Accounts, store: Store, node_id: str,
-                 engine_sock: Path, nm_sock: Path) -> None:
+                 engine_sock: Path, nm_sock: Path, pool_dir: Path) -> None:
         self.slivers_dir = slivers_dir
+        self.pool_dir = pool_dir
         self.accounts = accounts
         self.store = store
         self.node_id = node_id
@@ -109,7 +112,22 @@ class SliceState:
             write_atomic(accounts / file, text, 0o644)
         (etc / "slice.json").write_text(json.dumps(
             {"slice": name, "xid": sliver.xid, "uid": uid, "node": self.node_id}) + "\n")
+        write_atomic(etc / IDENTITY_FILE, identity_text(name, uid), 0o644)
         return uid
+
+    def adopt_etc(self, name: str, pooled_etc: Path) -> None:
+        """Make a claimed pooled sliver's ``/etc/slicectl`` (``pooled_etc``, where its
+        container mounts it from) the slice's ``etc``: a link from the slice's home, so
+        the container keeps its mount source across restarts. Idempotent."""
+        home, etc = self.home(name), self.etc(name)
+        home.mkdir(parents=True, exist_ok=True)
+        if etc.is_symlink() and etc.resolve() == pooled_etc.resolve():
+            return
+        if etc.is_symlink():
+            etc.unlink()
+        elif etc.exists():
+            shutil.rmtree(etc)
+        etc.symlink_to(pooled_etc)
 
     def write_login(self, name: str, container_id: str, uid: int) -> None:
         self.accounts.write_login(self.home(name), container=container_id,
@@ -117,9 +135,18 @@ class SliceState:
                                   nm_sock=self.nm_sock)
 
     def remove(self, name: str) -> None:
-        """Remove the slice's host account and home."""
+        """Remove the slice's host account and home (and a claimed pooled sliver's
+        ``etc``, which its home links to)."""
         self.accounts.remove(name, self.home(name))
+        etc = self.etc(name)
+        if etc.is_symlink():
+            pooled = etc.resolve().parent
+            if pooled.parent == self.pool_dir.resolve():
+                shutil.rmtree(pooled, ignore_errors=True)
         shutil.rmtree(self.home(name), ignore_errors=True)
+
+    def pool_etc(self, xid: int) -> Path:
+        return self.pool_dir / str(xid) / "etc"
 
     def orphans(self, known: set[str]) -> list[str]:
         """Our host accounts that no sliver row claims."""

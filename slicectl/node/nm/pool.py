@@ -1,0 +1,204 @@
+"""The warm pool: slivers made, started and networked before any bind, so that a bind of
+a new slice only claims and personalizes one (see :mod:`slicectl.core.poolplan`).
+
+The node setting ``warm_pool`` (``slicectl node set warm_pool N``; 0, the default: none)
+is how many the node keeps ready; node policy's ``warm_pool_fills_per_min`` bounds how
+many it makes a minute, one at a time, in the background. A pooled sliver is recorded
+before its container exists and is ready only once started and confined; a bind takes a
+ready one in the same transaction that makes its sliver row, so two binds never take the
+same, and a node manager killed at any point leaves rows that reconcile finishes or undoes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+
+from slicectl.core.containerplan import NodeFacts, container_name
+from slicectl.core.errors import EngineError, ValidationError
+from slicectl.core.poolplan import (
+    MAX_WARM_POOL,
+    FillBudget,
+    fills_due,
+    pool_name,
+    pool_plan,
+    profile,
+)
+from slicectl.core.rspec import RSpec, parse_rspec
+from slicectl.node.nm.boundary import Engine
+from slicectl.node.nm.slicestate import SliceState
+from slicectl.node.store import CREATING, POOL_READY, SliverRow, Store
+
+log = logging.getLogger("slicectl.node.nm")
+
+SETTING = "warm_pool"
+
+
+def validate_warm_pool(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WARM_POOL:
+        raise ValidationError(SETTING, f"an integer from 0 (none) to {MAX_WARM_POOL}", value)
+    return value
+
+
+class WarmPool:
+    """Keeps pooled slivers ready and hands them to binds.
+
+    Args:
+        store: the node's database (the pool's rows, the setting).
+        engine: the node's sliver containers.
+        state: slices' host state (pooled slivers' ``etc`` directories).
+        facts: what container plans need to know of the node.
+        max_xid: the highest xid the node's network can address.
+        clock: the current time.
+        fills_per_min: node policy's bound on pooled slivers made a minute.
+    """
+
+    def __init__(self, store: Store, engine: Engine, state: SliceState, facts: NodeFacts,
+                 max_xid: int, clock: Callable[[], float], fills_per_min: int) -> None:
+        self.store = store
+        self.engine = engine
+        self.state = state
+        self.facts = facts
+        self.max_xid = max_xid
+        self.clock = clock
+        self.fills_per_min = fills_per_min
+        self.kicked = threading.Event()
+        self._fill_lock = threading.Lock()
+        self._recent: list[float] = []
+
+    @property
+    def target(self) -> int:
+        return int(self.store.setting(SETTING, "0"))
+
+    def set_target(self, value: object) -> int:
+        """Change how many pooled slivers the node keeps; extra ready ones are removed."""
+        target = validate_warm_pool(value)
+        self.store.set_setting(SETTING, str(target))
+        ready = [r for r in self.store.pool() if r.state == POOL_READY]
+        for row in ready[target:]:
+            self.discard(row.xid)
+        self.kicked.set()
+        return target
+
+    def spec(self) -> RSpec:
+        """The rspec pooled slivers are made for: the default one."""
+        return parse_rspec({}, self.clock())
+
+    def profile_of(self, spec: RSpec) -> str:
+        return profile(spec, self.facts)
+
+    def counts(self) -> dict[str, int]:
+        rows = self.store.pool()
+        ready = sum(1 for r in rows if r.state == POOL_READY)
+        return {"warm_pool": self.target, "pool_ready": ready, "pool_making": len(rows) - ready}
+
+    # making -----------------------------------------------------------------------------
+
+    def fill(self) -> int:
+        """Make the pooled slivers the target misses, within the budget; return how many
+        were made. One at a time (a second caller waits)."""
+        made = 0
+        with self._fill_lock:
+            while True:
+                now = self.clock()
+                self._recent = [t for t in self._recent if now - t < 60.0]
+                due = fills_due(FillBudget(self.target, self.fills_per_min),
+                                len(self.store.pool()), self._recent, now)
+                if due <= 0:
+                    return made
+                self._recent.append(now)
+                self.make_one()
+                made += 1
+
+    def make_one(self) -> int:
+        """Make, start and confine one pooled sliver; return its xid. Nothing of it is
+        left if any step fails."""
+        spec = self.spec()
+        xid = self.store.reserve_pool(self.profile_of(spec), self.max_xid)
+        name = pool_name(self.facts.node_id, xid)
+        try:
+            etc = self.state.pool_etc(xid)
+            shutil.rmtree(etc.parent, ignore_errors=True)
+            etc.mkdir(mode=0o755, parents=True)
+            etc.parent.chmod(0o755)
+            cid = self.engine.create(pool_plan(xid, etc, spec, self.facts))
+            self.store.update_pool(xid, container_id=cid)
+            self.engine.start(name)
+            st = self.engine.state(name)
+            if st is None or st.status != "running" or not st.pid:
+                raise EngineError(f"container {name}: expected it running after start, found "
+                                  f"{st.status if st else 'none'}")
+            self.engine.confine(name, int(st.pid))
+            self.store.update_pool(xid, state=POOL_READY)
+        except BaseException:
+            self.discard(xid)
+            raise
+        log.info("warm pool: %s ready", name)
+        return xid
+
+    def discard(self, xid: int) -> None:
+        """Remove a pooled sliver that no bind took: its container, directory and row."""
+        try:
+            self.engine.remove(pool_name(self.facts.node_id, xid))
+        finally:
+            shutil.rmtree(self.state.pool_etc(xid).parent, ignore_errors=True)
+            self.store.delete_pool(xid)
+
+    def run(self, stop: threading.Event) -> None:
+        """The background filler: on a change (a take, a new target) and every 5 s."""
+        while not stop.is_set():
+            self.kicked.clear()
+            try:
+                self.fill()
+            except Exception:
+                log.exception("warm pool: making a pooled sliver failed; trying again in 30 s")
+                stop.wait(30)
+            self.kicked.wait(5)
+
+    # claiming ---------------------------------------------------------------------------
+
+    def claim(self, sliver: SliverRow) -> str | None:
+        """Turn the pooled container a bind took (the row's container) into the slice's
+        sliver: its name, and its ``etc`` as the slice's. Returns its id, or None if the
+        row's container is not a pooled one (any more). Idempotent."""
+        pooled_etc = self.state.pool_etc(sliver.xid)
+        if sliver.state != CREATING or not sliver.container_id or not pooled_etc.is_dir():
+            return None
+        if self.engine.state(sliver.container_id) is None:
+            return None
+        self.engine.rename(sliver.container_id, container_name(sliver.slice))
+        self.state.adopt_etc(sliver.slice, pooled_etc)
+        self.kicked.set()
+        return sliver.container_id
+
+    # reconcile --------------------------------------------------------------------------
+
+    def reconcile(self, live_xids: set[int]) -> list[str]:
+        """Remove pooled slivers that are not ready and running as recorded, pooled
+        containers without a row and pooled directories of neither a row nor a sliver
+        (``live_xids``: the xids of sliver rows)."""
+        actions: list[str] = []
+        listed = self.engine.pool_summaries()
+        rows = self.store.pool()
+        for row in rows:
+            summary = listed.pop(row.xid, None)
+            if row.state == POOL_READY and summary is not None \
+                    and summary.get("State") == "running" and summary.get("Id") == row.container_id:
+                continue
+            self.discard(row.xid)
+            actions.append(f"removed pooled sliver {pool_name(self.facts.node_id, row.xid)} "
+                           f"({row.state}, container {summary.get('State') if summary else 'gone'})")
+        for xid in listed:
+            self.engine.remove(pool_name(self.facts.node_id, xid))
+            actions.append(f"removed orphan pooled container {pool_name(self.facts.node_id, xid)}")
+        keep = {str(r.xid) for r in rows} | {str(x) for x in live_xids}
+        if self.state.pool_dir.is_dir():
+            for d in self.state.pool_dir.iterdir():
+                if d.name not in keep:
+                    shutil.rmtree(d, ignore_errors=True)
+        for a in actions:
+            log.info("reconcile: %s", a)
+        self.kicked.set()
+        return actions
