@@ -141,6 +141,7 @@ def test_a_bind_takes_a_pooled_sliver_and_personalizes_it(node: FakeNode) -> Non
     kinds = [k for k, _ in node.engine.calls]
     assert "create" not in kinds and "start" not in kinds and "confine" not in kinds
     assert kinds.index("rename") < kinds.index("update") < kinds.index("nudge")
+
     assert node.net.attached["pl_a"].xid == 1
     etc = node.nm.state.etc("pl_a")
     assert etc.is_symlink() and etc.resolve() == node.nm.state.pool_etc(1).resolve()
@@ -148,6 +149,12 @@ def test_a_bind_takes_a_pooled_sliver_and_personalizes_it(node: FakeNode) -> Non
     assert [r.xid for r in node.store.pool()] == [2]
     assert node.nm.pool.kicked.is_set()
 
+
+def test_a_default_bind_leaves_the_pooled_limits_as_they_are(node: FakeNode) -> None:
+    node.engine.calls.clear()
+    node.nm.bind(ROOT, "pl_d", node.nm.acquire(ROOT, {"end": END}))
+    kinds = [k for k, _ in node.engine.calls]
+    assert "update" not in kinds and "read_back" in kinds
 
 def test_a_cold_sliver_never_gets_a_pooled_xid(node: FakeNode) -> None:
     rcap = node.nm.acquire(ROOT, {"end": END, "nofile": 4096})

@@ -179,8 +179,8 @@ class Slivers:
             if st is None or st.status != "running":
                 self.engine.start(plan.name)
             resources = resource_update(spec, self.facts.ncpus)
-            if pooled is not None:  # made for the default rspec
-                self.engine.update(plan.name, resources)
+            if pooled is not None and resources != self.pool.resources():
+                self.engine.update(plan.name, resources)  # it was made for the default
             self.engine.read_back(plan.name, resources)
             self.attach(sliver, spec, confined=warm)
             if warm and st is not None and st.pid:

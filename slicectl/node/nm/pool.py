@@ -15,8 +15,9 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from slicectl.core.containerplan import NodeFacts, container_name
+from slicectl.core.containerplan import NodeFacts, container_name, resource_update
 from slicectl.core.errors import EngineError, ValidationError
 from slicectl.core.poolplan import (
     MAX_WARM_POOL,
@@ -85,6 +86,10 @@ class WarmPool:
     def spec(self) -> RSpec:
         """The rspec pooled slivers are made for: the default one."""
         return parse_rspec({}, self.clock())
+
+    def resources(self) -> dict[str, Any]:
+        """The CPU, memory and pid limits pooled slivers are made with."""
+        return resource_update(self.spec(), self.facts.ncpus)
 
     def profile_of(self, spec: RSpec) -> str:
         return profile(spec, self.facts)
