@@ -26,6 +26,9 @@ from slicectl.core.rspec import RSpec
 
 #: The most pooled slivers a node keeps ready (each holds a bridge port and an xid).
 MAX_WARM_POOL = 64
+#: How many a node keeps unless told otherwise: two binds at once start warm, for the
+#: memory of two idle slivers (about 5 MiB each).
+DEFAULT_WARM_POOL = 2
 #: The pooled init waits for this file (written by the node manager when a bind claims it).
 IDENTITY_FILE = "identity"
 

@@ -17,6 +17,7 @@ import yaml
 from slicectl.core.errors import ValidationError
 from slicectl.core.labels import ADMIN_SLICE, AGENT_SLICE
 from slicectl.core.policy import NodePolicy, parse_policy
+from slicectl.core.poolplan import DEFAULT_WARM_POOL, MAX_WARM_POOL
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class NodeConfig:
     agent_slice: str = AGENT_SLICE
     #: The site's admin sliver (``ssh site_admin@node``), which the agent keeps.
     admin_slice: str = ADMIN_SLICE
+    #: Pooled slivers the node keeps ready for binds until ``slicectl node set warm_pool``
+    #: says otherwise (private test nodes: none, unless a test asks).
+    warm_pool: int = DEFAULT_WARM_POOL
 
     def sliver_services(self) -> tuple[tuple[str, int], ...]:
         """(proto, port) of the host services meant for slivers."""
@@ -160,6 +164,10 @@ class NodeConfig:
                            "443" if (state / "plc" / "plc.crt").exists() else "0")
         if not plc_text.isdigit() or not 0 <= int(plc_text) <= 65535:
             raise ValidationError("SLICECTL_PLC_PORT", "a port number, or 0 for none", plc_text)
+        pool_text = env.get("SLICECTL_WARM_POOL", str(DEFAULT_WARM_POOL))
+        if not pool_text.isdigit() or not 0 <= int(pool_text) <= MAX_WARM_POOL:
+            raise ValidationError("SLICECTL_WARM_POOL", f"an integer from 0 to {MAX_WARM_POOL}",
+                                  pool_text)
         dns_text = env.get("SLICECTL_OFFERS_DNS", "0")
         if dns_text not in ("0", "1"):
             raise ValidationError("SLICECTL_OFFERS_DNS", "0 or 1", dns_text)
@@ -183,6 +191,7 @@ class NodeConfig:
             plc_port=int(plc_text),
             agent_slice=env.get("SLICECTL_AGENT_SLICE", AGENT_SLICE),
             admin_slice=env.get("SLICECTL_ADMIN_SLICE", ADMIN_SLICE),
+            warm_pool=int(pool_text),
         )
 
 

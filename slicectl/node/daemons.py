@@ -59,6 +59,7 @@ def config_env(cfg: NodeConfig) -> dict[str, str]:
         "SLICECTL_PLC_PORT": str(cfg.plc_port),
         "SLICECTL_AGENT_SLICE": cfg.agent_slice,
         "SLICECTL_ADMIN_SLICE": cfg.admin_slice,
+        "SLICECTL_WARM_POOL": str(cfg.warm_pool),
     }
 
 

@@ -68,7 +68,8 @@ def private_config(base: NodeConfig, engine: docker.DockerClient, kind: str = "t
                       run_dir=PRIVATE_RUN / tag, network=f"slicectl-t{tag}",
                       subnet=free_subnet(engine), bridge=f"slc{tag}", ifb=f"slcifb{tag}",
                       plc_port=0,  # a private node hosts no PLC (the host's may)
-                      agent_slice=f"t{tag}_agent", admin_slice=f"t{tag}_admin")
+                      agent_slice=f"t{tag}_agent", admin_slice=f"t{tag}_admin",
+                      warm_pool=0)
 
 
 def log_path(cfg: NodeConfig, daemon: str = "nm") -> Path:

@@ -22,6 +22,8 @@ from slicectl.core.poolplan import (
     profile,
 )
 from slicectl.core.rspec import parse_rspec
+from slicectl.node.config import NodeConfig
+from slicectl.node.daemons import config_env
 from slicectl.node.engine import waits_for_usr1
 from slicectl.node.store import CREATING, POOL_READY
 
@@ -220,3 +222,27 @@ def test_a_failed_fill_leaves_nothing(node: FakeNode) -> None:
     assert [r.xid for r in node.store.pool()] == [1, 2]
     assert "slicepool-n1-3" not in node.engine.containers
     assert not node.nm.state.pool_etc(3).parent.exists()
+
+
+@pytest.mark.parametrize(("text", "want"), [(None, 2), ("0", 0), ("5", 5), ("64", 64)])
+def test_the_node_configuration_gives_the_target_until_it_is_set(
+        tmp_path: Path, text: str | None, want: int) -> None:
+    env = {"SLICECTL_STATE_DIR": str(tmp_path)}
+    if text is not None:
+        env["SLICECTL_WARM_POOL"] = text
+    cfg = NodeConfig.from_env(env)
+    assert cfg.warm_pool == want
+    assert config_env(cfg)["SLICECTL_WARM_POOL"] == str(want)
+
+
+@pytest.mark.parametrize("text", ["-1", "65", "two", ""])
+def test_a_bad_configured_target_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValidationError, match="SLICECTL_WARM_POOL"):
+        NodeConfig.from_env({"SLICECTL_STATE_DIR": str(tmp_path), "SLICECTL_WARM_POOL": text})
+
+
+def test_the_setting_overrides_the_configured_target(tmp_path: Path) -> None:
+    n = fake_node(tmp_path, now=NOW)
+    assert n.nm.status(ROOT)["warm_pool"] == 2
+    n.nm.set_node(ROOT, "warm_pool", 0)
+    assert n.nm.status(ROOT)["warm_pool"] == 0 and n.nm.pool.fill() == 0

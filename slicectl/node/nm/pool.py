@@ -1,8 +1,9 @@
 """The warm pool: slivers made, started and networked before any bind, so that a bind of
 a new slice only claims and personalizes one (see :mod:`slicectl.core.poolplan`).
 
-The node setting ``warm_pool`` (``slicectl node set warm_pool N``; 0, the default: none)
-is how many the node keeps ready; node policy's ``warm_pool_fills_per_min`` bounds how
+The node setting ``warm_pool`` (``slicectl node set warm_pool N``; 0: none; until it is
+set, the node configuration's, ``SLICECTL_WARM_POOL``, by default 2) is how many the node
+keeps ready; node policy's ``warm_pool_fills_per_min`` bounds how
 many it makes a minute, one at a time, in the background. A pooled sliver is recorded
 before its container exists and is ready only once started and confined; a bind takes a
 ready one in the same transaction that makes its sliver row, so two binds never take the
@@ -54,10 +55,12 @@ class WarmPool:
         max_xid: the highest xid the node's network can address.
         clock: the current time.
         fills_per_min: node policy's bound on pooled slivers made a minute.
+        default_target: how many to keep until the node setting is set.
     """
 
     def __init__(self, store: Store, engine: Engine, state: SliceState, facts: NodeFacts,
-                 max_xid: int, clock: Callable[[], float], fills_per_min: int) -> None:
+                 max_xid: int, clock: Callable[[], float], fills_per_min: int,
+                 default_target: int = 0) -> None:
         self.store = store
         self.engine = engine
         self.state = state
@@ -65,13 +68,14 @@ class WarmPool:
         self.max_xid = max_xid
         self.clock = clock
         self.fills_per_min = fills_per_min
+        self.default_target = default_target
         self.kicked = threading.Event()
         self._fill_lock = threading.Lock()
         self._recent: list[float] = []
 
     @property
     def target(self) -> int:
-        return int(self.store.setting(SETTING, "0"))
+        return int(self.store.setting(SETTING, str(self.default_target)))
 
     def set_target(self, value: object) -> int:
         """Change how many pooled slivers the node keeps; extra ready ones are removed."""
