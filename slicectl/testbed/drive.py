@@ -82,6 +82,31 @@ class Testbed:
 
 
 
+#: A UDP encapsulator a slice runs in its sliver (``python3 -c ENCAPSULATOR MINE PEER
+#: PORT``): a TUN device from vsys's fd_tuntap at overlay address MINE, each packet read
+#: from it sent in a UDP datagram to PEER:PORT, each datagram received on PORT written back
+#: into it. It prints ``ready DEVICE ADDRESS NOTE`` once the device is up.
+ENCAPSULATOR = r"""
+import os, select, socket, sys, vsys
+mine, peer, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = vsys.call("fd_tuntap", [mine])
+if r.status != 0 or not r.fds:
+    print("fd_tuntap failed", r.status, r.error, r.stderr, flush=True)
+    sys.exit(1)
+tun = r.fds[0]
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", port))
+print("ready", r.notes[0]["device"], r.notes[0]["address"], r.stdout.decode().strip(),
+      flush=True)
+while True:
+    ready, _, _ = select.select([tun, u], [], [])
+    if tun in ready:
+        u.sendto(os.read(tun, 65535), (peer, port))
+    if u in ready:
+        os.write(tun, u.recv(65535))
+"""
+
+
 def until(cond: Callable[[], bool], timeout: float, what: str, pause: float = 0.1) -> float:
     """Seconds until ``cond`` held.
 

@@ -21,6 +21,7 @@ from slicectl.core.containerplan import SLIVER_VSYS_DIR
 from slicectl.node.config import NodeConfig
 from slicectl.node.daemons import VSYS, daemon_pid
 from slicectl.node.vsys import SHIPPED_SCRIPTS
+from slicectl.testbed.drive import ENCAPSULATOR
 from slicectl.testbed.privnode import log_path, private_node
 
 from .conftest import NMHandle, gateway, make_sliver, sliver_exec, wait_for
@@ -161,33 +162,11 @@ def test_a_hanging_script_is_killed_after_the_timeout(vnm: NMHandle,
     assert any(e["action"] == "vsys hang" and "timed out" in e["detail"] for e in events)
 
 
-#: A UDP encapsulator: a TUN device from fd_tuntap, each packet read from it sent in a
-#: UDP datagram to the peer sliver, each datagram written back into it.
-ENCAP = r"""
-import os, select, socket, sys, vsys
-mine, peer = sys.argv[1], sys.argv[2]
-r = vsys.call("fd_tuntap", [mine])
-if r.status != 0 or not r.fds:
-    print("fd_tuntap failed", r.status, r.error, r.stderr, flush=True)
-    sys.exit(1)
-tun = r.fds[0]
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.bind(("0.0.0.0", 5555))
-print("ready", os.getpid(), r.notes[0]["device"], r.notes[0]["address"], r.stdout.decode().strip(),
-      flush=True)
-while True:
-    ready, _, _ = select.select([tun, u], [], [])
-    if tun in ready:
-        u.sendto(os.read(tun, 65535), (peer, 5555))
-    if u in ready:
-        os.write(tun, u.recv(65535))
-"""
-
-
 def start_encap(engine: docker.DockerClient, sliver: dict[str, Any], mine: str,
                 peer: str) -> None:
     c = engine.containers.get(sliver["container"])
-    c.exec_run(["sh", "-c", f"python3 -c '{ENCAP}' {mine} {peer} > /tmp/encap.log 2>&1"],
+    c.exec_run(["sh", "-c",
+                f"python3 -c '{ENCAPSULATOR}' {mine} {peer} 5555 > /tmp/encap.log 2>&1"],
                user=str(sliver["uid"]), detach=True)
     wait_for(lambda: "ready" in as_slice(engine, sliver, "cat /tmp/encap.log")[1], 30,
              f"the encapsulator in {sliver['name']}")
@@ -205,7 +184,7 @@ def test_fd_tuntap_gives_a_working_tunnel(vnm: NMHandle, engine: docker.DockerCl
     start_encap(engine, a, "10.201.7.1", b["address"])
     start_encap(engine, b, "10.201.7.2", a["address"])
     log = as_slice(engine, a, "cat /tmp/encap.log")[1]
-    assert log.split()[2:5] == ["tun0", "10.201.7.1/24", "tun0"], log
+    assert log.split()[1:4] == ["tun0", "10.201.7.1/24", "tun0"], log
     status, out = as_slice(engine, a, "ip -o addr show dev tun0")
     assert "inet 10.201.7.1/24" in out, out
     tcpdump = subprocess.Popen(["tcpdump", "-i", vnm.cfg.bridge, "-n", "-l",

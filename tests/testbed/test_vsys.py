@@ -6,38 +6,16 @@ from __future__ import annotations
 
 import base64
 import json
-import textwrap
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from slicectl.core.vsys import default_vnet
-from slicectl.testbed.drive import Site, Testbed, ssh, ssh_ok, until
+from slicectl.testbed.drive import ENCAPSULATOR, Site, Testbed, ssh, ssh_ok, until
 
 APPEAR_S = 30
 PORT = 5555
-
-#: The encapsulator: the overlay address it asks for, the peer node's address.
-ENCAP = textwrap.dedent(r"""
-    import os, select, socket, sys, vsys
-    mine, peer = sys.argv[1], sys.argv[2]
-    r = vsys.call("fd_tuntap", [mine])
-    if r.status != 0 or not r.fds:
-        print("fd_tuntap failed", r.status, r.error, r.stderr, flush=True)
-        sys.exit(1)
-    tun = r.fds[0]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("0.0.0.0", PORT))
-    print("ready", r.notes[0]["device"], r.notes[0]["address"], flush=True)
-    while True:
-        ready, _, _ = select.select([tun, u], [], [])
-        if tun in ready:
-            u.sendto(os.read(tun, 65535), (peer, PORT))
-        if u in ready:
-            os.write(tun, u.recv(65535))
-    """).replace("PORT", str(PORT))
-
 
 @pytest.fixture(scope="module")
 def site(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Site:
@@ -51,13 +29,13 @@ def test_fd_tuntap_tunnels_between_nodes_and_the_audit_page_shows_it(site: Site)
                       nodes=[a, b])
     key: Path = site.user.key
     vnet = default_vnet(name).rsplit(".", 1)[0]  # the same /24 on both nodes, unasked
-    code = base64.b64encode(ENCAP.encode()).decode()
+    code = base64.b64encode(ENCAPSULATOR.encode()).decode()
     try:
         for node, mine, peer in ((a, f"{vnet}.1", b.address), (b, f"{vnet}.2", a.address)):
             until(lambda n=node: ssh_ok(key, name, n),  # type: ignore[misc]
                   APPEAR_S, f"{name} on {node.name}")
             ssh(key, name, node, f"echo {code} | base64 -d > /tmp/encap.py && nohup python3 "
-                f"/tmp/encap.py {mine} {peer} > /tmp/encap.log 2>&1 &")
+                f"/tmp/encap.py {mine} {peer} {PORT} > /tmp/encap.log 2>&1 &")
             until(lambda n=node: "ready" in ssh(  # type: ignore[misc]
                 key, name, n, "cat /tmp/encap.log").stdout, 30,
                 f"the encapsulator on {node.name}", pause=0.5)
