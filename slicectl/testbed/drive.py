@@ -85,7 +85,7 @@ class Testbed:
 #: A UDP encapsulator a slice runs in its sliver (``python3 -c ENCAPSULATOR MINE PEER
 #: PORT``): a TUN device from vsys's fd_tuntap at overlay address MINE, each packet read
 #: from it sent in a UDP datagram to PEER:PORT, each datagram received on PORT written back
-#: into it. It prints ``ready DEVICE ADDRESS NOTE`` once the device is up.
+#: into it. It prints ``ready PID DEVICE ADDRESS NOTE`` once the device is up.
 ENCAPSULATOR = r"""
 import os, select, socket, sys, vsys
 mine, peer, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -96,8 +96,8 @@ if r.status != 0 or not r.fds:
 tun = r.fds[0]
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.bind(("0.0.0.0", port))
-print("ready", r.notes[0]["device"], r.notes[0]["address"], r.stdout.decode().strip(),
-      flush=True)
+print("ready", os.getpid(), r.notes[0]["device"], r.notes[0]["address"],
+      r.stdout.decode().strip(), flush=True)
 while True:
     ready, _, _ = select.select([tun, u], [], [])
     if tun in ready:

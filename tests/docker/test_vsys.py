@@ -184,7 +184,7 @@ def test_fd_tuntap_gives_a_working_tunnel(vnm: NMHandle, engine: docker.DockerCl
     start_encap(engine, a, "10.201.7.1", b["address"])
     start_encap(engine, b, "10.201.7.2", a["address"])
     log = as_slice(engine, a, "cat /tmp/encap.log")[1]
-    assert log.split()[1:4] == ["tun0", "10.201.7.1/24", "tun0"], log
+    assert log.split()[2:5] == ["tun0", "10.201.7.1/24", "tun0"], log
     status, out = as_slice(engine, a, "ip -o addr show dev tun0")
     assert "inet 10.201.7.1/24" in out, out
     tcpdump = subprocess.Popen(["tcpdump", "-i", vnm.cfg.bridge, "-n", "-l",
