@@ -89,18 +89,16 @@ class Slivers:
             yield
 
     def attach(self, sliver: SliverRow, spec: RSpec | None = None, *,
-               unless_attached: bool = False, confined: bool = False) -> None:
+               unless_attached: bool = False) -> None:
         """Give a running sliver its user-namespace limits and bandwidth classes
         (``unless_attached``: not again to the same init, as when the engine reports the
-        start of a sliver the node manager itself started and attached; ``confined``: its
-        namespace has its limits already, as a pooled sliver's since it started)."""
+        start of a sliver the node manager itself started and attached)."""
         name = container_name(sliver.slice)
         st = self.engine.state(name)
         if st is not None and st.status == "running" and st.pid:
             if unless_attached and self._attached.get(sliver.slice) == int(st.pid):
                 return
-            if not confined:
-                self.engine.confine(name, int(st.pid))
+            self.engine.confine(name, int(st.pid))
             self.net.attach(self.ports.ident(sliver, spec), int(st.pid))
             self._attached[sliver.slice] = int(st.pid)
 
@@ -182,7 +180,8 @@ class Slivers:
             if pooled is not None and resources != self.pool.resources():
                 self.engine.update(plan.name, resources)  # it was made for the default
             self.engine.read_back(plan.name, resources)
-            self.attach(sliver, spec, confined=warm)
+            # confined again even if pooled: the engine may have restarted it since
+            self.attach(sliver, spec)
             if warm and st is not None and st.pid:
                 self.engine.nudge(int(st.pid))  # its init goes on as the slice's
         self.ports.sync_slice(name, spec)
