@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import select
 import selectors
 import socket
@@ -183,8 +184,21 @@ def ports_in_use(pid: int, proto: str) -> set[int]:
 
 
 def in_sliver_iptables(pid: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", "-w", *args],
-                          capture_output=True, text=True, check=False, timeout=30)
+    """iptables in the network namespace of the living process ``pid``."""
+    return iptables_in(f"/proc/{pid}/ns/net", *args)
+
+
+def in_held_netns_iptables(netns_fd: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """iptables in the network namespace held open as ``netns_fd`` (the process that named
+    it may have exited since)."""
+    return iptables_in(f"/proc/self/fd/{netns_fd}", *args, fds=(netns_fd,))
+
+
+def iptables_in(netns: str, *args: str, fds: tuple[int, ...] = ()
+                ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nsenter", f"--net={netns}", "iptables", "-w", *args],
+                          capture_output=True, text=True, check=False, timeout=30,
+                          pass_fds=fds)
 
 
 def drop_rule(proto: str, port: int) -> list[str]:
@@ -219,12 +233,21 @@ class Session:
     tx: socket.socket | None = None
     claimed: bool = False
     rule: bool = False
+    #: the sliver's network namespace, held from the socket's opening to its close: the
+    #: DROP rule goes when the session ends, and by then the process that connected (whose
+    #: pid named the namespace) has usually exited
+    netns: int = -1
     #: kernel buffer space this session may make the host hold (what its sockets were set to)
     buffers: int = 0
 
     @property
     def pid(self) -> int:
         return self.peer.pid
+
+    def release_netns(self) -> None:
+        if self.netns >= 0:
+            os.close(self.netns)
+            self.netns = -1
 
 
 def refuse_client(client: socket.socket, errno_name: str, message: str) -> None:
@@ -379,8 +402,13 @@ class Shim:
                 cap.recv(65535)
         s.cap, s.tx = cap, tx
         if s.kind == "raw" and b.proto != ICMP:
-            s.peer.check()
-            res = in_sliver_iptables(s.pid, "-I", *drop_rule(s.proto_name, b.port))
+            try:
+                s.netns = os.open(f"/proc/{s.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise ShimError("EPERM", "the calling process went away while its socket "
+                                         f"opened ({e.strerror})") from e
+            s.peer.check()  # the pid still named the peer when its namespace was opened
+            res = in_held_netns_iptables(s.netns, "-I", *drop_rule(s.proto_name, b.port))
             s.rule = res.returncode == 0
             s.peer.check()
             if res.returncode != 0:
@@ -395,7 +423,12 @@ class Shim:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(sock)
         if s.rule and s.binding is not None:
-            in_sliver_iptables(s.pid, "-D", *drop_rule(s.proto_name, s.binding.port))
+            res = in_held_netns_iptables(s.netns, "-D",
+                                         *drop_rule(s.proto_name, s.binding.port))
+            if res.returncode != 0:
+                log.warning("removing the DROP rule of %s/%d from slice %s's network: %s",
+                            s.proto_name, s.binding.port, s.slice, res.stderr.strip())
+            s.rule = False
         if s.claimed and s.binding is not None:
             still = any(o.claimed and o.slice == s.slice and o.binding is not None
                         and o.binding.port == s.binding.port and o.proto_name == s.proto_name
@@ -409,6 +442,7 @@ class Shim:
         for sock in (s.client, s.cap, s.tx):
             if sock is not None:
                 sock.close()
+        s.release_netns()
         s.peer.close()
 
     # traffic --------------------------------------------------------------------------
@@ -668,6 +702,7 @@ class Shim:
                         self.sel.unregister(sock)
                     sock.close()
             self.sessions = {k: v for k, v in self.sessions.items() if v is not s}
+            s.release_netns()
             s.peer.close()
 
     def shutdown(self) -> None:

@@ -12,7 +12,7 @@ import docker
 from slicectl.node import shim
 
 from .conftest import NMHandle, Outside, make_sliver, wait_for
-from .test_saferaw import run_py_watched
+from .test_saferaw import run_py, run_py_watched
 
 BATCH = """
 import json, saferaw, socket, sys
@@ -66,3 +66,35 @@ def test_send_many_with_a_spoofed_packet_in_the_middle(dnm: NMHandle,
         return shim.DROP_COMMENT not in rules
 
     wait_for(no_drop_rule, what="the shim removing the session's DROP rule")
+
+
+OUTLIVED = """
+import os, saferaw, sys, time
+s = saferaw.socket("udp")
+s.bind(40401)
+if os.fork() == 0:
+    # The child keeps the socket after the process that opened it has exited.
+    os.close(1)
+    os.close(2)
+    time.sleep(3)
+    os._exit(0)
+print(os.getpid())
+"""
+
+
+def drop_rules(pid: int) -> list[str]:
+    rules = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", "-S", "INPUT"],
+                           capture_output=True, text=True, check=True).stdout
+    return [r for r in rules.splitlines() if shim.DROP_COMMENT in r]
+
+
+def test_the_drop_rule_goes_when_the_opener_exited_before_the_socket_closed(
+        dnm: NMHandle, engine: docker.DockerClient) -> None:
+    # The shim must remove the rule in the sliver's network even though the pid that
+    # named that network (the process that connected) no longer exists.
+    a = make_sliver(dnm, "outlive")
+    code, out = run_py(engine, a, OUTLIVED)
+    assert code == 0, out
+    init = int(engine.containers.get(a["container"]).attrs["State"]["Pid"])
+    assert [r for r in drop_rules(init) if "--dport 40401" in r], drop_rules(init)
+    wait_for(lambda: not drop_rules(init), what="the shim removing the outlived session's rule")
