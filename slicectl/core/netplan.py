@@ -169,6 +169,7 @@ CHAIN_SNAT = "SLICECTL-SNAT"
 CHAIN_FWD = "SLICECTL-FWD"
 CHAIN_INPUT = "SLICECTL-INPUT"
 CHAIN_HOST = "SLICECTL-HOST"
+CHAIN_OUT = "SLICECTL-OUT"
 #: Link-local addresses, cloud metadata servers among them (169.254.169.254).
 LINK_LOCAL = "169.254.0.0/16"
 
@@ -178,7 +179,7 @@ def chain_names(node_tag: str) -> dict[str, str]:
     suffix = "" if node_tag == "node" else f"-{node_tag}"[:12]
     return {k: f"{v}{suffix}" for k, v in
             (("dnat", CHAIN_DNAT), ("snat", CHAIN_SNAT), ("fwd", CHAIN_FWD),
-             ("input", CHAIN_INPUT), ("host", CHAIN_HOST))}
+             ("input", CHAIN_INPUT), ("host", CHAIN_HOST), ("out", CHAIN_OUT))}
 
 
 def input_rules(local_ports: list[int], bridge: str, chains: dict[str, str]) -> str:
@@ -241,11 +242,13 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
       policy refuses (``refused_prefixes``, the site's own network, say); forwarded
       connections are let through only to reserved ports; with ``wake_group``, the first
       packets of those to the ``parked`` (dormant) slices are logged to that NFLOG group
-      first (see :func:`wake_rule`).
+      first (see :func:`wake_rules`);
+    - OUT: the same wake rules for connections the host itself makes to a reserved port
+      of the node's address (they leave through OUTPUT, never FORWARD).
     """
     nat = ["*nat", f":{chains['dnat']} - [0:0]", f":{chains['snat']} - [0:0]"]
     fwd = chains["fwd"]
-    flt = ["*filter", f":{fwd} - [0:0]",
+    flt = ["*filter", f":{fwd} - [0:0]", f":{chains['out']} - [0:0]",
            f"-A {fwd} -i {bridge} -m conntrack --ctstate INVALID "
            '-m comment --comment "slicectl no private source leaves the node" -j DROP']
     if not allow_link_local:
@@ -256,8 +259,8 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
             '-m comment --comment "slicectl policy refused_prefixes" '
             "-j REJECT --reject-with icmp-admin-prohibited" for prefix in refused_prefixes]
     if wake_group is not None:
-        flt += [f"-A {wake_rule(g, bridge, chains, wake_group)}" for g in grants
-                if g.slice in parked]
+        flt += [f"-A {rule}" for g in grants if g.slice in parked
+                for rule in wake_rules(g, bridge, chains, wake_group)]
     for g in grants:
         for table, rule in grant_rules(g, bridge, subnet, chains):
             (nat if table == "nat" else flt).append(f"-A {rule}")
@@ -268,28 +271,32 @@ def firewall_rules(grants: list[PortGrant], bridge: str, subnet: str,
 WAKE_PREFIX = "slicectl-wake "
 
 
-def wake_rule(g: PortGrant, bridge: str, chains: dict[str, str], group: int) -> str:
-    """The filter rule (chain and rule, as ``-I``/``-D`` take them) that logs packets of
-    connections forwarded to a dormant sliver's reserved port to NFLOG ``group``, with the
-    slice in the prefix, so the node manager wakes it; at most 10 a second. It must come
-    before the port's ACCEPT; the packet goes on to the sliver, which is up within a
-    second, in time for the connection's first retransmission."""
-    return (f"{chains['fwd']} -d {g.address}/32 -o {bridge} -p {g.proto} -m {g.proto} "
-            f"--dport {g.port} -m conntrack --ctstate DNAT -m limit --limit 10/sec "
-            f'-m comment --comment "slicectl {g.slice}" -j NFLOG --nflog-prefix '
-            f'"{WAKE_PREFIX}{g.slice}" --nflog-group {group}')
+def wake_rules(g: PortGrant, bridge: str, chains: dict[str, str], group: int) -> list[str]:
+    """The filter rules (chain and rule, as ``-I``/``-D`` take them) that log packets of
+    connections to a dormant sliver's reserved port to NFLOG ``group``, with the slice in
+    the prefix, so the node manager wakes it; at most 10 a second each. One is in the
+    forwarding chain (connections from outside and from slivers), one in the output chain
+    (connections the host makes to the node's address). Each must come before anything
+    that accepts the packet; the packet goes on to the sliver, which is up within a second,
+    in time for the connection's first retransmission."""
+    match = (f"-d {g.address}/32 -o {bridge} -p {g.proto} -m {g.proto} --dport {g.port} "
+             f"-m conntrack --ctstate DNAT -m limit --limit 10/sec "
+             f'-m comment --comment "slicectl {g.slice}" -j NFLOG --nflog-prefix '
+             f'"{WAKE_PREFIX}{g.slice}" --nflog-group {group}')
+    return [f"{chains['fwd']} {match}", f"{chains['out']} {match}"]
 
 
 def wake_delta(old: Iterable[PortGrant], new: Iterable[PortGrant], bridge: str,
                chains: dict[str, str], group: int) -> str | None:
     """iptables-restore text (for ``--noflush``) that takes the wake rules of ``old``
-    grants out and puts those of ``new`` in (first in the chain), or None if no change."""
+    grants out and puts those of ``new`` in (first in their chains), or None if no
+    change."""
     changes = grant_changes(old, new)
     if changes is None:
         return None
     gone, came = changes
-    lines = [f"-D {wake_rule(g, bridge, chains, group)}" for g in gone]
-    lines += [f"-I {wake_rule(g, bridge, chains, group)}" for g in came]
+    lines = [f"-D {rule}" for g in gone for rule in wake_rules(g, bridge, chains, group)]
+    lines += [f"-I {rule}" for g in came for rule in wake_rules(g, bridge, chains, group)]
     return "\n".join(["*filter", *lines, "COMMIT", ""])
 
 
@@ -303,6 +310,7 @@ def jump_rules(chains: dict[str, str]) -> list[tuple[str, str, list[str]]]:
         ("filter", "DOCKER-USER", ["-j", chains["fwd"]]),
         ("filter", "INPUT", ["-j", chains["input"]]),
         ("filter", "INPUT", ["-j", chains["host"]]),
+        ("filter", "OUTPUT", ["-j", chains["out"]]),
     ]
 
 

@@ -12,7 +12,7 @@ BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 
 def _tables(chains: dict[str, str]) -> list[tuple[str, str]]:
     return [("nat", chains["dnat"]), ("nat", chains["snat"]), ("filter", chains["fwd"]),
-            ("filter", chains["input"]), ("filter", chains["host"])]
+            ("filter", chains["input"]), ("filter", chains["host"]), ("filter", chains["out"])]
 
 
 def ensure_jumps(chains: dict[str, str]) -> None:

@@ -1,6 +1,6 @@
 """The prefixes of packets that iptables' NFLOG target sends to one netlink log group.
 
-The node manager's wake rules (see :func:`slicectl.core.netplan.wake_rule`) log the first
+The node manager's wake rules (see :func:`slicectl.core.netplan.wake_rules`) log the first
 packets of connections to a dormant sliver's reserved ports with the prefix
 ``slicectl-wake <slice>``; this reads them. Only the kernel writes to a log group, and
 only root may bind one; the messages are still parsed with every length checked.

@@ -1,6 +1,7 @@
 """Dormant slivers on the real engine and kernel: an idle sliver stops and keeps its
-classes; ``ssh slice@node``, ``start`` and a connection to a reserved port wake it; a
-login keeps it awake; a restarted node manager keeps it dormant."""
+classes; ``ssh slice@node``, ``start`` and a connection to a reserved port (from outside or
+from the host) wake it; a login keeps it awake; a restarted node manager keeps it
+dormant."""
 
 from __future__ import annotations
 
@@ -151,3 +152,11 @@ def test_a_connection_to_a_reserved_port_wakes_a_dormant_sliver(
     save = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True,
                           check=True).stdout
     assert f"slicectl-wake {name}" not in save, "the wake rule goes with the wake"
+    # A connection the host itself makes to the node's address leaves through OUTPUT, not
+    # FORWARD: it must wake the sliver as well.
+    wait_for(lambda: state(nm, name) == "dormant", timeout=AFTER_S + 30,
+             what="dormancy again after the served connection")
+    mine = subprocess.run(["curl", "-sS", "-m", "15", f"http://{outside.node_address}:{port}/"],
+                          capture_output=True, text=True, timeout=30)
+    assert mine.returncode == 0 and mine.stdout == "awake\n", (mine.stderr, nm.log()[-2000:])
+    assert state(nm, name) == "running"

@@ -21,7 +21,7 @@ from slicectl.core.netplan import (
     sliver_address,
     sliver_tc,
     wake_delta,
-    wake_rule,
+    wake_rules,
 )
 from slicectl.core.rspec import parse_rspec
 from slicectl.node.network import budget_ceil_kbit, utc_day
@@ -244,6 +244,7 @@ def test_host_rules_refuse_bad_services(services: list[tuple[str, int]], message
 def test_chain_names_fit_iptables() -> None:
     names = chain_names("test-abcdef")
     assert names["dnat"] == "SLICECTL-DNAT-test-abcdef"
+    assert names["out"] == "SLICECTL-OUT-test-abcdef"
     assert all(len(n) <= 28 for n in names.values())
 
 
@@ -275,13 +276,20 @@ def test_wake_rules_of_parked_slices_come_after_the_walls_and_before_the_accepts
                           parked=frozenset({"pl_web"}), wake_group=23552)
     fwd = [ln for ln in text.splitlines() if ln.startswith("-A SLICECTL-FWD ")]
     assert fwd[:2] == [WALLS["invalid"], WALLS["link-local"]]
-    assert fwd[2:4] == [f"-A {wake_rule(g, 'slicectl0', chains, 23552)}"
+    assert fwd[2:4] == [f"-A {wake_rules(g, 'slicectl0', chains, 23552)[0]}"
                         for g in (GRANT_A, GRANT_B)]
     assert all("-j ACCEPT" in ln for ln in fwd[4:]) and len(fwd[4:]) == 3
     assert fwd[2] == ('-A SLICECTL-FWD -d 172.30.128.1/32 -o slicectl0 -p tcp -m tcp --dport '
                       '8080 -m conntrack --ctstate DNAT -m limit --limit 10/sec -m comment '
                       '--comment "slicectl pl_web" -j NFLOG --nflog-prefix "slicectl-wake '
                       'pl_web" --nflog-group 23552')
+    # Connections the host makes leave through OUTPUT: the same match in our output
+    # chain, which holds nothing else (and is emptied with the rest).
+    out = [ln for ln in text.splitlines() if ln.startswith("-A SLICECTL-OUT ")]
+    assert out == [f"-A {wake_rules(g, 'slicectl0', chains, 23552)[1]}"
+                   for g in (GRANT_A, GRANT_B)]
+    assert out[0] == fwd[2].replace("-A SLICECTL-FWD ", "-A SLICECTL-OUT ")
+    assert ":SLICECTL-OUT - [0:0]" in text.splitlines()
     # no group (the node manager could not bind one): no wake rules, the same accepts
     plain = firewall_rules(grants, "slicectl0", "172.30.0.0/16", chains,
                            parked=frozenset({"pl_web"}))
@@ -303,7 +311,9 @@ def test_wake_delta(old: list[PortGrant], new: list[PortGrant], lines: list[str]
         assert text is None
         return
     assert text is not None
-    rule = {"A": wake_rule(GRANT_A, "slicectl0", chains, 23552),
-            "B": wake_rule(GRANT_B, "slicectl0", chains, 23552)}
-    expect = [f"{op} {rule[g]}" for op, g in (ln.split() for ln in lines)]
+    rules = {"A": wake_rules(GRANT_A, "slicectl0", chains, 23552),
+             "B": wake_rules(GRANT_B, "slicectl0", chains, 23552)}
+    # each grant's two rules, forwarding chain first, output chain second
+    expect = [f"{op} {rule}" for op, g in (ln.split() for ln in lines) for rule in rules[g]]
+    assert all(r.startswith(("SLICECTL-FWD ", "SLICECTL-OUT ")) for r in rules["A"])
     assert text.splitlines() == ["*filter", *expect, "COMMIT"]

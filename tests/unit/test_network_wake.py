@@ -37,8 +37,15 @@ def ident(name: str = "pl_web", **rspec: Any) -> NetIdentity:
 
 
 def lines(text: str) -> list[str]:
-    return [ln.split(" ", 1)[0] + " " + ln.split("--dport ")[1].split()[0]
-            for ln in text.splitlines() if ln.startswith(("-I", "-D"))]
+    """``-I 8080``-style lines, each standing for the rule in the forwarding chain and the
+    one in the output chain (checked to come in that pair, in that order)."""
+    out = []
+    for ln in text.splitlines():
+        if ln.startswith(("-I", "-D")):
+            op, chain = ln.split()[:2]
+            out.append((op, chain, ln.split("--dport ")[1].split()[0]))
+    assert [c for _, c, _ in out] == ["SLICECTL-FWD-t", "SLICECTL-OUT-t"] * (len(out) // 2)
+    return [f"{op} {port}" for op, _, port in out[::2]]
 
 
 def test_park_logs_the_reserved_ports_once_and_attach_takes_them_out(
@@ -78,7 +85,9 @@ def test_the_full_rebuild_keeps_the_wake_rules_of_parked_slices(
     assert applied == []
     n.apply_ports([ident(tcp_ports=[8080]), ident("pl_up", tcp_ports=[9000])])
     text = applied[-1]
-    assert text.count("NFLOG") == 1 and '"slicectl-wake pl_web"' in text
+    assert text.count("NFLOG") == 2 and '"slicectl-wake pl_web"' in text
+    assert [ln.split()[1] for ln in text.splitlines() if "NFLOG" in ln] == [
+        "SLICECTL-FWD-t", "SLICECTL-OUT-t"]
 
 
 def test_without_a_group_no_rules(net: tuple[NodeNetwork, list[str]]) -> None:
