@@ -95,6 +95,33 @@ def peak_overlap(candidate: RSpec, others: Iterable[RSpec], attr: str) -> tuple[
     return peaks(candidate, others, (attr,))[attr]
 
 
+def _singles(capacity: NodeCapacity) -> tuple[tuple[str, int, str], ...]:
+    """(rspec field, the bound of any one reservation, its name)."""
+    return (
+        ("mem_mb", capacity.mem_mb, "MB of memory on this node"),
+        ("disk_mb", capacity.disk_mb, "MB of sliver disk on this node"),
+        ("net_max_kbit", capacity.net_cap_kbit, "kbit/s node bandwidth cap"),
+        ("nofile", capacity.max_nofile, "open files (fs.nr_open)"),
+        ("nproc", capacity.max_nproc, "processes (kernel.pid_max)"),
+    )
+
+
+def room(candidate: RSpec, outstanding: Iterable[RSpec], capacity: NodeCapacity,
+         most: int) -> int:
+    """How many reservations like ``candidate`` (without ports) the node would still admit
+    beside ``outstanding``, counting each against the sums: from 0 to ``most``."""
+    if any(getattr(candidate, attr) > limit for attr, limit, _ in _singles(capacity)):
+        return 0
+    pools = capacity.pools()
+    found = peaks(candidate, outstanding, tuple(p[0] for p in pools))
+    fit = most
+    for attr, limit, _ in pools:
+        asked = getattr(candidate, attr)
+        if asked > 0:
+            fit = min(fit, max(0, limit - found[attr][0]) // asked)
+    return max(0, fit)
+
+
 def check(
     candidate: RSpec,
     outstanding: Mapping[str, RSpec],
@@ -114,14 +141,7 @@ def check(
     Raises:
         AdmissionError: naming the resource, what was asked, and what is left.
     """
-    singles = (
-        ("mem_mb", capacity.mem_mb, "MB of memory on this node"),
-        ("disk_mb", capacity.disk_mb, "MB of sliver disk on this node"),
-        ("net_max_kbit", capacity.net_cap_kbit, "kbit/s node bandwidth cap"),
-        ("nofile", capacity.max_nofile, "open files (fs.nr_open)"),
-        ("nproc", capacity.max_nproc, "processes (kernel.pid_max)"),
-    )
-    for attr, limit, what in singles:
+    for attr, limit, what in _singles(capacity):
         asked = getattr(candidate, attr)
         if asked > limit:
             raise AdmissionError(f"{attr}: asked for {asked}, but the node has {limit} {what}")

@@ -241,16 +241,20 @@ class SliverEngine:
                 out[xid] = r
         return out
 
-    def rename(self, container_id: str, name: str) -> None:
-        """Give our container ``container_id`` the name ``name`` (a claimed pooled sliver)."""
-        c = self._require(container_id)
+    def rename(self, container_id: str, name: str) -> bool:
+        """Give our container ``container_id`` the name ``name`` (a claimed pooled sliver);
+        False if there is no such container of ours."""
+        c = self._get(container_id)
+        if c is None:
+            return False
         if c.name == name:
-            return
+            return True
         try:
             c.rename(name)
         except docker.errors.APIError as e:
             raise EngineError(f"container {c.name}: could not rename it {name}: "
                               f"{e.explanation}") from e
+        return True
 
     def nudge(self, pid: int) -> None:
         """Tell the sliver init's child (slicectl-vinit under docker-init ``pid``) that its

@@ -73,13 +73,15 @@ class FakeEngine:
             return None
         return SliverStatus(c.id, c.status, 4242 if c.status == "running" else None, None)
 
-    def rename(self, container_id: str, name: str) -> None:
+    def rename(self, container_id: str, name: str) -> bool:
         self.calls.append(("rename", name))
         c = self._find(container_id)
-        assert c is not None
+        if c is None:
+            return False
         old = next(k for k, v in self.containers.items() if v is c)
         if old != name:
             self.containers[name] = self.containers.pop(old)
+        return True
 
     def nudge(self, pid: int) -> None:
         self.calls.append(("nudge", str(pid)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slicectl.core.admission import NodeCapacity, check, peak_overlap
+from slicectl.core.admission import NodeCapacity, check, peak_overlap, room
 from slicectl.core.errors import AdmissionError
 from slicectl.core.rspec import RSpec, parse_rspec
 
@@ -140,3 +140,31 @@ def test_peaks_sweep_matches_the_brute_force() -> None:
         t_points = sorted({cand.start} | {o.start for o in others if cand.start < o.start < cand.end})
         brute = max(sum(getattr(o, attr) for o in others if o.start <= t < o.end) for t in t_points)
         assert peak_overlap(cand, others, attr)[0] == brute
+
+
+@pytest.mark.parametrize(
+    ("others", "candidate", "most", "fits"),
+    [
+        ([], spec(mem_mb=512), 5, 5),                                 # bounded by ``most``
+        ([], spec(mem_mb=24_000), 5, 2),                              # 48,000 MB with overcommit
+        ([spec(mem_mb=24_000), spec(mem_mb=23_000)], spec(mem_mb=512), 5, 1),
+        ([spec(mem_mb=24_000), spec(mem_mb=23_500)], spec(mem_mb=512), 5, 0),  # 500 MB left
+        # the tightest resource counts: shares here
+        ([spec(cpu_share=990)], spec(cpu_share=5, mem_mb=16), 5, 2),
+        # reservations outside the window take nothing from it
+        ([spec(30, 40, mem_mb=24_000), spec(30, 40, mem_mb=24_000)], spec(mem_mb=512), 3, 3),
+        # one that could never be admitted alone fits no times
+        ([], spec(mem_mb=25_000), 5, 0),
+        ([], spec(mem_mb=512), 0, 0),
+    ],
+)
+def test_room_counts_how_many_more_would_be_admitted(others: list[RSpec], candidate: RSpec,
+                                                     most: int, fits: int) -> None:
+    assert room(candidate, others, CAP, most) == fits
+    outstanding = {f"rcap {i}": o for i, o in enumerate(others)}
+    for i in range(fits):  # as many as room says are admitted one by one, and no more
+        check(candidate, outstanding, CAP)
+        outstanding[f"new {i}"] = candidate
+    if fits < most:
+        with pytest.raises(AdmissionError):
+            check(candidate, outstanding, CAP)

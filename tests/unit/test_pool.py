@@ -168,6 +168,19 @@ def test_a_cold_sliver_never_gets_a_pooled_xid(node: FakeNode) -> None:
     assert not node.nm.state.etc("pl_cold").is_symlink()
 
 
+def test_a_pooled_container_removed_from_outside_gives_the_bind_a_new_one(
+        node: FakeNode) -> None:
+    # The bind's transaction takes the ready row; its container is gone by the claim.
+    del node.engine.containers["slicepool-n1-1"]
+    node.engine.calls.clear()
+    info = node.nm.bind(ROOT, "pl_a", node.nm.acquire(ROOT, {"end": END}))
+    assert info.xid == 1 and ("create", "sliver-pl_a") in node.engine.calls
+    c = node.engine.containers["sliver-pl_a"]
+    assert c.id == info.container_id and c.status == "running"
+    assert node.store.get_sliver("pl_a").container_id == c.id
+    assert not node.nm.state.etc("pl_a").is_symlink()
+
+
 def test_destroying_a_pooled_sliver_leaves_nothing(node: FakeNode) -> None:
     rcap = node.nm.acquire(ROOT, {"end": END})
     node.nm.bind(ROOT, "pl_a", rcap)
@@ -214,6 +227,20 @@ def test_a_smaller_target_removes_ready_pooled_slivers(node: FakeNode) -> None:
 def test_the_target_is_checked(node: FakeNode, value: object) -> None:
     with pytest.raises(ValidationError, match="warm_pool"):
         node.nm.set_node(ROOT, "warm_pool", value)
+
+
+def test_the_pool_keeps_no_more_than_admission_has_room_for(node: FakeNode) -> None:
+    # The fake node has 24,000 MB x 2 overcommit; a pooled sliver's rspec asks 512 MB.
+    big = node.nm.acquire(ROOT, {"end": END, "mem_mb": 24_000})
+    node.nm.acquire(ROOT, {"end": END, "mem_mb": 23_000})
+    node.nm.pool.fill()
+    assert [r.xid for r in node.store.pool()] == [1], "room for one: the other is removed"
+    assert "slicepool-n1-2" not in node.engine.containers
+    node.nm.acquire(ROOT, {"end": END, "mem_mb": 600})
+    assert node.nm.pool.fill() == 0 and node.store.pool() == []
+    assert not any(n.startswith("slicepool-") for n in node.engine.containers)
+    node.nm.release(ROOT, big)  # room again: the pool fills back to its target
+    assert node.nm.pool.fill() == 2 and len(node.store.pool()) == 2
 
 
 def test_a_failed_fill_leaves_nothing(node: FakeNode) -> None:

@@ -108,7 +108,8 @@ class NodeManager:
                                 cfg.nm_sock, cfg.state_dir / "pool")
         max_xid = sliver_xid_range(cfg.subnet)[1]
         self.pool = WarmPool(store, engine, self.state, facts, max_xid, clock,
-                             self.policy.warm_pool_fills_per_min, cfg.warm_pool)
+                             self.policy.warm_pool_fills_per_min, cfg.warm_pool,
+                             room=self.rcaps.room)
         self.slivers = Slivers(store, engine, net, self.state, self.rcaps, self.ports, facts,
                                max_xid, clock, self.pool)
         self.reconciler = Reconciler(store, self.slivers, clock,

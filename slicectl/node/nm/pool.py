@@ -31,7 +31,7 @@ from slicectl.core.poolplan import (
 from slicectl.core.rspec import RSpec, parse_rspec
 from slicectl.node.nm.boundary import Engine
 from slicectl.node.nm.slicestate import SliceState
-from slicectl.node.store import CREATING, POOL_READY, SliverRow, Store
+from slicectl.node.store import CREATING, POOL_READY, PoolRow, SliverRow, Store
 
 log = logging.getLogger("slicectl.node.nm")
 
@@ -56,11 +56,15 @@ class WarmPool:
         clock: the current time.
         fills_per_min: node policy's bound on pooled slivers made a minute.
         default_target: how many to keep until the node setting is set.
+        room: how many slivers of the pool's rspec admission would still grant beside the
+            outstanding rcaps, up to the number given: the pool keeps no more than that,
+            so its slivers never hold what the node has promised to reservations.
     """
 
     def __init__(self, store: Store, engine: Engine, state: SliceState, facts: NodeFacts,
                  max_xid: int, clock: Callable[[], float], fills_per_min: int,
-                 default_target: int = 0) -> None:
+                 default_target: int = 0,
+                 room: Callable[[RSpec, int], int] = lambda spec, most: most) -> None:
         self.store = store
         self.engine = engine
         self.state = state
@@ -69,6 +73,7 @@ class WarmPool:
         self.clock = clock
         self.fills_per_min = fills_per_min
         self.default_target = default_target
+        self.room = room
         self.kicked = threading.Event()
         self._fill_lock = threading.Lock()
         self._recent: list[float] = []
@@ -81,9 +86,7 @@ class WarmPool:
         """Change how many pooled slivers the node keeps; extra ready ones are removed."""
         target = validate_warm_pool(value)
         self.store.set_setting(SETTING, str(target))
-        ready = [r for r in self.store.pool() if r.state == POOL_READY]
-        for row in ready[target:]:
-            self.discard(row.xid)
+        self.shed(self.store.pool(), target)
         self.kicked.set()
         return target
 
@@ -106,15 +109,22 @@ class WarmPool:
     # making -----------------------------------------------------------------------------
 
     def fill(self) -> int:
-        """Make the pooled slivers the target misses, within the budget; return how many
-        were made. One at a time (a second caller waits)."""
+        """Make the pooled slivers the target misses, within the budget and the room
+        admission leaves; return how many were made. Ready ones beyond that room are
+        removed. One at a time (a second caller waits)."""
         made = 0
         with self._fill_lock:
             while True:
                 now = self.clock()
                 self._recent = [t for t in self._recent if now - t < 60.0]
-                due = fills_due(FillBudget(self.target, self.fills_per_min),
-                                len(self.store.pool()), self._recent, now)
+                rows = self.store.pool()
+                target = self.target
+                keep = min(target, self.room(self.spec(), target)) if target else 0
+                if len(rows) > keep:
+                    self.shed(rows, keep)
+                    rows = self.store.pool()
+                due = fills_due(FillBudget(keep, self.fills_per_min), len(rows), self._recent,
+                                now)
                 if due <= 0:
                     return made
                 self._recent.append(now)
@@ -147,6 +157,14 @@ class WarmPool:
         log.info("warm pool: %s ready", name)
         return xid
 
+    def shed(self, rows: list[PoolRow], keep: int) -> None:
+        """Remove ready pooled slivers until at most ``keep`` remain (a smaller target, or
+        less room: reservations now hold what they would)."""
+        for row in [r for r in rows if r.state == POOL_READY][keep:]:
+            log.info("warm pool: removing %s, keeping at most %d",
+                     pool_name(self.facts.node_id, row.xid), keep)
+            self.discard(row.xid)
+
     def discard(self, xid: int) -> None:
         """Remove a pooled sliver that no bind took: its container, directory and row."""
         try:
@@ -175,9 +193,8 @@ class WarmPool:
         pooled_etc = self.state.pool_etc(sliver.xid)
         if sliver.state != CREATING or not sliver.container_id or not pooled_etc.is_dir():
             return None
-        if self.engine.state(sliver.container_id) is None:
+        if not self.engine.rename(sliver.container_id, container_name(sliver.slice)):
             return None
-        self.engine.rename(sliver.container_id, container_name(sliver.slice))
         self.state.adopt_etc(sliver.slice, pooled_etc)
         self.kicked.set()
         return sliver.container_id

@@ -108,6 +108,12 @@ class RcapBook:
         log.info("acquire %s by %s: %s", rcap, caller.name, spec.to_wire())
         return rcap
 
+    def room(self, spec: RSpec, most: int) -> int:
+        """How many more rcaps of ``spec`` (from 0 to ``most``) admission would grant now."""
+        with self.lock:
+            capacity = replace(self.capacity, net_cap_kbit=self.net_cap_kbit())
+            return admission.room(spec, [r.rspec for r in self.live()], capacity, most)
+
     def held(self, caller: Caller, rcap: object) -> RcapRow:
         """The rcap's row, if ``caller`` holds it (root holds every rcap)."""
         row = self.store.get_rcap(validate_rcap(rcap))
