@@ -338,6 +338,11 @@ class Results:
     flat_destroy_few: list[float] = field(default_factory=list)
     flat_bind_full: list[float] = field(default_factory=list)
     flat_destroy_full: list[float] = field(default_factory=list)
+    #: the engine's own growth, in the same rounds: bare create+start and force-remove
+    flat_bare_few: list[float] = field(default_factory=list)
+    flat_bare_rm_few: list[float] = field(default_factory=list)
+    flat_bare_full: list[float] = field(default_factory=list)
+    flat_bare_rm_full: list[float] = field(default_factory=list)
     nm_idle_pct: float = float("nan")
 
 
@@ -608,17 +613,32 @@ def cpu_pct(pid: int, seconds: float) -> float:
     return (cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0) * 100
 
 
-def probe_binds(node: Node, rounds: int, tag: str) -> tuple[list[float], list[float]]:
-    """Bind and destroy a probe sliver ``rounds`` times, one at a time, on the node as it is
-    (the flat-cost test: the same rounds with few and with all slivers on the node)."""
-    binds: list[float] = []
-    destroys: list[float] = []
+@dataclass
+class Probes:
+    """One flat-cost probe series: slicectl's bind and destroy, and in the same rounds a
+    bare docker create+start and force-remove (how much the engine itself grows)."""
+
+    binds: list[float] = field(default_factory=list)
+    destroys: list[float] = field(default_factory=list)
+    bare: list[float] = field(default_factory=list)
+    bare_rm: list[float] = field(default_factory=list)
+
+
+def probe_binds(node: Node, rounds: int, tag: str) -> Probes:
+    """Bind and destroy a probe sliver ``rounds`` times, one at a time, on the node as it is,
+    each round beside a bare container made and removed (the flat-cost test: the same rounds
+    with few and with all slivers on the node)."""
+    out = Probes()
     for i in range(rounds):
         name = node.slice(f"{tag}{i:03d}")
-        binds.append(sliver_bind(node, name))
+        out.binds.append(sliver_bind(node, name))
         dt, _ = timed(partial(node.nm.call, "destroy", name))
-        destroys.append(dt)
-    return binds, destroys
+        out.destroys.append(dt)
+        dt, c = bare_create_start(node)
+        out.bare.append(dt)
+        dt, _ = timed(partial(c.remove, force=True, v=True))
+        out.bare_rm.append(dt)
+    return out
 
 
 def bench_scale(node: Node, n: int, jobs: int, drain_s: float, res: Results,
@@ -641,11 +661,15 @@ def bench_scale(node: Node, n: int, jobs: int, drain_s: float, res: Results,
     t_few, each_few = for_each(node, names[:few], jobs, "created",
                                lambda nm, name: sliver_bind(node, name, nm))
     res.flat_few = few
-    res.flat_bind_few, res.flat_destroy_few = probe_binds(node, flat_rounds, "f")
+    few_probes = probe_binds(node, flat_rounds, "f")
+    res.flat_bind_few, res.flat_destroy_few = few_probes.binds, few_probes.destroys
+    res.flat_bare_few, res.flat_bare_rm_few = few_probes.bare, few_probes.bare_rm
     t_rest, each_rest = for_each(node, names[few:], jobs, "created",
                                  lambda nm, name: sliver_bind(node, name, nm))
     res.create_s, res.create_each = t_few + t_rest, each_few + each_rest
-    res.flat_bind_full, res.flat_destroy_full = probe_binds(node, flat_rounds, "g")
+    full_probes = probe_binds(node, flat_rounds, "g")
+    res.flat_bind_full, res.flat_destroy_full = full_probes.binds, full_probes.destroys
+    res.flat_bare_full, res.flat_bare_rm_full = full_probes.bare, full_probes.bare_rm
     time.sleep(3)  # let each sliver's init finish its first-start work
     avail1 = mem_available_kib()
     res.nm_idle_pct = cpu_pct(nm_pid, IDLE_S)
@@ -809,6 +833,16 @@ def summary(res: Results) -> None:
                          f"<= {TARGET_FLAT_RATIO:g}",
                          f"{ms(statistics.median(few))} -> {ms(statistics.median(full))} ms",
                          ok(r, TARGET_FLAT_RATIO)])
+        for what, few, full in (("bare docker create+start", res.flat_bare_few,
+                                 res.flat_bare_full),
+                                ("bare docker force-remove", res.flat_bare_rm_few,
+                                 res.flat_bare_rm_full)):
+            if few and full:
+                r = statistics.median(full) / statistics.median(few)
+                rows.append([f"{what} p50 beside {res.n} / beside {res.flat_few} (same rounds)",
+                             f"{r:.2f}", "-",
+                             f"{ms(statistics.median(few))} -> {ms(statistics.median(full))} ms",
+                             "-"])
     table("summary", ["metric", "measured", "target", "paper/baseline", "ok?"], rows)
     if res.crun_error:
         say(f"crun: not measured, it does not start containers on this machine ({res.crun_error})")

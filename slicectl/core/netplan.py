@@ -278,12 +278,14 @@ def wake_rules(g: PortGrant, bridge: str, chains: dict[str, str], group: int) ->
     forwarding chain (connections from outside and from slivers), one in the output chain
     (connections the host makes to the node's address). Each must come before anything
     that accepts the packet; the packet goes on to the sliver, which is up within a second,
-    in time for the connection's first retransmission."""
-    match = (f"-d {g.address}/32 -o {bridge} -p {g.proto} -m {g.proto} --dport {g.port} "
+    in time for the connection's first retransmission. The output rule names no
+    interface: OUTPUT's chains see the device of the route before the DNAT (``lo``)."""
+    match = (f"-p {g.proto} -m {g.proto} --dport {g.port} "
              f"-m conntrack --ctstate DNAT -m limit --limit 10/sec "
              f'-m comment --comment "slicectl {g.slice}" -j NFLOG --nflog-prefix '
              f'"{WAKE_PREFIX}{g.slice}" --nflog-group {group}')
-    return [f"{chains['fwd']} {match}", f"{chains['out']} {match}"]
+    return [f"{chains['fwd']} -d {g.address}/32 -o {bridge} {match}",
+            f"{chains['out']} -d {g.address}/32 {match}"]
 
 
 def wake_delta(old: Iterable[PortGrant], new: Iterable[PortGrant], bridge: str,
