@@ -234,6 +234,9 @@ def test_the_pool_keeps_no_more_than_admission_has_room_for(node: FakeNode) -> N
     big = node.nm.acquire(ROOT, {"end": END, "mem_mb": 24_000})
     node.nm.acquire(ROOT, {"end": END, "mem_mb": 23_000})
     node.nm.pool.fill()
+    assert len(node.store.pool()) == 2, "a full pool asks again only once a minute"
+    node.nm.pool.clock = lambda: NOW + 61
+    node.nm.pool.fill()
     assert [r.xid for r in node.store.pool()] == [1], "room for one: the other is removed"
     assert "slicepool-n1-2" not in node.engine.containers
     node.nm.acquire(ROOT, {"end": END, "mem_mb": 600})

@@ -36,6 +36,9 @@ from slicectl.node.store import CREATING, POOL_READY, PoolRow, SliverRow, Store
 log = logging.getLogger("slicectl.node.nm")
 
 SETTING = "warm_pool"
+#: A full pool asks admission for its room again after this long (a short one before each
+#: fill): reading every outstanding rcap is not free on a node of thousands.
+ROOM_RECHECK_S = 60.0
 
 
 def validate_warm_pool(value: object) -> int:
@@ -77,6 +80,7 @@ class WarmPool:
         self.kicked = threading.Event()
         self._fill_lock = threading.Lock()
         self._recent: list[float] = []
+        self._room_checked = float("-inf")
 
     @property
     def target(self) -> int:
@@ -118,8 +122,10 @@ class WarmPool:
                 now = self.clock()
                 self._recent = [t for t in self._recent if now - t < 60.0]
                 rows = self.store.pool()
-                target = self.target
-                keep = min(target, self.room(self.spec(), target)) if target else 0
+                target = keep = self.target
+                if target and (len(rows) < target or now - self._room_checked >= ROOM_RECHECK_S):
+                    keep = min(target, self.room(self.spec(), target))
+                    self._room_checked = now
                 if len(rows) > keep:
                     self.shed(rows, keep)
                     rows = self.store.pool()
