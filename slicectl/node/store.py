@@ -398,6 +398,13 @@ class Store:
         with self.tx() as db:
             db.execute("DELETE FROM pool WHERE xid = ?", (xid,))
 
+    def take_ready_pool(self, xid: int) -> bool:
+        """Delete pooled sliver ``xid``'s row if it is still ready (no bind took it: a bind
+        deletes it in the transaction that records the sliver); return whether it was."""
+        with self.tx() as db:
+            cur = db.execute("DELETE FROM pool WHERE xid = ? AND state = ?", (xid, POOL_READY))
+            return cur.rowcount == 1
+
     def update_sliver(self, slice_name: str, **values: Any) -> None:
         allowed = {"uid", "state", "desired", "container_id", "description", "contacts", "keys",
                    "initscript"}

@@ -246,6 +246,17 @@ def test_the_pool_keeps_no_more_than_admission_has_room_for(node: FakeNode) -> N
     assert node.nm.pool.fill() == 2 and len(node.store.pool()) == 2
 
 
+def test_removing_ready_ones_spares_one_a_bind_took_meanwhile(node: FakeNode) -> None:
+    # A smaller target (or less room) lists the ready ones; a bind takes one before they go.
+    listed = node.store.pool()
+    info = node.nm.bind(ROOT, "pl_a", node.nm.acquire(ROOT, {"end": END}))
+    node.nm.pool.shed(listed, 0)
+    c = node.engine.containers["sliver-pl_a"]
+    assert c.id == info.container_id and c.status == "running"
+    assert (node.nm.state.etc("pl_a") / "identity").is_file(), "its etc is the sliver's now"
+    assert node.store.pool() == [] and "slicepool-n1-2" not in node.engine.containers
+
+
 def test_a_failed_fill_leaves_nothing(node: FakeNode) -> None:
     node.nm.set_node(ROOT, "warm_pool", 3)
     node.engine.fail_start.add("slicepool-n1-3")

@@ -167,17 +167,26 @@ class WarmPool:
         """Remove ready pooled slivers until at most ``keep`` remain (a smaller target, or
         less room: reservations now hold what they would)."""
         for row in [r for r in rows if r.state == POOL_READY][keep:]:
-            log.info("warm pool: removing %s, keeping at most %d",
-                     pool_name(self.facts.node_id, row.xid), keep)
-            self.discard(row.xid)
+            if self.discard(row.xid, ready_only=True):
+                log.info("warm pool: removed %s, keeping at most %d",
+                         pool_name(self.facts.node_id, row.xid), keep)
 
-    def discard(self, xid: int) -> None:
-        """Remove a pooled sliver that no bind took: its container, directory and row."""
+    def discard(self, xid: int, *, ready_only: bool = False) -> bool:
+        """Remove a pooled sliver that no bind took: its row, then its container and
+        directory (a pooled container or directory without a row is reconcile's to
+        remove, should this be cut short). With ``ready_only``, only if its row is still
+        ready when deleted: a bind may be taking it this moment, and then it is the
+        bind's. Returns whether it was removed."""
+        if ready_only:
+            if not self.store.take_ready_pool(xid):
+                return False
+        else:
+            self.store.delete_pool(xid)
         try:
             self.engine.remove(pool_name(self.facts.node_id, xid))
         finally:
             shutil.rmtree(self.state.pool_etc(xid).parent, ignore_errors=True)
-            self.store.delete_pool(xid)
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """The background filler: on a change (a take, a new target) and every 5 s."""
