@@ -150,7 +150,7 @@ def peer_allowed(peer: PinnedPeer, slivers: dict[str, NetEntry],
 class Sniffer:
     """Capture rings, consumers and the slice map, driven by one selector loop."""
 
-    def __init__(self, cfg: NodeConfig, net_map: Callable[[], list[dict[str, Any]]],
+    def __init__(self, cfg: NodeConfig, net_map: Callable[[], list[dict[str, Any]] | None],
                  inbound: bool = False, consumer_buffer: int = CONSUMER_BUFFER,
                  service_of: Callable[[str], str | None] = lambda cid: None) -> None:
         self.cfg = cfg
@@ -187,13 +187,14 @@ class Sniffer:
     # slice map ----------------------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Reload the slice map from the node manager now; True if it changed."""
+        """Reload the slice map from the node manager now (``net_map`` returns None when
+        the map is unchanged since its last call); True if it changed."""
         try:
             rows = self.net_map()
         except SlicectlError as e:
             log.warning("slice map: %s", e)
             return False
-        return self.apply_map(rows)
+        return rows is not None and self.apply_map(rows)
 
     def apply_map(self, rows: list[dict[str, Any]]) -> bool:
         """Take the NM's ``net_map`` structs as this node's slice map; True if it changed."""
@@ -458,15 +459,27 @@ class Sniffer:
         self._wake_w.close()
 
 
+class MapPoller:
+    """The node manager's net map when it may have changed since the last call, else None
+    (``net_map_since``: an unchanged node answers with a number, not every sliver)."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self.call = call
+        self.generation = -1
+
+    def __call__(self) -> list[dict[str, Any]] | None:
+        got = self.call("net_map_since", self.generation)
+        rows: list[dict[str, Any]] = got["entries"]
+        changed = bool(got["changed"])
+        self.generation = int(got["generation"])
+        return rows if changed else None
+
+
 def serve(cfg: NodeConfig, inbound: bool) -> None:
     nm = Client(cfg.nm_sock, timeout=30)
 
-    def net_map() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = nm.call("net_map")
-        return rows
-
     engine = SliverEngine(engine_client(cfg.engine_url), cfg.node_id)
-    sniffer = Sniffer(cfg, net_map, inbound=inbound, service_of=engine.service_of)
+    sniffer = Sniffer(cfg, MapPoller(nm.call), inbound=inbound, service_of=engine.service_of)
     log.info("admin sniffer %s on %s%s, records at %s", cfg.node_id, cfg.ifb,
              f" and {cfg.bridge}" if inbound else "", sniffer.sock_path)
     serve_daemon(SNIFFER.pidfile(cfg), sniffer.stop, sniffer.run, sniffer.close)

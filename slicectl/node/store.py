@@ -93,6 +93,22 @@ CREATE TABLE IF NOT EXISTS pool (
     container_id TEXT,
     created      REAL NOT NULL
 );
+-- Bumped by every change of a sliver or an rcap: what the net map is made of. Node
+-- services that poll the map ask whether it moved past the generation they hold.
+CREATE TABLE IF NOT EXISTS net_generation (n INTEGER NOT NULL);
+INSERT INTO net_generation (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM net_generation);
+CREATE TRIGGER IF NOT EXISTS net_gen_sliver_ins AFTER INSERT ON slivers
+    BEGIN UPDATE net_generation SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS net_gen_sliver_upd AFTER UPDATE ON slivers
+    BEGIN UPDATE net_generation SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS net_gen_sliver_del AFTER DELETE ON slivers
+    BEGIN UPDATE net_generation SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS net_gen_rcap_ins AFTER INSERT ON rcaps
+    BEGIN UPDATE net_generation SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS net_gen_rcap_upd AFTER UPDATE ON rcaps
+    BEGIN UPDATE net_generation SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS net_gen_rcap_del AFTER DELETE ON rcaps
+    BEGIN UPDATE net_generation SET n = n + 1; END;
 """
 
 #: Events kept: the oldest go as new ones come past this many.
@@ -397,6 +413,11 @@ class Store:
     def delete_pool(self, xid: int) -> None:
         with self.tx() as db:
             db.execute("DELETE FROM pool WHERE xid = ?", (xid,))
+
+    def net_generation(self) -> int:
+        """A number that grows with every change of a sliver or an rcap row."""
+        with self.tx() as db:
+            return int(db.execute("SELECT n FROM net_generation").fetchone()[0])
 
     def take_ready_pool(self, xid: int) -> bool:
         """Delete pooled sliver ``xid``'s row if it is still ready (no bind took it: a bind

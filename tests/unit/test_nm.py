@@ -300,6 +300,8 @@ def test_expiry_destroys_a_sliver_left_without_rcaps(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("who", "method", "allowed"), [
     ("root", "net_map", True), ("agent", "net_map", False), ("service", "net_map", False),
+    ("root", "net_map_since", True), ("agent", "net_map_since", False),
+    ("plain", "net_map_since", False),
     ("root", "list_claims", True), ("agent", "list_claims", True), ("plain", "list_claims", False),
     ("root", "set_node", True), ("agent", "set_node", False),
     ("root", "list_rcaps", True), ("agent", "list_rcaps", True), ("plain", "list_rcaps", False),
@@ -313,6 +315,7 @@ def test_who_may_call_what(node: FakeNode, who: str, method: str, allowed: bool)
               "other": plain("pl_other"), "service": SERVICE}[who]
     calls = {
         "net_map": lambda: node.nm.net_map(caller),
+        "net_map_since": lambda: node.nm.net_map_since(caller, -1),
         "list_claims": lambda: node.nm.list_claims(caller),
         "set_node": lambda: node.nm.set_node(caller, "net_cap_kbit", 50_000),
         "list_rcaps": lambda: node.nm.list_rcaps(caller),
@@ -325,6 +328,45 @@ def test_who_may_call_what(node: FakeNode, who: str, method: str, allowed: bool)
     else:
         with pytest.raises(PermissionDenied):
             calls[method]()
+
+
+def test_the_net_map_comes_only_when_it_may_have_changed(node: FakeNode) -> None:
+    first = node.nm.net_map_since(ROOT, -1)
+    assert first["changed"] and first["entries"] == []
+    same = node.nm.net_map_since(ROOT, first["generation"])
+    assert same == {"generation": first["generation"], "changed": False, "entries": []}
+    bound(node, "pl_a")
+    after = node.nm.net_map_since(ROOT, first["generation"])
+    assert after["changed"] and [e.slice for e in after["entries"]] == ["pl_a"]
+    assert after["entries"] == node.nm.net_map(ROOT)
+    # what the map is made of moves it: a sliver's row, an rcap's; a destroy too
+    g = after["generation"]
+    node.nm.destroy(ROOT, "pl_a")
+    gone = node.nm.net_map_since(ROOT, g)
+    assert gone["changed"] and gone["entries"] == [] and gone["generation"] > g
+    # other writes (events, settings) do not
+    g = gone["generation"]
+    node.nm.set_node(ROOT, "net_cap_kbit", 50_000)
+    assert not node.nm.net_map_since(ROOT, g)["changed"]
+    with pytest.raises(ValidationError, match="generation: expected an integer"):
+        node.nm.net_map_since(ROOT, "7")
+
+
+def test_the_sniffers_poller_passes_on_only_a_changed_map() -> None:
+    from slicectl.node.sniffer import MapPoller
+
+    answers = [{"generation": 3, "changed": True, "entries": [{"slice": "pl_a"}]},
+               {"generation": 3, "changed": False, "entries": []},
+               {"generation": 5, "changed": True, "entries": []}]
+    asked: list[object] = []
+
+    def call(method: str, generation: object) -> dict[str, object]:
+        asked.append((method, generation))
+        return answers.pop(0)
+
+    poll = MapPoller(call)
+    assert poll() == [{"slice": "pl_a"}] and poll() is None and poll() == []
+    assert asked == [("net_map_since", -1), ("net_map_since", 3), ("net_map_since", 3)]
 
 
 def test_service_callers_get_reads_only(node: FakeNode) -> None:

@@ -40,6 +40,7 @@ METHODS: dict[str, str] = {
     "services": "services",
     "set_node": "set_node",
     "net_map": "net_map",
+    "net_map_since": "net_map_since",
     "claim_port": "claim_port",
     "release_port": "release_port",
     "release_claims": "release_claims",

@@ -359,6 +359,18 @@ class NodeManager:
         require_root(caller, "net_map")
         return self.ports.net_map()
 
+    def net_map_since(self, caller: Caller, generation: object) -> dict[str, Any]:
+        """The net map if it may have changed since ``generation`` (what a previous call
+        returned; -1 at first), else none of it: ``{"generation", "changed", "entries"}``.
+        A poller of an unchanged node costs one read, not one of every sliver."""
+        require_root(caller, "net_map_since")
+        if isinstance(generation, bool) or not isinstance(generation, int):
+            raise ValidationError("generation", "an integer (-1 at first)", generation)
+        now = self.store.net_generation()
+        if now == generation:
+            return {"generation": now, "changed": False, "entries": []}
+        return {"generation": now, "changed": True, "entries": self.ports.net_map()}
+
     def claim_port(self, caller: Caller, slice_name: object, proto: object, port: object,
                    kind: object) -> bool:
         require_root(caller, "claim_port")
