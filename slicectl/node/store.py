@@ -97,19 +97,10 @@ CREATE TABLE IF NOT EXISTS pool (
 -- services that poll the map ask whether it moved past the generation they hold.
 CREATE TABLE IF NOT EXISTS net_generation (n INTEGER NOT NULL);
 INSERT INTO net_generation (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM net_generation);
-CREATE TRIGGER IF NOT EXISTS net_gen_sliver_ins AFTER INSERT ON slivers
-    BEGIN UPDATE net_generation SET n = n + 1; END;
-CREATE TRIGGER IF NOT EXISTS net_gen_sliver_upd AFTER UPDATE ON slivers
-    BEGIN UPDATE net_generation SET n = n + 1; END;
-CREATE TRIGGER IF NOT EXISTS net_gen_sliver_del AFTER DELETE ON slivers
-    BEGIN UPDATE net_generation SET n = n + 1; END;
-CREATE TRIGGER IF NOT EXISTS net_gen_rcap_ins AFTER INSERT ON rcaps
-    BEGIN UPDATE net_generation SET n = n + 1; END;
-CREATE TRIGGER IF NOT EXISTS net_gen_rcap_upd AFTER UPDATE ON rcaps
-    BEGIN UPDATE net_generation SET n = n + 1; END;
-CREATE TRIGGER IF NOT EXISTS net_gen_rcap_del AFTER DELETE ON rcaps
-    BEGIN UPDATE net_generation SET n = n + 1; END;
-"""
+""" + "".join(
+    f"CREATE TRIGGER IF NOT EXISTS net_gen_{table}_{op.lower()} AFTER {op} ON {table}\n"
+    "    BEGIN UPDATE net_generation SET n = n + 1; END;\n"
+    for table in ("slivers", "rcaps") for op in ("INSERT", "UPDATE", "DELETE"))
 
 #: Events kept: the oldest go as new ones come past this many.
 EVENTS_KEPT = 100_000
