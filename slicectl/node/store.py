@@ -111,6 +111,8 @@ EVENTS_KEPT = 100_000
 CREATING, RUNNING, STOPPED, DORMANT = "creating", "running", "stopped", "dormant"
 #: A pooled sliver made, started and confined, that a bind may take.
 POOL_READY = "ready"
+#: A pooled sliver being removed (its xid stays taken until its container is gone).
+POOL_DISCARDING = "discarding"
 
 
 @dataclass(frozen=True)
@@ -411,10 +413,13 @@ class Store:
             return int(db.execute("SELECT n FROM net_generation").fetchone()[0])
 
     def take_ready_pool(self, xid: int) -> bool:
-        """Delete pooled sliver ``xid``'s row if it is still ready (no bind took it: a bind
-        deletes it in the transaction that records the sliver); return whether it was."""
+        """Mark pooled sliver ``xid`` as being removed if it is still ready (no bind took
+        it: a bind deletes its row in the transaction that records the sliver, and takes
+        only ready ones); return whether it was. Its row, and so its xid, stays until
+        :meth:`delete_pool`."""
         with self.tx() as db:
-            cur = db.execute("DELETE FROM pool WHERE xid = ? AND state = ?", (xid, POOL_READY))
+            cur = db.execute("UPDATE pool SET state = ? WHERE xid = ? AND state = ?",
+                             (POOL_DISCARDING, xid, POOL_READY))
             return cur.rowcount == 1
 
     def update_sliver(self, slice_name: str, **values: Any) -> None:

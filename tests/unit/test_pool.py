@@ -257,6 +257,24 @@ def test_removing_ready_ones_spares_one_a_bind_took_meanwhile(node: FakeNode) ->
     assert node.store.pool() == [] and "slicepool-n1-2" not in node.engine.containers
 
 
+def test_a_pooled_sliver_being_removed_keeps_its_xid_and_is_taken_by_no_bind(
+        node: FakeNode) -> None:
+    seen: list[tuple[list[int], int]] = []
+    remove = node.engine.remove
+
+    def slow_remove(name: str) -> bool:  # what another thread sees while the engine works
+        if name == "slicepool-n1-2":
+            seen.append(([r.xid for r in node.store.pool()], node.nm.status(ROOT)["pool_ready"]))
+            info = node.nm.bind(ROOT, "pl_b", node.nm.acquire(ROOT, {"end": END, "nofile": 4096}))
+            assert info.xid == 3, "the xid of a container being removed is not free yet"
+        return remove(name)
+
+    node.engine.remove = slow_remove  # type: ignore[method-assign]
+    node.nm.pool.shed(node.store.pool(), 1)
+    assert seen == [([1, 2], 1)]
+    assert [r.xid for r in node.store.pool()] == [1]
+
+
 def test_a_failed_fill_leaves_nothing(node: FakeNode) -> None:
     node.nm.set_node(ROOT, "warm_pool", 3)
     node.engine.fail_start.add("slicepool-n1-3")

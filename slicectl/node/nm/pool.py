@@ -108,7 +108,8 @@ class WarmPool:
     def counts(self) -> dict[str, int]:
         rows = self.store.pool()
         ready = sum(1 for r in rows if r.state == POOL_READY)
-        return {"warm_pool": self.target, "pool_ready": ready, "pool_making": len(rows) - ready}
+        making = sum(1 for r in rows if r.state == CREATING)
+        return {"warm_pool": self.target, "pool_ready": ready, "pool_making": making}
 
     # making -----------------------------------------------------------------------------
 
@@ -172,20 +173,18 @@ class WarmPool:
                          pool_name(self.facts.node_id, row.xid), keep)
 
     def discard(self, xid: int, *, ready_only: bool = False) -> bool:
-        """Remove a pooled sliver that no bind took: its row, then its container and
-        directory (a pooled container or directory without a row is reconcile's to
-        remove, should this be cut short). With ``ready_only``, only if its row is still
-        ready when deleted: a bind may be taking it this moment, and then it is the
-        bind's. Returns whether it was removed."""
-        if ready_only:
-            if not self.store.take_ready_pool(xid):
-                return False
-        else:
-            self.store.delete_pool(xid)
+        """Remove a pooled sliver that no bind took: its container, directory and row
+        (last: until then its xid, the container's address, is not given to another).
+        With ``ready_only``, only if its row is still ready: it is marked as being removed
+        first, in one statement, so that no bind takes it meanwhile (a bind that took it
+        already keeps it). Returns whether it was removed."""
+        if ready_only and not self.store.take_ready_pool(xid):
+            return False
         try:
             self.engine.remove(pool_name(self.facts.node_id, xid))
         finally:
             shutil.rmtree(self.state.pool_etc(xid).parent, ignore_errors=True)
+            self.store.delete_pool(xid)
         return True
 
     def run(self, stop: threading.Event) -> None:
